@@ -1,0 +1,45 @@
+// PyTorch glue shared by the CPU and CUDA implementations: argument checks, layout
+// normalisation and the description of where each kernel size lives.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <vector>
+
+#include "pixel.h"
+
+namespace ddet_ops {
+
+// A validated call. `kernels` holds the same structure as the user passed (one packed tensor,
+// or one tensor per size), each made plane-contiguous; size k lives in kernels[tensor_of[k]]
+// starting at channel channel_offset[k].
+struct Problem {
+  Geometry geo;
+  at::Tensor x;
+  std::vector<at::Tensor> kernels;
+  std::vector<int64_t> tensor_of;
+  std::vector<int64_t> channel_offset;
+};
+
+// Checks every argument (RuntimeError naming the bad one) and makes the layouts the kernels
+// expect. Copies only inputs that are not already contiguous.
+Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+                int64_t dilation);
+
+// Tensors shaped like `like` (one per entry), contiguous, for the kernel gradients.
+std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like);
+
+template <typename T>
+KernelBank<T> make_bank(const Problem& p, const std::vector<at::Tensor>& tensors) {
+  KernelBank<T> bank{};
+  const int64_t hw = p.geo.H * p.geo.W;
+  for (int k = 0; k < p.geo.num_sizes; ++k) {
+    const at::Tensor& t = tensors[p.tensor_of[k]];
+    bank.data[k] = static_cast<T*>(t.data_ptr()) + p.channel_offset[k] * hw;
+    bank.batch_stride[k] = t.size(1) * hw;
+  }
+  return bank;
+}
+
+}  // namespace ddet_ops

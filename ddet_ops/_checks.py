@@ -1,0 +1,104 @@
+"""Argument normalisation and validation shared by the fast op, its fake kernel and the reference.
+
+The C++ kernels check the same contract again (they are callable directly through
+``torch.ops.ddet_ops``); this module gives Python users a ``ValueError`` that names the
+bad argument before anything is dispatched, including under ``torch.compile`` tracing.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+KernelsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError(f"kernel sizes must be ints, got {size!r}")
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"kernel sizes must be odd and >= 1, got {size}")
+    return size
+
+
+def normalize(
+    x: torch.Tensor,
+    kernels: KernelsArg,
+    sizes: Optional[Sequence[int]],
+    groups: int,
+    dilation: int,
+) -> Tuple[List[torch.Tensor], List[int]]:
+    """Validate the public arguments; return the kernel tensors (one packed tensor, or one per
+    size) and the list of sizes.  A packed tensor is passed on as it is, never split or copied."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floating point, got dtype {x.dtype}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    n, c, h, w = x.shape
+    if c % groups != 0:
+        raise ValueError(f"groups={groups} does not divide the {c} channels of x")
+
+    if isinstance(kernels, torch.Tensor):
+        if sizes is None:
+            raise ValueError(
+                "sizes is required when kernels is one packed tensor "
+                "(e.g. sizes=(3, 5, 7) for torch.cat of the 3x3, 5x5 and 7x7 kernels)"
+            )
+        sizes = [_check_size(s) for s in sizes]
+        if not sizes:
+            raise ValueError("sizes must name at least one kernel size")
+        kernel_list = [kernels]
+        expected_channels = groups * sum(s * s for s in sizes)
+        what = f"groups*sum(s^2) = {groups}*{sum(s * s for s in sizes)} for sizes {sizes}"
+        _check_kernel(x, kernels, "kernels", expected_channels, what)
+    else:
+        kernel_list = list(kernels)
+        if not kernel_list:
+            raise ValueError("kernels is an empty list: give at least one kernel tensor")
+        inferred = []
+        for i, k in enumerate(kernel_list):
+            name = f"kernels[{i}]"
+            if not isinstance(k, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor, got {type(k).__name__}")
+            if k.dim() != 4:
+                raise ValueError(f"{name} must be 4-D (N, groups*s^2, H, W), got shape {tuple(k.shape)}")
+            taps, rem = divmod(k.shape[1], groups)
+            size = round(taps ** 0.5) if rem == 0 else 0
+            if rem != 0 or size * size != taps or size % 2 == 0:
+                raise ValueError(
+                    f"{name} has {k.shape[1]} channels, which is not groups*s^2 "
+                    f"(groups={groups}) for an odd size s"
+                )
+            inferred.append(size)
+            _check_kernel(x, k, name, groups * size * size, f"groups*s^2 = {groups}*{size * size}")
+        if sizes is not None:
+            given = [_check_size(s) for s in sizes]
+            if given != inferred:
+                raise ValueError(f"sizes={given} disagrees with the kernel list, whose sizes are {inferred}")
+        sizes = inferred
+    return kernel_list, sizes
+
+
+def _check_kernel(x: torch.Tensor, k: torch.Tensor, name: str, channels: int, what: str) -> None:
+    if not isinstance(k, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(k).__name__}")
+    if k.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, channels, H, W), got shape {tuple(k.shape)}")
+    if k.shape[1] != channels:
+        raise ValueError(f"{name} has {k.shape[1]} channels, expected {what}")
+    if k.shape[0] != x.shape[0] or k.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"{name} has batch/spatial size {(k.shape[0], *k.shape[2:])}, "
+            f"but x has {(x.shape[0], *x.shape[2:])}"
+        )
+    if k.dtype != x.dtype:
+        raise ValueError(f"{name} has dtype {k.dtype}, but x has dtype {x.dtype}")
+    if k.device != x.device:
+        raise ValueError(f"{name} is on {k.device}, but x is on {x.device}")

@@ -1,0 +1,37 @@
+"""``nn.Module`` face of the operator, for building it into networks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import KernelsArg
+from .ops import multi_dynconv
+
+
+class MultiDynConv(nn.Module):
+    """Applies per-pixel kernels of several sizes to an image and sums the results.
+
+    ``forward(x, kernels)`` takes x (N, C, H, W) and the packed kernels
+    (N, groups*sum(s^2), H, W) — e.g. the output of a kernel-predicting head — or a list of
+    one tensor per size. The module has no parameters.
+    """
+
+    def __init__(self, sizes: Sequence[int] = (3, 5, 7), *, groups: int = 1, dilation: int = 1):
+        super().__init__()
+        self.sizes = tuple(int(s) for s in sizes)
+        self.groups = groups
+        self.dilation = dilation
+
+    @property
+    def kernel_channels(self) -> int:
+        """Channels a kernel-predicting head must produce for this module."""
+        return self.groups * sum(s * s for s in self.sizes)
+
+    def forward(self, x: torch.Tensor, kernels: KernelsArg) -> torch.Tensor:
+        return multi_dynconv(x, kernels, self.sizes, groups=self.groups, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, groups={self.groups}, dilation={self.dilation}"

@@ -1,0 +1,101 @@
+"""Public functions, fake kernels and autograd of the ``torch.ops.ddet_ops`` operators.
+
+The operators themselves are declared and implemented in C++ (``csrc/``):
+
+* ``ddet_ops::multi_dynconv(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation) -> Tensor``
+* ``ddet_ops::multi_dynconv_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes,
+  int groups, int dilation, bool need_x, bool need_kernels) -> (Tensor, Tensor[])``
+
+``kernels`` holds either one packed tensor covering every size, or one tensor per size; the
+kernel gradients come back in the same structure.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from ._checks import KernelsArg, normalize
+
+__all__ = ["multi_dynconv", "dynconv"]
+
+
+def multi_dynconv(
+    x: torch.Tensor,
+    kernels: KernelsArg,
+    sizes: Optional[Sequence[int]] = None,
+    *,
+    groups: int = 1,
+    dilation: int = 1,
+) -> torch.Tensor:
+    r"""Per-pixel dynamic convolution with several kernel sizes at once, summed.
+
+    .. math::
+        y[n,c,h,w] = \sum_s \sum_{i,j<s} K_s[n, g(c)s^2 + is + j, h, w]\,
+                     x[n, c, h + (i - \lfloor s/2 \rfloor)d, w + (j - \lfloor s/2 \rfloor)d]
+
+    with zero padding, ``g(c) = c // (C // groups)`` and ``d = dilation``.
+
+    Args:
+        x: (N, C, H, W) floating-point input.
+        kernels: one tensor per size, each (N, groups*s^2, H, W) (``sizes`` is inferred), or one
+            packed tensor (N, groups*sum(s^2), H, W) = ``torch.cat(per_size, dim=1)`` with
+            ``sizes`` given. Taps are row-major, as in ``F.unfold``. Kernels are used raw (no
+            normalisation).
+        sizes: odd kernel sizes, in the order of the packed channels.
+        groups: kernel groups; must divide C. 1 shares each pixel's kernel over all channels,
+            C gives every channel its own kernel.
+        dilation: spacing of the taps (>= 1), the same for every size.
+
+    Returns:
+        y, a new (N, C, H, W) tensor of x's dtype and device. Half types accumulate in float32.
+        Differentiable in x and in every kernel tensor; the backward pass is deterministic.
+    """
+    kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
+    return torch.ops.ddet_ops.multi_dynconv(x, kernel_list, sizes, groups, dilation)
+
+
+def dynconv(x: torch.Tensor, kernel: torch.Tensor, *, groups: int = 1, dilation: int = 1) -> torch.Tensor:
+    """:func:`multi_dynconv` with a single kernel tensor (N, groups*s^2, H, W); s is inferred."""
+    return multi_dynconv(x, [kernel], groups=groups, dilation=dilation)
+
+
+@torch.library.register_fake("ddet_ops::multi_dynconv")
+def _multi_dynconv_fake(x, kernels, sizes, groups, dilation):
+    normalize(x, kernels if len(kernels) == len(sizes) else kernels[0], list(sizes), groups, dilation)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("ddet_ops::multi_dynconv_backward")
+def _multi_dynconv_backward_fake(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels):
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty((0,))
+    grad_kernels: List[torch.Tensor] = (
+        [torch.empty_like(k, memory_format=torch.contiguous_format) for k in kernels] if need_kernels else []
+    )
+    return grad_x, grad_kernels
+
+
+def _setup_context(ctx, inputs, output):
+    x, kernels, sizes, groups, dilation = inputs
+    ctx.save_for_backward(x, *kernels)
+    ctx.sizes, ctx.groups, ctx.dilation = sizes, groups, dilation
+
+
+def _backward(ctx, grad_y):
+    x, *kernels = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_kernels = ctx.needs_input_grad[1]
+    grad_x, grad_kernels = torch.ops.ddet_ops.multi_dynconv_backward(
+        grad_y, x, kernels, ctx.sizes, ctx.groups, ctx.dilation, need_x, need_kernels
+    )
+    return (
+        grad_x if need_x else None,
+        list(grad_kernels) if need_kernels else None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("ddet_ops::multi_dynconv", _backward, setup_context=_setup_context)

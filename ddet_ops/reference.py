@@ -1,0 +1,92 @@
+"""The operator written in plain PyTorch: the oracle of the tests and the peer of the benchmarks.
+
+Two formulations of the same contract (see :func:`ddet_ops.multi_dynconv`):
+
+* :func:`multi_dynconv` gathers every neighbourhood with ``F.unfold``: what most people write,
+  and the reason this library exists (it materialises C*s^2*H*W values per size).
+* :func:`multi_dynconv_shift_add` adds one shifted copy of ``x`` per tap: lean in memory, and what
+  ``torch.compile`` turns into a fused loop.
+
+Half types are computed in float32 and rounded once at the end, like the fast kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import KernelsArg, normalize
+
+__all__ = ["multi_dynconv", "dynconv", "multi_dynconv_shift_add"]
+
+
+def _per_size(kernel_list, sizes, groups):
+    """Yield (size, kernel tensor of that size) pairs, slicing a packed tensor by channel."""
+    if len(kernel_list) == len(sizes):
+        yield from zip(sizes, kernel_list)
+        return
+    start = 0
+    for s in sizes:
+        stop = start + groups * s * s
+        yield s, kernel_list[0][:, start:stop]
+        start = stop
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def multi_dynconv(
+    x: torch.Tensor,
+    kernels: KernelsArg,
+    sizes: Optional[Sequence[int]] = None,
+    *,
+    groups: int = 1,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Reference of :func:`ddet_ops.multi_dynconv` built on ``F.unfold``."""
+    kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
+    n, c, h, w = x.shape
+    compute = _compute_dtype(x.dtype)
+    out = torch.zeros(x.shape, dtype=compute, device=x.device)
+    if out.numel() == 0:
+        return out.to(x.dtype)
+    xc = x.to(compute)
+    for s, k in _per_size(kernel_list, sizes, groups):
+        cols = F.unfold(xc, s, dilation=dilation, padding=(s // 2) * dilation)
+        cols = cols.view(n, groups, c // groups, s * s, h, w)
+        weights = k.to(compute).reshape(n, groups, 1, s * s, h, w)
+        out += (cols * weights).sum(dim=3).view(n, c, h, w)
+    return out.to(x.dtype)
+
+
+def multi_dynconv_shift_add(
+    x: torch.Tensor,
+    kernels: KernelsArg,
+    sizes: Optional[Sequence[int]] = None,
+    *,
+    groups: int = 1,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """Reference of :func:`ddet_ops.multi_dynconv` as a sum of shifted copies of ``x``."""
+    kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
+    n, c, h, w = x.shape
+    compute = _compute_dtype(x.dtype)
+    reach = (max(sizes) // 2) * dilation
+    padded = F.pad(x.to(compute), (reach, reach, reach, reach)).view(n, groups, c // groups, h + 2 * reach, w + 2 * reach)
+    out = torch.zeros((n, groups, c // groups, h, w), dtype=compute, device=x.device)
+    for s, k in _per_size(kernel_list, sizes, groups):
+        weights = k.to(compute).reshape(n, groups, s * s, 1, h, w)
+        for i in range(s):
+            top = reach + (i - s // 2) * dilation
+            for j in range(s):
+                left = reach + (j - s // 2) * dilation
+                out = out + weights[:, :, i * s + j] * padded[..., top : top + h, left : left + w]
+    return out.view(n, c, h, w).to(x.dtype)
+
+
+def dynconv(x: torch.Tensor, kernel: torch.Tensor, *, groups: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Reference of :func:`ddet_ops.dynconv` (one kernel size)."""
+    return multi_dynconv(x, [kernel], groups=groups, dilation=dilation)

@@ -1,0 +1,56 @@
+"""Builds ddet_ops._C against the torch installed in this environment.
+
+Install with ``pip install --no-build-isolation .`` so the extension is compiled against the
+torch you run (an isolated build would compile against a different torch). CUDA kernels are
+added when a CUDA toolkit and a CUDA build of torch are present, or when FORCE_CUDA=1.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    sys.exit(
+        "ddet: torch must be installed before building, and the build must see it: "
+        "pip install torch && pip install --no-build-isolation ."
+    )
+
+ROOT = Path(__file__).parent
+CSRC = "csrc"
+
+
+def build_info() -> None:
+    """Record the torch this build compiles against; ddet_ops refuses to load under another."""
+    (ROOT / "ddet_ops" / "_build_info.py").write_text(
+        "# Written by setup.py: the torch ddet_ops._C was compiled against.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+    )
+
+
+def extension():
+    sources = [f"{CSRC}/dynconv.cpp", f"{CSRC}/pixel_harness.cpp", f"{CSRC}/python_module.cpp"]
+    cxx = ["-O3", "-fno-math-errno"]
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
+    if not with_cuda:
+        return CppExtension("ddet_ops._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=False)
+    sources.append(f"{CSRC}/cuda/dynconv.cu")
+    return CUDAExtension(
+        "ddet_ops._C",
+        sources,
+        define_macros=[("DDET_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--Werror", "all-warnings"]},
+    )
+
+
+build_info()
+setup(
+    packages=find_packages(include=["ddet_ops", "ddet_ops.*", "ddet", "ddet.*"]),
+    package_data={"ddet": ["weights/*.safetensors", "configs/*.yaml"]},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
