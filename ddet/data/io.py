@@ -1,0 +1,75 @@
+"""Image files ↔ float32 H×W×3 arrays in [0, 1], with Pillow.
+
+8- and 16-bit PNG, JPEG and the other formats Pillow opens; EXIF orientation applied; grey images
+repeated to three channels, alpha dropped. Pillow decodes 16-bit *grey* PNGs at full precision but
+16-bit RGB PNGs at 8 bits (its own limitation).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_image(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return to_float_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def to_float_rgb(image):
+    """Pillow image → float32 H×W×3 in [0, 1]."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=2)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return array
+
+
+def list_images(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def to_pil(image):
+    """float H×W×3 (or H×W) in [0, 1] → 8-bit Pillow image (rounded, clipped)."""
+    array = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def write_image(path, image, force=False, quality=95):
+    """Write float H×W×3 in [0, 1] as an 8-bit image, format from the suffix, atomically.
+
+    Refuses to replace an existing file unless ``force``.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (pass --force / force=True to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = to_pil(image)
+    options = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pil.save(handle, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **options)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,170 @@
+"""Sources of (LR-at-HR-size, HR) image pairs: RealSR, a paired folder, synthetic pairs from photos.
+
+A source has ``names`` and ``pair(index, rng) -> (lr, hr)``, float32 H×W×3 arrays in [0, 1] of the
+same size. File sources ignore ``rng``; the synthetic source draws a fresh degradation from it.
+``region`` (top, left, height, width), when given, asks for that window of the HR image only
+(synthetic pairs degrade just that window, so training never pays for whole photos).
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ddet.data.degrade import Degradation, degrade, resize
+from ddet.data.io import list_images, read_image
+
+# Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
+# `cat` = `chelsea`); validation photos are held out by name.
+SKIMAGE_TRAIN_PHOTOS = (
+    "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
+    "retina", "moon", "coins", "brick", "grass", "gravel", "clock", "page", "text", "cell",
+)
+SKIMAGE_VALIDATION_PHOTOS = ("coffee", "chelsea", "camera")
+REALSR_CAMERAS = ("Canon", "Nikon")
+ORIENTATION_TAG = 0x0112
+
+
+def _bicubic_to(lr, hr, path):
+    if lr.shape == hr.shape:
+        return lr
+    if lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
+        raise ValueError(f"LR image {path} ({lr.shape[0]}×{lr.shape[1]}) is larger than its HR image ({hr.shape[0]}×{hr.shape[1]})")
+    return np.clip(resize(lr, hr.shape[0], hr.shape[1]), 0.0, 1.0)
+
+
+def _window(image, region):
+    if region is None:
+        return image
+    top, left, height, width = region
+    return image[top : top + height, left : left + width]
+
+
+class FilePairs:
+    """Pairs stored as files; LR images smaller than their HR image are bicubic-resized to its size."""
+
+    def __init__(self, pairs):
+        if not pairs:
+            raise ValueError("no image pairs found")
+        self.paths = list(pairs)
+        self.names = [hr.stem for hr, _ in self.paths]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def pair(self, index, rng=None, region=None):
+        hr_path, lr_path = self.paths[index]
+        hr, lr = read_image(hr_path), read_image(lr_path)
+        lr = _bicubic_to(lr, hr, lr_path)
+        return _window(lr, region), _window(hr, region)
+
+    def size(self, index):
+        path = self.paths[index][0]
+        try:
+            with Image.open(path) as image:
+                # EXIF orientations 5-8 swap the axes once `read_image` applies them.
+                transposed = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+                return (image.width, image.height) if transposed else (image.height, image.width)
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2):
+    """RealSR (Cai et al. 2019) v2 or v3: ``root/{Canon,Nikon}/{Train,Test}/{2,3,4}/<Cam>_<id>_HR.png``
+    beside ``_LR{scale}.png``. Version 2 LR images are already at HR size; version 3 ones are smaller
+    and are resized with bicubic. Both are read the same way."""
+    if version not in (2, 3):
+        raise ValueError(f"RealSR version must be 2 or 3, got {version}")
+    root = Path(root)
+    pairs = []
+    for camera in cameras:
+        if camera not in REALSR_CAMERAS:
+            raise ValueError(f"unknown RealSR camera {camera!r}; choose from {REALSR_CAMERAS}")
+        folder = root / camera / split / str(scale)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"RealSR folder not found: {folder}")
+        for hr_path in sorted(folder.glob("*_HR.png")):
+            lr_path = hr_path.with_name(hr_path.name.replace("_HR.png", f"_LR{scale}.png"))
+            if not lr_path.is_file():
+                raise FileNotFoundError(f"RealSR LR image missing for {hr_path}: {lr_path}")
+            pairs.append((hr_path, lr_path))
+    if not pairs:
+        raise ValueError(f"no *_HR.png images under {root} for cameras {list(cameras)}, split {split}, scale {scale}")
+    return FilePairs(pairs)
+
+
+def paired_folder(root):
+    """``root/hr/`` and ``root/lr/`` with images matched by file name (the stem; suffixes may differ)."""
+    root = Path(root)
+    hr_files = list_images(root / "hr")
+    lr_by_stem = {path.stem: path for path in list_images(root / "lr")}
+    missing = [path.name for path in hr_files if path.stem not in lr_by_stem]
+    if missing:
+        raise FileNotFoundError(f"no LR image in {root / 'lr'} for: {', '.join(missing[:5])}")
+    return FilePairs([(path, lr_by_stem[path.stem]) for path in hr_files])
+
+
+def skimage_photos(names):
+    """The named scikit-image photographs as float32 H×W×3 arrays (grey ones repeated to RGB)."""
+    import skimage.data
+
+    photos = {}
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            raise ValueError(f"skimage.data has no image {name!r}")
+        image = loader()
+        image = image[0] if isinstance(image, tuple) else image  # stereo pairs: the left view
+        image = np.asarray(image, dtype=np.float32) / 255.0
+        photos[name] = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+    return photos
+
+
+def folder_photos(folder):
+    return {path.stem: read_image(path) for path in list_images(folder)}
+
+
+class SyntheticPairs:
+    """Cross-camera pairs made from photographs by the seeded pipeline of ``ddet.data.degrade``.
+
+    Photos are cropped (top-left) to a multiple of ``scale``. With ``fixed_seed`` every request for
+    photo ``i`` returns the same pair (validation); otherwise the caller's generator draws it.
+    """
+
+    def __init__(self, photos, scale, spec=Degradation(), fixed_seed=None):
+        if not photos:
+            raise ValueError("no photographs for synthetic pairs")
+        self.names = list(photos)
+        self.scale = scale
+        self.spec = spec
+        self.fixed_seed = fixed_seed
+        self.photos = []
+        for name, photo in photos.items():
+            height, width = photo.shape[0] // scale * scale, photo.shape[1] // scale * scale
+            if height == 0 or width == 0:
+                raise ValueError(f"photo {name} ({photo.shape[0]}×{photo.shape[1]}) is smaller than the scale {scale}")
+            self.photos.append(np.ascontiguousarray(photo[:height, :width]))
+
+    def __len__(self):
+        return len(self.photos)
+
+    def size(self, index):
+        return self.photos[index].shape[:2]
+
+    def pair(self, index, rng=None, region=None):
+        if self.fixed_seed is not None:
+            rng = np.random.default_rng([self.fixed_seed, index])
+        hr = self.photos[index]
+        if region is None:
+            return degrade(hr, self.scale, rng, self.spec), hr
+        # Degrade a margin around the window so blur and misalignment see real neighbours; the margin
+        # is a multiple of the scale to keep the down-sampling grid of the window.
+        top, left, height, width = region
+        margin = -(-12 // self.scale) * self.scale
+        y0, x0 = max(0, (top - margin) // self.scale * self.scale), max(0, (left - margin) // self.scale * self.scale)
+        y1 = min(hr.shape[0], -(-(top + height + margin) // self.scale) * self.scale)
+        x1 = min(hr.shape[1], -(-(left + width + margin) // self.scale) * self.scale)
+        lr = degrade(hr[y0:y1, x0:x1], self.scale, rng, self.spec)
+        window = (top - y0, left - x0, height, width)
+        return _window(lr, window), _window(hr, region)
+
