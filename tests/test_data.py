@@ -1,0 +1,191 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddet.data import (
+    SKIMAGE_TRAIN_PHOTOS,
+    SKIMAGE_VALIDATION_PHOTOS,
+    Degradation,
+    SyntheticPairs,
+    TrainingPatches,
+    WholeImages,
+    degrade,
+    make_sources,
+    paired_folder,
+    read_image,
+    realsr,
+    to_channels,
+    training_loader,
+    write_image,
+)
+from ddet.data.degrade import _misalign
+
+
+def _save_rgb(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _random_uint8(rng, height, width):
+    return rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+
+
+@pytest.fixture
+def photos():
+    rng = np.random.default_rng(0)
+    return {f"p{i}": rng.random((40 + 4 * i, 36, 3)).astype(np.float32) for i in range(3)}
+
+
+def test_read_8_and_16_bit_png_and_jpeg(tmp_path):
+    rng = np.random.default_rng(1)
+    grey16 = rng.integers(0, 65536, (5, 6)).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    image = read_image(tmp_path / "g16.png")
+    assert image.shape == (5, 6, 3) and image.dtype == np.float32
+    assert np.allclose(image[..., 1], grey16 / 65535.0)
+    rgb8 = _random_uint8(rng, 5, 6)
+    _save_rgb(tmp_path / "c8.png", rgb8)
+    assert np.array_equal(np.round(read_image(tmp_path / "c8.png") * 255).astype(np.uint8), rgb8)
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "c.jpg", quality=95)
+    assert np.allclose(read_image(tmp_path / "c.jpg"), 128 / 255, atol=2 / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(np.zeros((4, 10, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(tmp_path / "rotated.jpg").shape == (10, 4, 3)
+
+
+def test_unreadable_and_missing_images_name_the_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        read_image(tmp_path / "broken.png")
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_write_image_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "out.png"
+    write_image(target, np.zeros((3, 3, 3)))
+    with pytest.raises(FileExistsError, match="out.png"):
+        write_image(target, np.ones((3, 3, 3)))
+    write_image(target, np.ones((3, 3, 3)), force=True)
+    assert read_image(target).min() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_realsr_layout(tmp_path, version):
+    rng = np.random.default_rng(2)
+    for camera in ("Canon", "Nikon"):
+        folder = tmp_path / camera / "Train" / "3"
+        for number in (1, 2):
+            _save_rgb(folder / f"{camera}_{number:03d}_HR.png", _random_uint8(rng, 24, 30))
+            lr_size = (24, 30) if version == 2 else (8, 10)
+            _save_rgb(folder / f"{camera}_{number:03d}_LR3.png", _random_uint8(rng, *lr_size))
+    source = realsr(tmp_path, scale=3, split="Train", cameras=("Nikon",), version=version)
+    assert source.names == ["Nikon_001_HR", "Nikon_002_HR"]
+    lr, hr = source.pair(1)
+    assert lr.shape == hr.shape == (24, 30, 3)
+    assert len(realsr(tmp_path, 3, "Train", version=version)) == 4
+    (tmp_path / "Canon" / "Train" / "3" / "Canon_002_LR3.png").unlink()
+    with pytest.raises(FileNotFoundError, match="Canon_002_LR3.png"):
+        realsr(tmp_path, 3, "Train", version=version)
+    with pytest.raises(FileNotFoundError, match="Test"):
+        realsr(tmp_path, 3, "Test", version=version)
+
+
+def test_paired_folder_matches_by_name(tmp_path):
+    rng = np.random.default_rng(3)
+    _save_rgb(tmp_path / "hr" / "a.png", _random_uint8(rng, 16, 16))
+    _save_rgb(tmp_path / "hr" / "b.png", _random_uint8(rng, 16, 16))
+    _save_rgb(tmp_path / "lr" / "a.jpg", _random_uint8(rng, 8, 8))
+    _save_rgb(tmp_path / "lr" / "b.png", _random_uint8(rng, 16, 16))
+    source = paired_folder(tmp_path)
+    assert source.names == ["a", "b"]
+    assert source.pair(0)[0].shape == (16, 16, 3)
+    (tmp_path / "lr" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match="b.png"):
+        paired_folder(tmp_path)
+
+
+def test_degradation_is_seeded_and_changes_the_image(photos):
+    hr = photos["p0"]
+    first = degrade(hr, 2, np.random.default_rng(5))
+    assert first.shape == hr.shape and first.dtype == np.float32
+    assert np.array_equal(first, degrade(hr, 2, np.random.default_rng(5)))
+    assert not np.array_equal(first, degrade(hr, 2, np.random.default_rng(6)))
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert np.abs(first - hr).mean() > 0.01
+    with pytest.raises(ValueError, match="multiple of the scale 3"):
+        degrade(hr[:40, :35], 3, np.random.default_rng(0))
+
+
+def test_misalignment_is_subpixel_shift():
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32)[None, :, None], (32, 1, 3))
+    spec = Degradation(max_shift_px=0.5, max_rotation_deg=0.0)
+    warped = _misalign(ramp, np.random.default_rng(7), spec)
+    step = ramp[0, 1, 0] - ramp[0, 0, 0]
+    shift = (warped - ramp)[8:-8, 8:-8, 0] / step  # a horizontal ramp reveals the x shift
+    assert np.allclose(shift, shift.mean(), atol=1e-3) and 0 < abs(shift.mean()) <= 0.5
+    identity = Degradation(max_shift_px=0.0, max_rotation_deg=0.0)
+    assert np.allclose(_misalign(ramp, np.random.default_rng(7), identity), ramp, atol=1e-6)
+
+
+def test_skimage_split_is_disjoint_and_loads():
+    assert not set(SKIMAGE_TRAIN_PHOTOS) & set(SKIMAGE_VALIDATION_PHOTOS)
+    train, validation = make_sources("synthetic", scale=4)
+    assert train.names == list(SKIMAGE_TRAIN_PHOTOS) and validation.names == list(SKIMAGE_VALIDATION_PHOTOS)
+    lr, hr = validation.pair(0)
+    assert np.array_equal(lr, validation.pair(0)[0])  # validation pairs are fixed
+    assert hr.shape[0] % 4 == 0 and hr.shape[1] % 4 == 0 and lr.shape == hr.shape
+
+
+def test_training_patches_are_a_function_of_seed_and_sample(photos):
+    source = SyntheticPairs(photos, scale=2)
+    dataset = TrainingPatches(source, patch=16, channels="y", seed=3, num_samples=9)
+    lr, hr = dataset[4]
+    assert lr.shape == hr.shape == (1, 16, 16)
+    assert torch.equal(lr, dataset[4][0]) and torch.equal(hr, dataset[4][1])
+    assert 16 / 255 - 1e-6 <= hr.min() and hr.max() <= 235 / 255 + 1e-6
+    shifted = TrainingPatches(source, patch=16, channels="y", seed=3, num_samples=5, first_sample=4)
+    assert torch.equal(shifted[0][1], hr)
+    # each image once per epoch
+    assert sorted(dataset.image_index(k) for k in range(3, 6)) == [0, 1, 2]
+    rgb = TrainingPatches(source, patch=16, channels="rgb", seed=3, num_samples=9)
+    assert rgb[0][0].shape == (3, 16, 16)
+
+
+def test_patch_larger_than_an_image_names_it(photos):
+    with pytest.raises(ValueError, match="p0"):
+        TrainingPatches(SyntheticPairs(photos, scale=2), patch=38)
+    with pytest.raises(ValueError, match="channels"):
+        TrainingPatches(SyntheticPairs(photos, scale=2), patch=8, channels="lab")
+
+
+def test_distributed_batches_partition_the_single_process_batch(photos):
+    dataset = TrainingPatches(SyntheticPairs(photos, scale=2), patch=8, seed=1, num_samples=8)
+    single = [hr for _, hr in training_loader(dataset, global_batch=4)]
+    ranks = [[hr for _, hr in training_loader(dataset, 4, rank=r, world_size=2)] for r in range(2)]
+    for step, batch in enumerate(single):
+        merged = torch.stack([ranks[k % 2][step][k // 2] for k in range(4)])
+        assert torch.equal(merged, batch)
+    with pytest.raises(ValueError, match="divisible"):
+        training_loader(dataset, global_batch=3, world_size=2)
+
+
+def test_loader_with_workers_equals_in_process(photos):
+    dataset = TrainingPatches(SyntheticPairs(photos, scale=2), patch=8, seed=1, num_samples=4)
+    direct = next(iter(training_loader(dataset, 4)))
+    threaded = next(iter(training_loader(dataset, 4, workers=2)))
+    assert torch.equal(direct[0], threaded[0]) and torch.equal(direct[1], threaded[1])
+
+
+def test_whole_images_in_y_and_rgb(photos):
+    source = SyntheticPairs(photos, scale=2, fixed_seed=0)
+    lr, hr, name = WholeImages(source, "y")[1]
+    assert name == "p1" and lr.shape == hr.shape == (1, 44, 36)
+    assert np.allclose(hr[0].numpy(), to_channels(photos["p1"][:44, :36], "y")[..., 0])
