@@ -62,28 +62,35 @@ def normalize(
         kernel_list = list(kernels)
         if not kernel_list:
             raise ValueError("kernels is an empty list: give at least one kernel tensor")
-        inferred = []
         for i, k in enumerate(kernel_list):
-            name = f"kernels[{i}]"
-            if not isinstance(k, torch.Tensor):
-                raise ValueError(f"{name} must be a tensor, got {type(k).__name__}")
-            if k.dim() != 4:
-                raise ValueError(f"{name} must be 4-D (N, groups*s^2, H, W), got shape {tuple(k.shape)}")
-            taps, rem = divmod(k.shape[1], groups)
-            size = round(taps ** 0.5) if rem == 0 else 0
-            if rem != 0 or size * size != taps or size % 2 == 0:
+            if not isinstance(k, torch.Tensor) or k.dim() != 4:
+                shape = tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__
+                raise ValueError(f"kernels[{i}] must be a 4-D tensor (N, groups*s^2, H, W), got {shape}")
+        if sizes is None:
+            sizes = [_infer_size(k, groups, f"kernels[{i}]") for i, k in enumerate(kernel_list)]
+        else:
+            sizes = [_check_size(s) for s in sizes]
+            if len(sizes) != len(kernel_list):
+                raise ValueError(f"sizes={sizes} disagrees with the kernel list, which has {len(kernel_list)} tensors")
+        for i, (k, s) in enumerate(zip(kernel_list, sizes)):
+            if k.shape[1] != groups * s * s:
                 raise ValueError(
-                    f"{name} has {k.shape[1]} channels, which is not groups*s^2 "
-                    f"(groups={groups}) for an odd size s"
+                    f"sizes={sizes} disagrees with the kernel list: kernels[{i}] has {k.shape[1]} channels, "
+                    f"not groups*s^2 = {groups}*{s * s}"
                 )
-            inferred.append(size)
-            _check_kernel(x, k, name, groups * size * size, f"groups*s^2 = {groups}*{size * size}")
-        if sizes is not None:
-            given = [_check_size(s) for s in sizes]
-            if given != inferred:
-                raise ValueError(f"sizes={given} disagrees with the kernel list, whose sizes are {inferred}")
-        sizes = inferred
+            _check_kernel(x, k, f"kernels[{i}]", groups * s * s, f"groups*s^2 = {groups}*{s * s}")
     return kernel_list, sizes
+
+
+def _infer_size(k: torch.Tensor, groups: int, name: str) -> int:
+    channels = int(k.shape[1])
+    taps = channels // groups
+    size = round(taps**0.5)
+    if channels % groups != 0 or size * size != taps or size % 2 == 0:
+        raise ValueError(
+            f"{name} has {channels} channels, which is not groups*s^2 (groups={groups}) for an odd size s"
+        )
+    return size
 
 
 def _check_kernel(x: torch.Tensor, k: torch.Tensor, name: str, channels: int, what: str) -> None:

@@ -63,7 +63,7 @@ def dynconv(x: torch.Tensor, kernel: torch.Tensor, *, groups: int = 1, dilation:
 
 @torch.library.register_fake("ddet_ops::multi_dynconv")
 def _multi_dynconv_fake(x, kernels, sizes, groups, dilation):
-    normalize(x, kernels if len(kernels) == len(sizes) else kernels[0], list(sizes), groups, dilation)
+    normalize(x, kernels if len(kernels) == len(sizes) else kernels[0], sizes, groups, dilation)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -85,13 +85,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y):
     x, *kernels = ctx.saved_tensors
     need_x = ctx.needs_input_grad[0]
-    need_kernels = ctx.needs_input_grad[1]
+    # For a Tensor[] input autograd reports one flag per tensor; the op computes all or none.
+    need_kernels = any(ctx.needs_input_grad[1])
     grad_x, grad_kernels = torch.ops.ddet_ops.multi_dynconv_backward(
         grad_y, x, kernels, ctx.sizes, ctx.groups, ctx.dilation, need_x, need_kernels
     )
     return (
         grad_x if need_x else None,
-        list(grad_kernels) if need_kernels else None,
+        list(grad_kernels) if need_kernels else [None] * len(kernels),
         None,
         None,
         None,

@@ -1,0 +1,341 @@
+"""ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (DESIGN.md)."""
+
+import itertools
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ddet_ops
+from ddet_ops import MultiDynConv, dynconv, multi_dynconv, reference
+
+# (N, C, H, W, sizes, groups, dilation)
+CASES = [
+    (1, 1, 8, 8, (3,), 1, 1),
+    (2, 3, 9, 13, (3, 5, 7), 1, 1),
+    (3, 2, 5, 4, (1, 3), 2, 1),
+    (1, 4, 6, 7, (5,), 2, 2),
+    (2, 6, 11, 10, (3, 5, 7), 3, 3),
+    (1, 3, 1, 1, (3, 5, 7), 1, 1),
+    (1, 2, 2, 3, (9, 11), 2, 1),
+    (2, 1, 3, 17, (7,), 1, 2),
+    (1, 5, 12, 9, (1,), 5, 1),
+    (1, 8, 20, 21, (3, 5), 8, 1),
+    (2, 4, 19, 40, (3, 5, 7), 1, 1),
+]
+
+
+def make_inputs(n, c, h, w, sizes, groups, dtype=torch.float64, seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=dtype, generator=gen)
+    kernels = [torch.randn(n, groups * s * s, h, w, dtype=dtype, generator=gen) for s in sizes]
+    if requires_grad:
+        x.requires_grad_(True)
+        for k in kernels:
+            k.requires_grad_(True)
+    return x, kernels
+
+
+def grads(fn, x, kernels, grad_y, **kw):
+    x = x.detach().requires_grad_(True)
+    if isinstance(kernels, torch.Tensor):
+        kernels = kernels.detach().requires_grad_(True)
+        leaves = [kernels]
+    else:
+        kernels = [k.detach().requires_grad_(True) for k in kernels]
+        leaves = kernels
+    y = fn(x, kernels, **kw)
+    y.backward(grad_y)
+    return y.detach(), x.grad, [k.grad for k in leaves]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-s{c[4]}-g{c[5]}-d{c[6]}")
+@pytest.mark.parametrize("packed", [False, True], ids=["list", "packed"])
+def test_forward_and_backward_match_reference(case, packed):
+    n, c, h, w, sizes, groups, dilation = case
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    arg = torch.cat(kernels, dim=1) if packed else kernels
+    kw = dict(sizes=sizes if packed else None, groups=groups, dilation=dilation)
+    grad_y = torch.randn_like(x)
+    y, gx, gk = grads(multi_dynconv, x, arg, grad_y, **kw)
+    y_ref, gx_ref, gk_ref = grads(reference.multi_dynconv, x, arg, grad_y, **kw)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    assert len(gk) == len(gk_ref) == (1 if packed else len(sizes))
+    for got, want in zip(gk, gk_ref):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("case", CASES[:6] + CASES[8:], ids=lambda c: "x".join(map(str, c[:4])) + f"-g{c[5]}-d{c[6]}")
+def test_device_code_path_matches_reference(case):
+    """The CUDA kernels' per-thread functions, run serially on the CPU."""
+    n, c, h, w, sizes, groups, dilation = case
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    packed = torch.cat(kernels, dim=1)
+    grad_y = torch.randn_like(x)
+    y = torch.ops.ddet_ops._pixelwise_multi_dynconv(x, [packed], list(sizes), groups, dilation)
+    gx, (gk,) = torch.ops.ddet_ops._pixelwise_multi_dynconv_backward(
+        grad_y, x, [packed], list(sizes), groups, dilation, True, True
+    )
+    y_ref, gx_ref, (gk_ref,) = grads(reference.multi_dynconv, x, packed, grad_y, sizes=sizes, groups=groups, dilation=dilation)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gk, gk_ref)
+
+
+def test_shift_add_reference_agrees_with_unfold_reference():
+    x, kernels = make_inputs(2, 4, 7, 9, (3, 5), 2)
+    torch.testing.assert_close(
+        reference.multi_dynconv_shift_add(x, kernels, groups=2, dilation=2),
+        reference.multi_dynconv(x, kernels, groups=2, dilation=2),
+    )
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck(packed):
+    x, kernels = make_inputs(1, 2, 5, 6, (1, 3), 2, requires_grad=True)
+    if packed:
+        arg = torch.cat([k.detach() for k in kernels], dim=1).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda x, k: multi_dynconv(x, k, (1, 3), groups=2, dilation=2), (x, arg))
+    else:
+        assert torch.autograd.gradcheck(lambda x, a, b: multi_dynconv(x, [a, b], groups=2), (x, *kernels))
+
+
+@pytest.mark.parametrize("need", ["x", "kernels", "both"])
+def test_requires_grad_on_some_inputs(need):
+    x, kernels = make_inputs(2, 3, 6, 7, (3, 5), 1)
+    x.requires_grad_(need in ("x", "both"))
+    for k in kernels:
+        k.requires_grad_(need in ("kernels", "both"))
+    multi_dynconv(x, kernels).sum().backward()
+    x_ref = x.detach().requires_grad_(x.requires_grad)
+    k_ref = [k.detach().requires_grad_(k.requires_grad) for k in kernels]
+    reference.multi_dynconv(x_ref, k_ref).sum().backward()
+    assert (x.grad is None) == (need == "kernels")
+    if x.grad is not None:
+        torch.testing.assert_close(x.grad, x_ref.grad)
+    for k, kr in zip(kernels, k_ref):
+        assert (k.grad is None) == (need == "x")
+        if k.grad is not None:
+            torch.testing.assert_close(k.grad, kr.grad)
+
+
+def test_opcheck():
+    x, kernels = make_inputs(2, 4, 6, 5, (3, 5), 2, dtype=torch.float32, requires_grad=True)
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, kernels, [3, 5], 2, 1))
+    packed = torch.cat([k.detach() for k in kernels], dim=1).requires_grad_(True)
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [packed], [3, 5], 2, 2))
+    grad_y = torch.randn_like(x)
+    torch.library.opcheck(
+        torch.ops.ddet_ops.multi_dynconv_backward.default,
+        (grad_y, x.detach(), [packed.detach()], [3, 5], 2, 2, True, True),
+    )
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    x, kernels = make_inputs(2, 3, 8, 9, (3, 5, 7), 1, dtype=torch.float32)
+    packed = torch.cat(kernels, dim=1)
+
+    def loss(x, packed):
+        return (multi_dynconv(x, packed, (3, 5, 7)) * x).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    loss(xe, pe).backward()
+    compiled(xc, pc).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(pc.grad, pe.grad)
+
+
+def test_backward_is_bitwise_deterministic():
+    x, kernels = make_inputs(2, 4, 33, 47, (3, 5, 7), 2, dtype=torch.float32)
+    grad_y = torch.randn_like(x)
+    first = grads(multi_dynconv, x, kernels, grad_y, groups=2)
+    for _ in range(2):
+        again = grads(multi_dynconv, x, kernels, grad_y, groups=2)
+        assert torch.equal(again[1], first[1])
+        assert all(torch.equal(a, b) for a, b in zip(again[2], first[2]))
+
+
+def test_inputs_are_never_modified():
+    x, kernels = make_inputs(1, 3, 10, 12, (3, 5, 7), 1, requires_grad=True)
+    before = [t.detach().clone() for t in (x, *kernels)]
+    grad_y = torch.randn_like(x)
+    grad_before = grad_y.clone()
+    y = multi_dynconv(x, kernels)
+    y.backward(grad_y)
+    assert all(torch.equal(t.detach(), b) for t, b in zip((x, *kernels), before))
+    assert torch.equal(grad_y, grad_before)
+    assert y.data_ptr() not in {t.data_ptr() for t in (x, *kernels)}
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    x, kernels = make_inputs(2, 4, 9, 11, (3, 5), 1)
+    packed = torch.cat(kernels, dim=1)
+    expected = reference.multi_dynconv(x, packed, (3, 5))
+    x_cl = x.to(memory_format=torch.channels_last)
+    packed_cl = packed.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(multi_dynconv(x_cl, packed_cl, (3, 5)), expected)
+    # Views with strides in every dimension: transpose H/W twice, and slices of larger tensors.
+    x_t = x.transpose(2, 3).contiguous().transpose(2, 3)
+    big = torch.zeros(2, 2 * packed.shape[1], 9, 22, dtype=packed.dtype)
+    big[:, ::2, :, ::2] = packed
+    strided = big[:, ::2, :, ::2]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(multi_dynconv(x_t, strided, (3, 5)), expected)
+    # The per-size list as views into one packed tensor (no copy needed).
+    views = list(torch.split(packed, [9, 25], dim=1))
+    torch.testing.assert_close(multi_dynconv(x, views), expected)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+def test_reduced_precision_against_float64(dtype, tol):
+    x, kernels = make_inputs(2, 3, 12, 14, (3, 5, 7), 1, dtype=torch.float32)
+    x_l, k_l = x.to(dtype), [k.to(dtype) for k in kernels]
+    y = multi_dynconv(x_l, k_l)
+    assert y.dtype == dtype
+    want = reference.multi_dynconv(x_l.double(), [k.double() for k in k_l])
+    scale = want.abs().max()
+    assert ((y.double() - want).abs().max() / scale).item() < tol
+    grad_y = torch.randn_like(x).to(dtype)
+    _, gx, gk = grads(multi_dynconv, x_l, k_l, grad_y)
+    _, gx_ref, gk_ref = grads(reference.multi_dynconv, x_l.double(), [k.double() for k in k_l], grad_y.double())
+    assert ((gx.double() - gx_ref).abs().max() / gx_ref.abs().max()).item() < tol
+    for got, want in zip(gk, gk_ref):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() < tol
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 5, 5), (2, 0, 5, 5)])
+def test_empty_tensors(shape):
+    n, c, h, w = shape
+    x = torch.randn(shape, requires_grad=True)
+    packed = torch.randn(n, 34, h, w, requires_grad=True)
+    y = multi_dynconv(x, packed, (3, 5))
+    assert y.shape == shape
+    y.sum().backward()
+    assert x.grad.shape == shape and packed.grad.shape == packed.shape
+    assert not packed.grad.any()
+
+
+def test_dynconv_and_module():
+    x, (k,) = make_inputs(2, 3, 7, 8, (5,), 3)
+    torch.testing.assert_close(dynconv(x, k, groups=3), reference.dynconv(x, k, groups=3))
+    x, kernels = make_inputs(1, 2, 6, 6, (3, 5, 7), 1)
+    module = MultiDynConv((3, 5, 7))
+    assert module.kernel_channels == 83 and "sizes=(3, 5, 7)" in repr(module)
+    torch.testing.assert_close(module(x, torch.cat(kernels, 1)), reference.multi_dynconv(x, kernels))
+
+
+def test_centre_tap_kernel_is_identity():
+    x = torch.randn(2, 3, 9, 10)
+    k = torch.zeros(2, 49, 9, 10)
+    k[:, 24] = 1
+    assert torch.equal(dynconv(x, k), x)
+
+
+BAD_INPUTS = [
+    # (description, x shape, kernels builder, kwargs, message fragment)
+    ("x not 4-D", (3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {}, "4-D"),
+    ("kernel not 4-D", (1, 3, 8, 8), lambda: [torch.zeros(9, 8, 8)], {}, "4-D"),
+    ("kernel channels not a square", (1, 3, 8, 8), lambda: [torch.zeros(1, 10, 8, 8)], {}, "channels"),
+    ("even size", (1, 3, 8, 8), lambda: [torch.zeros(1, 16, 8, 8)], {}, "odd"),
+    ("even size given", (1, 3, 8, 8), lambda: torch.zeros(1, 16, 8, 8), {"sizes": (4,)}, "odd"),
+    ("non-positive size", (1, 3, 8, 8), lambda: torch.zeros(1, 1, 8, 8), {"sizes": (-1,)}, "odd"),
+    ("packed channels", (1, 3, 8, 8), lambda: torch.zeros(1, 33, 8, 8), {"sizes": (3, 5)}, "channels"),
+    ("packed without sizes", (1, 3, 8, 8), lambda: torch.zeros(1, 34, 8, 8), {}, "sizes"),
+    ("sizes disagree", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {"sizes": (5,)}, "disagrees"),
+    ("groups do not divide C", (1, 3, 8, 8), lambda: [torch.zeros(1, 18, 8, 8)], {"groups": 2}, "divide"),
+    ("groups < 1", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {"groups": 0}, "groups"),
+    ("dilation < 1", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {"dilation": 0}, "dilation"),
+    ("batch differs", (2, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {}, "batch"),
+    ("spatial differs", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 7)], {}, "spatial"),
+    ("dtype differs", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8, dtype=torch.float64)], {}, "dtype"),
+    ("empty list", (1, 3, 8, 8), lambda: [], {}, "empty"),
+]
+
+
+@pytest.mark.parametrize("desc,x_shape,build,kw,fragment", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_clear_errors(desc, x_shape, build, kw, fragment):
+    x = torch.zeros(x_shape)
+    for fn in (multi_dynconv, reference.multi_dynconv):
+        with pytest.raises((ValueError, RuntimeError), match=fragment):
+            fn(x, build(), **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_integer_and_complex_dtypes_are_refused(dtype):
+    x = torch.zeros(1, 1, 4, 4, dtype=dtype)
+    with pytest.raises((ValueError, RuntimeError), match="floating"):
+        multi_dynconv(x, [torch.zeros(1, 9, 4, 4, dtype=dtype)])
+
+
+def test_device_mismatch_is_refused():
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises((ValueError, RuntimeError), match="meta"):
+        multi_dynconv(x, [torch.zeros(1, 9, 4, 4, device="meta")])
+
+
+BAD_DIRECT_CALLS = [
+    ((torch.zeros(3, 4, 4), [torch.zeros(1, 9, 4, 4)], [3], 1, 1), "4-D"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 16, 4, 4)], [4], 1, 1), "odd"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 10, 4, 4)], [3], 1, 1), "channels"),
+    ((torch.zeros(1, 3, 4, 4), [torch.zeros(1, 9, 4, 4)], [3], 2, 1), "divide"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)], [3], 1, 0), "dilation"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(2, 9, 4, 4)], [3], 1, 1), "batch and spatial"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4).double()], [3], 1, 1), "dtype"),
+    ((torch.zeros(1, 1, 4, 4, dtype=torch.int32), [torch.zeros(1, 9, 4, 4, dtype=torch.int32)], [3], 1, 1), "float"),
+    ((torch.zeros(1, 1, 4, 4), [], [3], 1, 1), "empty"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)], [], 1, 1), "at least one"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_DIRECT_CALLS)
+def test_direct_op_calls_check_their_arguments(args, fragment):
+    """The C++ op guards itself too: torch.ops.ddet_ops is reachable without the Python face."""
+    with pytest.raises(RuntimeError, match=fragment):
+        torch.ops.ddet_ops.multi_dynconv(*args)
+
+
+def test_extension_built_for_another_torch_fails_with_the_fix(monkeypatch):
+    from ddet_ops import _build_info, _extension
+
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.0-other")
+    with pytest.raises(ImportError, match="--no-build-isolation"):
+        _extension.load()
+
+
+def test_missing_extension_fails_with_the_fix(monkeypatch):
+    from ddet_ops import _extension
+
+    monkeypatch.delattr(ddet_ops, "_build_info")
+    monkeypatch.setitem(sys.modules, "ddet_ops._build_info", None)
+    with pytest.raises(ImportError, match="pip install --no-build-isolation"):
+        _extension.load()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    channels_per_group=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    sizes=st.lists(st.sampled_from([1, 3, 5, 7]), min_size=1, max_size=3, unique=True),
+    dilation=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(n, channels_per_group, groups, h, w, sizes, dilation, seed):
+    x, kernels = make_inputs(n, channels_per_group * groups, h, w, sizes, groups, seed=seed)
+    grad_y = torch.randn_like(x)
+    got = grads(multi_dynconv, x, kernels, grad_y, groups=groups, dilation=dilation)
+    want = grads(reference.multi_dynconv, x, kernels, grad_y, groups=groups, dilation=dilation)
+    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+        torch.testing.assert_close(a, b)
+
+
+def test_public_api():
+    assert set(ddet_ops.__all__) >= {"multi_dynconv", "dynconv", "MultiDynConv", "reference"}
+    assert isinstance(ddet_ops.cuda_compiled(), bool)
