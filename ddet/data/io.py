@@ -60,16 +60,37 @@ def write_image(path, image, force=False, quality=95):
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (pass --force / force=True to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     pil = to_pil(image)
     options = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    atomic_write(path, lambda handle: pil.save(handle, format=image_format, **options))
+
+
+def atomic_write(path, write):
+    """Call ``write(binary file)`` on a temporary file beside ``path``, fsync it and rename it onto
+    ``path``, so a crash leaves either the old file or the complete new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            pil.save(handle, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"), **options)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder):
+    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

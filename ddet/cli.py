@@ -1,0 +1,205 @@
+"""The ``ddet`` command: ``train``, ``eval`` and ``upscale``.
+
+    ddet upscale photo.jpg -o photo_x2.png
+    ddet eval --scale 2 --json results.json
+    ddet train --config configs/ddet_x2.yaml
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+def _device(choice):
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def yaml_mapping(text):
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"not YAML: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{blocks: 4}}', got {text!r}")
+    return value
+
+
+def add_train_arguments(parser):
+    from ddet.train import TrainConfig
+
+    parser.add_argument("--config", help="YAML file of training options (flags override it)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, dict):
+            parser.add_argument(flag, type=yaml_mapping, help=f"YAML mapping (default {default})")
+        elif isinstance(default, list):
+            parser.add_argument(flag, nargs="+", help=f"default {' '.join(map(str, default))}")
+        else:
+            parser.add_argument(flag, type=type(default), help=f"default {default}")
+
+
+def command_train(args):
+    from ddet.train import TrainConfig, load_config, train
+
+    fields = [field.name for field in dataclasses.fields(TrainConfig)]
+    overrides = {name: getattr(args, name) for name in fields}
+    config_file = args.config
+    if args.resume and not config_file:
+        # Resuming needs nothing but --out: the run's own record of its options.
+        saved = Path(args.out or TrainConfig.out) / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} not found (is --out the run's folder?)")
+        config_file = saved
+    result = train(load_config(config_file, **overrides), resume=args.resume, force=args.force)
+    if result is not None:
+        print(f"final validation: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}")
+
+
+def command_eval(args):
+    from ddet import metrics
+    from ddet.data import WholeImages, make_sources, paired_folder, realsr
+    from ddet.inference import evaluate_images, resolve_model
+
+    device = _device(args.device)
+    model, scale, channels = resolve_model(args.model, args.weights, args.scale, device)
+    if args.data == "synthetic":
+        source = make_sources("synthetic", scale, val_root=args.data_root)[1]
+    elif args.data == "realsr":
+        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras), args.realsr_version)
+    else:
+        source = paired_folder(_required(args.data_root, "--data-root"))
+    if args.json:
+        _refuse_overwrite(Path(args.json), args.force)
+    patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
+    rows = evaluate_images(model, WholeImages(source, channels, cache=False), args.tile, args.tile_overlap, device, args.border, patch, progress=True)
+    mean = metrics.summarize(rows)
+    bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
+    name = args.model or (model.__class__.__name__ if args.weights else "ddet")
+    print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
+    for row in rows:
+        print(f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} {row['psnr']:>14.3f} {row['ssim']:>7.4f}")
+    print(f"{'mean':<24} {bicubic['psnr']:>12.3f} {bicubic['ssim']:>7.4f} {mean['psnr']:>14.3f} {mean['ssim']:>7.4f}")
+    if args.json:
+        from ddet.data.io import atomic_write
+
+        report = {
+            "model": args.model or "ddet",
+            "weights": str(args.weights) if args.weights else "bundled",
+            "scale": scale,
+            "channels": channels,
+            "data": args.data,
+            "protocol": {"y": "MATLAB rgb2ycbcr, uint8", "multiple": metrics.MULTIPLE, "border": args.border, "patch": patch, "stride": metrics.OFFICIAL_STRIDE if patch else None},
+            "images": rows,
+            "mean": mean,
+            "bicubic_mean": bicubic,
+        }
+        atomic_write(Path(args.json), lambda handle: handle.write(json.dumps(report, indent=2).encode()))
+
+
+def _required(value, flag):
+    if not value:
+        raise ValueError(f"{flag} is required for this data kind")
+    return value
+
+
+def _refuse_overwrite(path, force):
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (pass --force to overwrite)")
+
+
+def output_paths(inputs, out, scale, suffix):
+    """Where each input goes: ``out`` itself for one input (unless it is a folder), else ``out/<stem>_x<scale><suffix>``."""
+    out = Path(out)
+    if len(inputs) == 1 and not out.is_dir() and not str(out).endswith(("/", "\\")):
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out}: several inputs need an output folder")
+    return [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
+
+
+def command_upscale(args):
+    from tqdm import tqdm
+
+    from ddet.data.io import write_image
+    from ddet.inference import resolve_model, upscale
+
+    device = _device(args.device)
+    model, scale, _ = resolve_model(args.model, args.weights, args.scale, device)
+    targets = output_paths(args.inputs, args.output, scale, args.suffix)
+    for source in args.inputs:
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"input image not found: {source}")
+    for target in targets:
+        _refuse_overwrite(target, args.force)
+    for source, target in tqdm(list(zip(args.inputs, targets)), desc="images", disable=len(targets) == 1):
+        image = upscale(source, scale=scale, model=model, tile=args.tile, tile_overlap=args.tile_overlap, device=device, progress=True)
+        write_image(target, image, force=args.force)
+        print(f"{source} → {target} ({image.shape[1]}×{image.shape[0]})")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (also under torchrun)")
+    add_train_arguments(train)
+    train.set_defaults(run=command_train)
+
+    evaluate = commands.add_parser("eval", help="PSNR/SSIM under the RealSR protocol, with the bicubic baseline")
+    evaluate.add_argument("--model", help="registry name (default: ddet with bundled weights)")
+    evaluate.add_argument("--weights", help="safetensors file from ddet train")
+    evaluate.add_argument("--scale", type=int, choices=(2, 3, 4))
+    evaluate.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
+    evaluate.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
+    evaluate.add_argument("--split", default="Test", help="RealSR split (default Test)")
+    evaluate.add_argument("--cameras", nargs="+", default=["Canon", "Nikon"])
+    evaluate.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
+    evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
+    evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")
+    evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
+    evaluate.add_argument("--tile-overlap", type=int, default=32)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", help="write the per-image table and means here")
+    evaluate.add_argument("--force", action="store_true", help="overwrite --json")
+    evaluate.set_defaults(run=command_eval)
+
+    up = commands.add_parser("upscale", help="upscale photographs")
+    up.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs")
+    up.add_argument("--scale", type=int, choices=(2, 3, 4))
+    up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
+    up.add_argument("--weights", help="safetensors file from ddet train")
+    up.add_argument("--tile", type=int, default=512)
+    up.add_argument("--tile-overlap", type=int, default=32)
+    up.add_argument("--device", default="auto")
+    up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
+    up.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    up.set_defaults(run=command_upscale)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"ddet {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

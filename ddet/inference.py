@@ -1,0 +1,160 @@
+"""Upscale photographs with a trained model: bicubic to the target size, then the network, in tiles.
+
+Y models (the paper's setting) see the MATLAB BT.601 luminance; the chroma is bicubic-upscaled and
+put back. RGB models see all three channels. Large images run tile by tile (``tile`` pixels of the
+upscaled image, ``tile_overlap`` shared with each neighbour); overlapping outputs are blended with
+weights that fade to almost zero at a tile's inner edges, where the network lacks context, so the
+seams vanish and memory stays bounded by the tile size.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ddet import metrics
+from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ddet.data.degrade import resize
+from ddet.data.io import read_image
+from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
+
+# Weight of the outermost pixels of a tile edge that has a neighbour: small but not zero, so
+# the weights still sum to more than zero in a corner shared by four tiles.
+EDGE_WEIGHT = 1e-3
+
+
+def as_float_rgb(image):
+    """A path, or an H×W(×3) uint8 / uint16 / float array → float32 H×W×3 in [0, 1]."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array.astype(np.float32), 0.0, 1.0)
+    else:
+        raise TypeError(f"unsupported image dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"expected an H×W or H×W×3 image, got shape {array.shape}")
+    return array[..., :3]
+
+
+def resolve_model(model=None, weights=None, scale=None, device="cpu"):
+    """(model, scale, channels) from weights, a model object, or the bundled weights of ``scale``.
+
+    ``model`` may be a module (then ``scale`` is required), or a registry name: only ``ddet`` has
+    bundled weights, every other name needs ``weights``.
+    """
+    if isinstance(model, torch.nn.Module):
+        if scale is None:
+            raise ValueError("pass scale= with a model object")
+        return model.to(device).eval(), scale, "y" if model.in_channels == 1 else "rgb"
+    if weights is not None:
+        loaded, metadata = load_model(weights, device)
+        if model is not None and model != metadata["model"]:
+            raise ValueError(f"--model {model} but {weights} holds a {metadata['model']!r} model")
+        if scale is not None and scale != metadata["scale"]:
+            raise ValueError(f"--scale {scale} but {weights} was trained for ×{metadata['scale']}")
+        return loaded, metadata["scale"], metadata["channels"]
+    if model not in (None, BUNDLED_MODEL):
+        raise ValueError(f"no bundled weights for model {model!r}; pass --weights FILE")
+    scale = 2 if scale is None else scale
+    loaded, metadata = load_bundled(scale, device)
+    return loaded, scale, metadata["channels"]
+
+
+def _starts(length, tile, overlap):
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def _ramp(length, fade_before, fade_after, overlap):
+    """1-D blending weights of a tile: rising over ``overlap`` pixels from each edge that has a neighbour."""
+    weights = np.ones(length, np.float32)
+    ramp = np.linspace(EDGE_WEIGHT, 1.0, max(overlap, 1), dtype=np.float32)
+    if fade_before and overlap:
+        weights[:overlap] = np.minimum(weights[:overlap], ramp)
+    if fade_after and overlap:
+        weights[-overlap:] = np.minimum(weights[-overlap:], ramp[::-1])
+    return weights
+
+
+@torch.no_grad()
+def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False):
+    """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles; returns C×H×W on the CPU."""
+    channels, height, width = image.shape
+    if tile is None or (height <= tile and width <= tile):
+        return model(image[None].to(device)).float()[0].cpu()
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, tile), got overlap {overlap} with tile {tile}")
+    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    output = torch.zeros(channels, height, width)
+    total = torch.zeros(1, height, width)
+    bar = tqdm(total=len(rows) * len(cols), desc="tiles", leave=False, disable=not progress)
+    for top in rows:
+        for left in cols:
+            window = (slice(None), slice(top, top + tile), slice(left, left + tile))
+            patch = image[window]
+            result = model(patch[None].to(device)).float()[0].cpu()
+            vertical = _ramp(patch.shape[1], top > 0, top + tile < height, overlap)
+            horizontal = _ramp(patch.shape[2], left > 0, left + tile < width, overlap)
+            weight = torch.from_numpy(np.outer(vertical, horizontal))[None]
+            output[window] += result * weight
+            total[window] += weight
+            bar.update()
+    bar.close()
+    return output / total
+
+
+def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=32, device="cpu", progress=False):
+    """Upscale ``image`` (path or array) by ``scale`` (default: 2, or the scale of ``weights``).
+
+    Returns float32 H·s × W·s × 3 in [0, 1]. ``model``: a registry name (``ddet`` uses the bundled
+    weights) or a module; ``weights``: a safetensors file written by ``ddet train``.
+    """
+    network, scale, channels = resolve_model(model, weights, scale, device)
+    rgb = as_float_rgb(image)
+    height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
+    upscaled = np.clip(resize(rgb, height, width), 0.0, 1.0)
+    if channels == "rgb":
+        restored = run_model(network, _tensor(upscaled), tile, tile_overlap, device, progress)
+        return _array(restored).clip(0.0, 1.0)
+    ycbcr = rgb_to_ycbcr(upscaled)
+    luminance = run_model(network, _tensor(ycbcr[..., :1]), tile, tile_overlap, device, progress)
+    ycbcr[..., :1] = _array(luminance)
+    return np.clip(ycbcr_to_rgb(ycbcr), 0.0, 1.0)
+
+
+def _tensor(image):
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def _array(tensor):
+    return tensor.numpy().transpose(1, 2, 0)
+
+
+def evaluate_images(model, images, tile=None, overlap=32, device="cpu", border=0, patch=None, progress=False):
+    """Per-image RealSR-protocol rows {name, psnr, ssim, bicubic_psnr, bicubic_ssim} for a dataset
+    of (lr at HR size, hr, name) tensors in the model's channels."""
+    rows = []
+    for lr, hr, name in tqdm(images, desc="evaluate", disable=not progress):
+        output = run_model(model, lr, tile, overlap, device).clamp(0.0, 1.0)
+        target = _plane(hr)
+        ours = metrics.evaluate(_plane(output), target, border=border, patch=patch)
+        bicubic = metrics.evaluate(_plane(lr), target, border=border, patch=patch)
+        rows.append({"name": name, **ours, "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
+    return rows
+
+
+def _plane(tensor):
+    """C×H×W → H×W (Y) or H×W×3 (RGB) numpy, as ``metrics.evaluate`` expects."""
+    array = _array(tensor)
+    return array[..., 0] if array.shape[-1] == 1 else array

@@ -1,0 +1,416 @@
+"""Train DDet or any registered baseline: one process, or many through torchrun.
+
+    ddet train --config configs/ddet_x2.yaml --out runs/ddet_x2
+    torchrun --nproc_per_node 4 -m ddet.cli train --config configs/ddet_x2.yaml --out runs/ddet_x2
+    ddet train --out runs/ddet_x2 --resume            # continues exactly where it stopped
+
+The run is a function of its configuration: training sample k is drawn from (seed, k) alone, so a
+resumed run and a run on N processes with the same global batch see the same data as one
+uninterrupted process. Rank 0 logs, validates and writes checkpoints; a checkpoint is a folder
+written under a temporary name, fsynced and renamed, then named in ``checkpoints/latest`` (itself
+replaced atomically), so a kill never damages the last good checkpoint.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from ddet import metrics, models
+from ddet.data import TrainingPatches, WholeImages, make_sources, training_loader
+from ddet.data.io import atomic_write, fsync_directory
+from ddet.inference import evaluate_images
+from ddet.weights import read_weights, save_weights
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "ddet"
+    model_args: dict = dataclasses.field(default_factory=dict)  # overrides of the model's configuration
+    scale: int = 2
+    channels: str = "y"  # y (MATLAB BT.601 luminance) or rgb
+    data: str = "synthetic"  # synthetic | realsr | folder
+    data_root: str = ""
+    val_root: str = ""
+    realsr_version: int = 2
+    cameras: list = dataclasses.field(default_factory=lambda: ["Canon", "Nikon"])
+    patch: int = 64  # HR patch side
+    batch: int = 16  # global batch, split over the processes
+    iterations: int = 100_000
+    lr: float = 1e-4  # Adam, as LP-KPN
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: int = 0
+    step_size: int = 200_000  # step schedule: lr × step_gamma every step_size iterations
+    step_gamma: float = 0.5
+    loss: str = "l1"  # l1 | l2; models with forward_levels (LP-KPN) get it on every pyramid level
+    grad_clip: float = 0.0  # max gradient norm, 0 = off
+    ema: float = 0.999  # decay of the weight average used for validation and export, 0 = off
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    seed: int = 0
+    init: str = ""  # start from these weights (safetensors), e.g. fine-tune ×3 from ×2
+    workers: int = 2
+    threads: int = 0  # torch CPU threads per process, 0 = torch's default
+    device: str = "auto"
+    log_every: int = 50
+    validate_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    out: str = "runs/ddet"
+
+
+# Fields that may change when a run is resumed; every other one defines the run.
+RESUMABLE_CHANGES = {"workers", "threads", "device", "log_every", "out"}
+# What a run writes under `out`; --force clears exactly these.
+OUTPUTS = ("checkpoints", "tensorboard", "log.jsonl", "config.yaml", "best.safetensors", "model.safetensors")
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_config(path=None, **overrides):
+    """TrainConfig from an optional YAML file, then keyword overrides (None values are ignored)."""
+    values = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"cannot read config {path}: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"config {path} must be a mapping of option: value")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown}" + (f" in {path}" if path else "") + f"; known: {sorted(known)}")
+    config = TrainConfig(**values)
+    _check(config)
+    return config
+
+
+def _check(config):
+    choices = {"channels": ("y", "rgb"), "schedule": ("cosine", "step", "constant"), "loss": tuple(LOSSES), "amp": ("none", *AMP_DTYPES)}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if config.scale not in (2, 3, 4):
+        raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
+    for name in ("patch", "batch", "iterations", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+
+
+def model_overrides(config):
+    """Arguments of ``models.create``: the configured overrides plus the input channels."""
+    in_channels = 1 if config.channels == "y" else 3
+    given = config.model_args.get("in_channels", in_channels)
+    if given != in_channels:
+        raise ValueError(f"model_args in_channels={given} contradicts channels={config.channels!r}")
+    return {**config.model_args, "in_channels": in_channels}
+
+
+def lr_factor(config, step):
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.schedule == "cosine":
+        progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.schedule == "step":
+        return config.step_gamma ** (step // config.step_size)
+    return 1.0
+
+
+class Objective(nn.Module):
+    """The training loss as a module, so DistributedDataParallel wraps every forward path."""
+
+    def __init__(self, model, loss):
+        super().__init__()
+        self.model, self.loss = model, LOSSES[loss]
+
+    def forward(self, lr, hr):
+        if hasattr(self.model, "forward_levels"):  # LP-KPN: the loss on each Laplacian level
+            _, levels = self.model.forward_levels(lr)
+            return sum(self.loss(level.float(), target) for level, target in zip(levels, self.model.pyramid(hr)))
+        return self.loss(self.model(lr).float(), hr)
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+
+def setup_distributed(device_choice):
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    env = Distributed(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    use_cuda = torch.cuda.is_available() and device_choice in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return env
+
+
+def pick_device(choice, env):
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda given but CUDA is not available")
+        return torch.device("cuda", env.local_rank)
+    return torch.device(choice)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dir(out):
+    return Path(out) / "checkpoints"
+
+
+def latest_checkpoint(out):
+    pointer = checkpoint_dir(out) / "latest"
+    if not pointer.is_file():
+        return None
+    folder = checkpoint_dir(out) / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{pointer} names {folder.name}, which does not exist")
+    return folder
+
+
+def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best):
+    root = checkpoint_dir(config.out)
+    name = f"step-{step:09d}"
+    staging = root / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    export = dict(model=config.model, model_args=model_overrides(config), scale=config.scale, channels=config.channels, extra={"step": step})
+    save_weights(staging / "model.safetensors", model.state_dict(), **export)
+    if ema is not None:
+        save_weights(staging / "ema.safetensors", ema.module.state_dict(), **export)
+    state = {
+        "step": step,
+        "config": dataclasses.asdict(config),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema_count": None if ema is None else ema.n_averaged.clone(),
+        "best": best,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    atomic_write(staging / "state.pt", lambda handle: torch.save(state, handle))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    fsync_directory(root)
+    atomic_write(root / "latest", lambda handle: handle.write(name.encode()))
+    for old in sorted(root.glob("step-*"))[: -config.keep_checkpoints]:
+        shutil.rmtree(old)
+
+
+def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
+    """Load a checkpoint folder into the live objects; returns (step, best)."""
+    state = read_state(folder)
+    model.load_state_dict(read_weights(folder / "model.safetensors")[0])
+    if ema is not None:
+        ema.module.load_state_dict(read_weights(folder / "ema.safetensors")[0])
+        ema.n_averaged.copy_(state["ema_count"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], state["best"]
+
+
+def read_state(folder):
+    """The state file of a checkpoint, loaded without unpickling arbitrary objects."""
+    path = folder / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"cannot read checkpoint state {path}: {error}") from error
+
+
+def check_resumable(config, folder):
+    before = read_state(folder)["config"]
+    changed = sorted(k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and before.get(k) != v)
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} → {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"cannot resume {folder} with a different configuration ({detail})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(model, images, device):
+    """Mean PSNR/SSIM (RealSR protocol) of ``model`` on whole images, and of the bicubic input."""
+    model.eval()
+    rows = evaluate_images(model, images, device=device)
+    model.train()
+    bicubic = [{"psnr": row["bicubic_psnr"], "ssim": row["bicubic_ssim"]} for row in rows]
+    return metrics.summarize(rows), metrics.summarize(bicubic)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config, resume=False, force=False):
+    """Train to ``config.iterations``; returns the last validation result (rank 0) or None."""
+    env = setup_distributed(config.device)
+    try:
+        return _train(config, env, resume, force)
+    finally:
+        if env.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config, env, resume, force):
+    out = Path(config.out)
+    device = pick_device(config.device, env)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    amp_dtype = AMP_DTYPES.get(config.amp) if device.type == "cuda" else None
+    amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+    latest = latest_checkpoint(out) if out.exists() else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir(out)}")
+    if not resume and out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"output folder {out} is not empty: pass --resume to continue it or --force to start over")
+    if resume:
+        check_resumable(config, latest)
+
+    if env.world_size > 1:
+        dist.barrier()  # every rank has inspected `out` before rank 0 changes it
+    if env.main and not resume:
+        for name in OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = models.create(config.model, **model_overrides(config))
+    if config.init:
+        model.load_state_dict(read_weights(config.init)[0])
+    model.to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+    objective = Objective(model, config.loss).to(device)
+    if env.world_size > 1:
+        objective = DistributedDataParallel(objective, device_ids=[env.local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    step, best = 0, {"psnr": -math.inf, "step": 0}
+    if resume:
+        step, best = read_checkpoint(latest, model, ema, optimizer, scheduler, scaler)
+
+    train_source, val_source = make_sources(config.data, config.scale, config.data_root or None, config.val_root or None, config.realsr_version, tuple(config.cameras))
+    patches = TrainingPatches(train_source, config.patch, config.channels, config.seed, num_samples=(config.iterations - step) * config.batch, first_sample=step * config.batch)
+    batches = iter(training_loader(patches, config.batch, config.workers, env.rank, env.world_size))
+    val_images = WholeImages(val_source, config.channels) if val_source is not None and env.main else None
+
+    logger = RunLogger(out, config, env.main)
+    progress = tqdm(total=config.iterations, initial=step, desc=f"train {config.model} ×{config.scale}", disable=not env.main, dynamic_ncols=True)
+    result = None
+    started = time.perf_counter()
+    while step < config.iterations:
+        lr_batch, hr_batch = (t.to(device, non_blocking=True) for t in next(batches))
+        with amp_context():
+            loss = objective(lr_batch, hr_batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+        progress.update()
+
+        if step % config.log_every == 0 or step == config.iterations:
+            loss_value = loss.item()
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            logger.log(step, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - started})
+        at_end = step == config.iterations
+        if val_images is not None and (step % config.validate_every == 0 or at_end):
+            evaluated = ema.module if ema is not None else model
+            result, bicubic = validate(evaluated, val_images, device)
+            logger.log(step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
+            progress.write(f"step {step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} (bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
+            if result["psnr"] > best["psnr"]:
+                best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": step}
+                logger.export(out / "best.safetensors", evaluated, step)
+        if env.main and (step % config.checkpoint_every == 0 or at_end):
+            write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best)
+        if env.world_size > 1 and (step % config.validate_every == 0 or step % config.checkpoint_every == 0 or at_end):
+            dist.barrier()  # the others wait while rank 0 validates and writes
+    progress.close()
+    logger.export(out / "model.safetensors", ema.module if ema is not None else model, step)
+    logger.close()
+    return result
+
+
+class RunLogger:
+    """Rank 0's records: log.jsonl, TensorBoard scalars when tensorboard is installed, exports."""
+
+    def __init__(self, out, config, main):
+        self.main, self.config, self.out = main, config, Path(out)
+        self.writer = None
+        if not main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.out / "config.yaml", lambda handle: handle.write(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode()))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    def log(self, step, values):
+        if not self.main:
+            return
+        with open(self.out / "log.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def export(self, path, model, step):
+        if self.main:
+            c = self.config
+            save_weights(path, model.state_dict(), c.model, model_overrides(c), c.scale, c.channels, extra={"step": step})
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,93 @@
+"""Model weights as safetensors files that describe themselves, and the weights bundled with ddet.
+
+A weights file holds the model's state dict and, in its metadata, the registry name, the
+configuration overrides (JSON), the SR scale and the channels (``y`` or ``rgb``), so that
+``load_model(path)`` rebuilds the network with no other input. Nothing is ever unpickled.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from ddet.data.io import atomic_write
+
+BUNDLED_DIR = Path(__file__).resolve().parent
+BUNDLED_MODEL = "ddet"
+METADATA_KEYS = ("model", "model_args", "scale", "channels")
+
+
+def bundled_path(scale):
+    return BUNDLED_DIR / f"ddet_x{scale}.safetensors"
+
+
+def save_weights(path, state_dict, model, model_args, scale, channels, dtype=None, extra=None):
+    """Write ``state_dict`` (optionally cast to ``dtype``, e.g. float16 to ship) atomically."""
+    tensors = {
+        key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).detach().cpu().contiguous()
+        for key, value in state_dict.items()
+    }
+    metadata = {"model": model, "model_args": json.dumps(model_args, sort_keys=True), "scale": str(scale), "channels": channels}
+    metadata.update({key: str(value) for key, value in (extra or {}).items()})
+    payload = save_safetensors(tensors, metadata=metadata)
+    atomic_write(path, lambda handle: handle.write(payload))
+
+
+def read_weights(path):
+    """(state dict, metadata) of a weights file; a clear error naming the file when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    payload = path.read_bytes()
+    try:
+        tensors = load_safetensors(payload)
+        metadata = _metadata(payload)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as error:
+        raise ValueError(f"corrupt or foreign weights file {path}: {error}") from error
+    missing = [key for key in METADATA_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(f"weights file {path} lacks ddet metadata {missing} (not written by ddet?)")
+    return tensors, metadata
+
+
+def _metadata(payload):
+    header_length = int.from_bytes(payload[:8], "little")
+    return json.loads(payload[8 : 8 + header_length]).get("__metadata__", {})
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode, metadata with typed ``scale`` and ``model_args``) from a weights file."""
+    from ddet import models
+
+    tensors, metadata = read_weights(path)
+    metadata = dict(metadata, scale=int(metadata["scale"]), model_args=json.loads(metadata["model_args"]))
+    model = models.create(metadata["model"], **metadata["model_args"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ValueError(f"weights file {path} does not fit model {metadata['model']!r}: {error}") from error
+    return model.to(device).eval(), metadata
+
+
+def load_bundled(scale, device="cpu"):
+    path = bundled_path(scale)
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled weights for ×{scale} ({path}); pass --weights FILE")
+    return load_model(path, device)
+
+
+def export_bundled(path, scale):
+    """Store the weights file ``path`` (from ``ddet train``) as the bundled float16 weights of ``scale``."""
+    tensors, metadata = read_weights(path)
+    if int(metadata["scale"]) != scale:
+        raise ValueError(f"{path} holds ×{metadata['scale']} weights, not ×{scale}")
+    fields = {key: metadata[key] for key in METADATA_KEYS}
+    extra = {key: value for key, value in metadata.items() if key not in METADATA_KEYS}
+    fields["model_args"] = json.loads(fields["model_args"])
+    save_weights(bundled_path(scale), tensors, **fields, dtype=torch.float16, extra=extra)
+
+
+__all__ = ["BUNDLED_MODEL", "bundled_path", "export_bundled", "load_bundled", "load_model", "read_weights", "save_weights"]

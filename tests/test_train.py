@@ -1,0 +1,208 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ddet import models
+from ddet.data import TrainingPatches, make_sources
+from ddet.train import Objective, load_config, lr_factor, model_overrides, train
+from ddet.weights import read_weights
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "ddet": {"width": 16, "blocks": 1, "feature_width": 16, "branch_width": 8},
+    "kpn5": {"width": 16, "blocks": 1, "feature_width": 16},
+    "lpkpn": {"width": 16, "blocks": 1, "feature_width": 16},
+}
+
+
+def _texture(rng, height, width):
+    """A photo-like image: smooth random blobs with sharp-ish edges."""
+    small = rng.random((height // 8, width // 8, 3))
+    image = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC))
+    return np.where(image > 128, np.minimum(image + 40, 255), image).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 1)):
+        (root / split).mkdir()
+        for index in range(count):
+            Image.fromarray(_texture(rng, 48, 56)).save(root / split / f"photo{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def darkened_pairs(tmp_path_factory):
+    """A paired folder whose LR images are the HR ones at 70 % brightness: quick to learn."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(1)
+    for folder in ("hr", "lr"):
+        (root / folder).mkdir()
+    for index in range(3):
+        hr = _texture(rng, 40, 40)
+        Image.fromarray(hr).save(root / "hr" / f"{index}.png")
+        Image.fromarray(np.round(hr * 0.7).astype(np.uint8)).save(root / "lr" / f"{index}.png")
+    return root
+
+
+def _config(photos, out, **overrides):
+    values = dict(
+        model="kpn5", model_args=TINY["kpn5"], data="synthetic", data_root=str(photos / "train"),
+        val_root=str(photos / "val"), scale=2, patch=16, batch=4, iterations=4, lr=1e-3, warmup=0,
+        ema=0.0, workers=0, threads=1, log_every=1, validate_every=1000, checkpoint_every=2, out=str(out),
+    )
+    values.update(overrides)
+    return load_config(**values)
+
+
+def _weights(path):
+    return read_weights(path)[0]
+
+
+def _batch_loss(config, weights=None):
+    """The objective on a fixed batch of the run's first samples, for the initial or given weights."""
+    torch.manual_seed(config.seed)
+    model = models.create(config.model, **model_overrides(config))
+    if weights is not None:
+        model.load_state_dict(weights)
+    source = make_sources(config.data, config.scale, config.data_root, config.val_root)[0]
+    patches = TrainingPatches(source, config.patch, config.channels, config.seed, num_samples=config.batch)
+    lr, hr = (torch.stack(t) for t in zip(*[patches[i] for i in range(config.batch)]))
+    with torch.no_grad():
+        return Objective(model, config.loss)(lr, hr).item()
+
+
+@pytest.mark.parametrize("name", ["ddet", "kpn5", "lpkpn"])
+def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
+    config = _config(
+        photos, tmp_path / name, model=name, model_args=TINY[name], data="folder", data_root=str(darkened_pairs),
+        val_root=str(darkened_pairs), iterations=10, checkpoint_every=100, lr=1e-3,
+    )
+    result = train(config)
+    assert set(result) == {"psnr", "ssim"}
+    before = _batch_loss(config)
+    after = _batch_loss(config, _weights(tmp_path / name / "model.safetensors"))
+    assert after < before * 0.8, (before, after)
+
+
+def test_run_writes_checkpoints_logs_and_weights(photos, tmp_path):
+    out = tmp_path / "run"
+    train(_config(photos, out, iterations=6, checkpoint_every=2, keep_checkpoints=2, validate_every=3, ema=0.9))
+    assert (out / "checkpoints" / "latest").read_text() == "step-000000006"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000000004", "step-000000006"]
+    assert {"model.safetensors", "ema.safetensors", "state.pt"} <= {p.name for p in (out / "checkpoints" / "step-000000006").iterdir()}
+    metadata = read_weights(out / "model.safetensors")[1]
+    assert metadata["model"] == "kpn5" and metadata["scale"] == "2" and metadata["channels"] == "y"
+    assert (out / "best.safetensors").is_file()
+    records = [yaml.safe_load(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_psnr" in r] == [3, 6]
+    assert not list(out.rglob("*.tmp"))
+
+
+def _run_cli(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "ddet.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def _cli_args(config_path, out, *extra):
+    return ["train", "--config", str(config_path), "--out", str(out), *extra]
+
+
+def _write_config(config, path):
+    from dataclasses import asdict
+
+    path.write_text(yaml.safe_dump(asdict(config)))
+    return path
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
+    # Slow enough per step (larger patches) that the kill lands mid-run.
+    config = _config(photos, tmp_path / "unused", iterations=30, checkpoint_every=1, patch=32, batch=8, ema=0.9, lr=1e-3)
+    config_path = _write_config(config, tmp_path / "config.yaml")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run_cli(_cli_args(config_path, straight)).wait(timeout=300) == 0
+
+    process = _run_cli(_cli_args(config_path, killed))
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.is_file() and latest.read_text() >= "step-000000005"):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stopped_at = int(latest.read_text().split("-")[1])
+    assert 5 <= stopped_at < 30, "the kill came too late to test resuming"
+    assert not (killed / "model.safetensors").exists()
+
+    resumed = _run_cli(_cli_args(config_path, killed, "--resume"))
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output
+    for name in ("checkpoints/step-000000030/model.safetensors", "checkpoints/step-000000030/ema.safetensors", "model.safetensors"):
+        expected, actual = _weights(straight / name), _weights(killed / name)
+        assert all(torch.equal(expected[k], actual[k]) for k in expected), name
+
+
+def test_torchrun_two_processes_match_one(photos, tmp_path):
+    config = _config(photos, tmp_path / "unused", iterations=3, batch=4, checkpoint_every=3)
+    config_path = _write_config(config, tmp_path / "config.yaml")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ddet.cli", *_cli_args(config_path, tmp_path / "one")], cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert single.returncode == 0, single.stderr.decode()[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ddet.cli"]
+    double = subprocess.run([*launcher, *_cli_args(config_path, tmp_path / "two")], cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert double.returncode == 0, double.stderr.decode()[-4000:]
+    one, two = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def test_refusals_name_the_problem(photos, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_config(photos, out), resume=True)
+    train(_config(photos, out, iterations=2))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(photos, out, iterations=2))
+    with pytest.raises(ValueError, match="lr"):
+        train(_config(photos, out, iterations=2, lr=5e-4), resume=True)
+    state = out / "checkpoints" / "step-000000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match="state.pt"):
+        train(_config(photos, out, iterations=4), resume=True)
+    train(_config(photos, out, iterations=2), force=True)  # --force starts over
+    assert (out / "checkpoints" / "latest").read_text() == "step-000000002"
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: kpn7\nscale: 3\nbatch: 8\n")
+    config = load_config(path, batch=2, lr=None)
+    assert (config.model, config.scale, config.batch, config.lr) == ("kpn7", 3, 2, 1e-4)
+    path.write_text("modle: kpn7\n")
+    with pytest.raises(ValueError, match="modle.*c.yaml"):
+        load_config(path)
+    with pytest.raises(ValueError, match="loss"):
+        load_config(loss="l3")
+    with pytest.raises(ValueError, match="in_channels"):
+        model_overrides(load_config(channels="y", model_args={"in_channels": 3}))
+
+
+def test_learning_rate_schedules():
+    cosine = load_config(iterations=100, warmup=10)
+    assert lr_factor(cosine, 0) == pytest.approx(0.1) and lr_factor(cosine, 9) == pytest.approx(1.0)
+    assert lr_factor(cosine, 10) == pytest.approx(1.0) and lr_factor(cosine, 55) == pytest.approx(0.5)
+    assert lr_factor(cosine, 100) == pytest.approx(0.0, abs=1e-12)
+    step = load_config(schedule="step", step_size=10, step_gamma=0.5)
+    assert [lr_factor(step, s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert math.isclose(lr_factor(load_config(schedule="constant"), 1234), 1.0)
