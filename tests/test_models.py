@@ -89,6 +89,7 @@ def test_unknown_override_names_the_field_and_lists_the_valid_ones():
         ("lpkpn", dict(kernel_size=4), "kernel_size"),
         ("rcan", dict(reduction=128), "reduction"),
         ("edsr", dict(width=2.5), "width"),
+        ("ddet", dict(in_channels=3, branch_width=2), "branch_width"),
     ],
 )
 def test_bad_configuration_names_the_field(name, overrides, field):
@@ -229,11 +230,13 @@ def test_kpn_with_centre_tap_kernels_returns_its_input_exactly(name):
     assert torch.equal(model(x), x)
 
 
-def test_kpn_tap_order_is_row_major():
+def test_kpn_tap_order_is_row_major_and_padding_replicates_the_edge():
     model = perturb(tiny("kpn5"))
     _set_head_to_tap(model, 2, 3)  # one column right of the centre: y[h, w] = x[h, w + 1]
-    x = image(1, 1, 8, 8)
-    assert torch.equal(model(x)[..., :, :-1], x[..., :, 1:])
+    x = image(1, 1, 8, 7)  # padded inside to 8 x 8 by repeating the last column
+    y = model(x)
+    assert torch.equal(y[..., :, :-1], x[..., :, 1:])
+    assert torch.equal(y[..., :, -1], x[..., :, -1])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -53,7 +53,7 @@ from torch import nn
 
 from ._registry import Entry
 from .kpn import KPN, KernelHeadSpec, KPNConfig
-from .layers import conv3x3, pass_through_init, zero_init
+from .layers import check_ints, conv3x3, pass_through_init, zero_init
 
 __all__ = ["DDetConfig", "DDet", "RELEASED_HEADS"]
 
@@ -73,10 +73,8 @@ class DDetConfig(KPNConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.branch_width < self.in_channels:
-            raise ValueError(
-                f"DDetConfig.branch_width ({self.branch_width}) must be >= in_channels ({self.in_channels})"
-            )
+        # F_PR's pass-through initialisation needs one hidden channel per image channel.
+        check_ints(self, ("branch_width",), minimum=self.in_channels)
 
 
 class DDet(KPN):
