@@ -19,7 +19,7 @@ parameterless RGB mean shift are left out. Batch norm is kept, as in the origina
 padded to a multiple of 4 for the two stride-2 stages.
 
 Size, published configuration: 58.44 M parameters = 233.8 MB at C = 1 (batch-norm scales and
-shifts included). Table III lists 131.9 MB, 43.6% less; no configuration of the published code
+shifts included), 77% more than Table III's 131.9 MB. No configuration of the published code
 gives that figure (D = 2 gives 118 MB), so the published one is kept.
 """
 

@@ -6,7 +6,7 @@ input (no upsampler, see :class:`~ddet.models.layers.GlobalResidualNet`). The pa
 mean shift of the original is left out.
 
 Size, published configuration: 15.29 M parameters = 61.18 MB at C = 1 (61.2 MB at C = 3; 62.4 MB
-with the ×4 upsampler). Table III lists 54.8 MB, 10.4% less; no RCAN configuration in the
+with the ×4 upsampler), 11.6% more than Table III's 54.8 MB. No RCAN configuration of the
 published code gives that figure, so the published one is kept.
 """
 
