@@ -3,8 +3,8 @@
 Y models (the paper's setting) see the MATLAB BT.601 luminance; the chroma is bicubic-upscaled and
 put back. RGB models see all three channels. Large images run tile by tile (``tile`` pixels of the
 upscaled image, ``tile_overlap`` shared with each neighbour); overlapping outputs are blended with
-weights that fade to almost zero at a tile's inner edges, where the network lacks context, so the
-seams vanish and memory stays bounded by the tile size.
+weights that fade to almost zero toward a tile's inner edges, where the network lacks context, so
+the seams vanish and memory stays bounded by the tile size.
 """
 
 from pathlib import Path
@@ -19,6 +19,8 @@ from ddet.data.degrade import resize
 from ddet.data.io import read_image
 from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
 
+# Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
+TILE_ALIGN = 16
 # Weight of the outermost pixels of a tile edge that has a neighbour: small but not zero, so
 # the weights still sum to more than zero in a corner shared by four tiles.
 EDGE_WEIGHT = 1e-3
@@ -68,22 +70,34 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
     return loaded, scale, metadata["channels"]
 
 
-def _starts(length, tile, overlap):
+def _spans(length, tile, overlap):
+    """(start, stop) of the tiles along one axis. Starts are multiples of TILE_ALIGN, so every tile
+    sees the same pixel-unshuffle and pyramid grid as the whole image; the last tile runs to the end
+    (up to TILE_ALIGN − 1 pixels longer than ``tile``)."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
+        return [(0, length)]
+    stride = (tile - overlap) // TILE_ALIGN * TILE_ALIGN
     starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+    last = (length - tile) // TILE_ALIGN * TILE_ALIGN
+    if last > starts[-1]:
+        starts.append(last)
+    return [(start, start + tile) for start in starts[:-1]] + [(starts[-1], length)]
 
 
 def _ramp(length, fade_before, fade_after, overlap):
-    """1-D blending weights of a tile: rising over ``overlap`` pixels from each edge that has a neighbour."""
+    """1-D blending weights of a tile along one axis. Toward an edge that has a neighbour the weight
+    falls from 1 to EDGE_WEIGHT over the middle half of the ``overlap``, and stays there in the
+    outer quarter, where the tile lacks the context its neighbour has."""
     weights = np.ones(length, np.float32)
-    ramp = np.linspace(EDGE_WEIGHT, 1.0, max(overlap, 1), dtype=np.float32)
-    if fade_before and overlap:
-        weights[:overlap] = np.minimum(weights[:overlap], ramp)
-    if fade_after and overlap:
-        weights[-overlap:] = np.minimum(weights[-overlap:], ramp[::-1])
+    if not overlap:
+        return weights
+    distance = np.arange(overlap, dtype=np.float32)
+    margin = overlap / 4
+    fade = np.clip((distance - margin + 0.5) / max(overlap - 2 * margin, 1), EDGE_WEIGHT, 1.0)
+    if fade_before:
+        weights[:overlap] = np.minimum(weights[:overlap], fade)
+    if fade_after:
+        weights[-overlap:] = np.minimum(weights[-overlap:], fade[::-1])
     return weights
 
 
@@ -93,19 +107,18 @@ def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False)
     channels, height, width = image.shape
     if tile is None or (height <= tile and width <= tile):
         return model(image[None].to(device)).float()[0].cpu()
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be in [0, tile), got overlap {overlap} with tile {tile}")
-    rows, cols = _starts(height, tile, overlap), _starts(width, tile, overlap)
+    if tile < 2 * TILE_ALIGN or not 0 <= overlap <= tile - TILE_ALIGN:
+        raise ValueError(f"--tile must be at least {2 * TILE_ALIGN} and --tile-overlap in [0, tile − {TILE_ALIGN}], got tile {tile}, overlap {overlap}")
+    rows, cols = _spans(height, tile, overlap), _spans(width, tile, overlap)
     output = torch.zeros(channels, height, width)
     total = torch.zeros(1, height, width)
     bar = tqdm(total=len(rows) * len(cols), desc="tiles", leave=False, disable=not progress)
-    for top in rows:
-        for left in cols:
-            window = (slice(None), slice(top, top + tile), slice(left, left + tile))
-            patch = image[window]
-            result = model(patch[None].to(device)).float()[0].cpu()
-            vertical = _ramp(patch.shape[1], top > 0, top + tile < height, overlap)
-            horizontal = _ramp(patch.shape[2], left > 0, left + tile < width, overlap)
+    for top, bottom in rows:
+        for left, right in cols:
+            window = (slice(None), slice(top, bottom), slice(left, right))
+            result = model(image[window][None].to(device)).float()[0].cpu()
+            vertical = _ramp(bottom - top, top > 0, bottom < height, overlap)
+            horizontal = _ramp(right - left, left > 0, right < width, overlap)
             weight = torch.from_numpy(np.outer(vertical, horizontal))[None]
             output[window] += result * weight
             total[window] += weight

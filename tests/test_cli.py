@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddet import models
+from ddet.cli import main
+from ddet.data import read_image
+from ddet.weights import bundled_path, save_weights
+
+TINY_DDET = {"width": 16, "blocks": 1, "feature_width": 16, "branch_width": 8, "in_channels": 1}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = models.create("ddet", **TINY_DDET)
+    path = tmp_path_factory.mktemp("weights") / "tiny_x2.safetensors"
+    save_weights(path, model.state_dict(), "ddet", TINY_DDET, 2, "y")
+    return path
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3)).astype(np.uint8)).save(path)
+    return path
+
+
+def test_upscale_writes_the_right_size_and_refuses_to_overwrite(tmp_path, photo, weights, capsys):
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--device", "cpu"]) == 0
+    assert read_image(out).shape == (40, 60, 3)
+    before = out.read_bytes()
+    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights)]) == 2
+    assert "out.png" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--force"]) == 0
+
+
+def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights):
+    second = tmp_path / "second.jpg"
+    Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(second)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-overlap", "16"]) == 0
+    assert read_image(folder / "photo_x2.png").shape == (40, 60, 3)
+    assert read_image(folder / "second_x2.png").shape == (16, 24, 3)
+    assert main(["upscale", str(photo), "-o", str(tmp_path / "single.jpg"), "--weights", str(weights)]) == 0
+    assert Image.open(tmp_path / "single.jpg").format == "JPEG"
+
+
+def test_upscale_errors_name_the_input(tmp_path, weights, capsys):
+    assert main(["upscale", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 2
+    assert "absent.png" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "absent.png"), "-o", "o.png", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in capsys.readouterr().err
+    assert main(["upscale", str(tmp_path / "x.png"), "-o", "o.png", "--weights", str(weights), "--scale", "4"]) == 2
+    assert "×2" in capsys.readouterr().err
+
+
+def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, weights, capsys):
+    rng = np.random.default_rng(1)
+    for folder in ("hr", "lr"):
+        (tmp_path / "pairs" / folder).mkdir(parents=True)
+    for name in ("a", "b"):
+        hr = rng.integers(0, 256, (24, 28, 3)).astype(np.uint8)
+        Image.fromarray(hr).save(tmp_path / "pairs" / "hr" / f"{name}.png")
+        Image.fromarray(hr[::2, ::2]).save(tmp_path / "pairs" / "lr" / f"{name}.png")
+    report = tmp_path / "report.json"
+    args = ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(tmp_path / "pairs"), "--json", str(report)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "bicubic" in table and "mean" in table
+    result = json.loads(report.read_text())
+    assert [row["name"] for row in result["images"]] == ["a", "b"]
+    assert result["scale"] == 2 and result["protocol"]["border"] == 0
+    # the fresh network starts at the identity: the model row equals the bicubic row
+    assert result["mean"]["psnr"] == pytest.approx(result["bicubic_mean"]["psnr"], abs=0.01)
+    assert main(args) == 2 and "report.json" in capsys.readouterr().err
+    assert main([*args, "--force", "--patch", "16", "--border", "2"]) == 0
+    assert json.loads(report.read_text())["protocol"]["patch"] == 16
+
+
+def test_train_flags_reach_the_config(tmp_path, capsys):
+    assert main(["train", "--model", "nonexistent", "--out", str(tmp_path / "r"), "--iterations", "1"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+    assert main(["train", "--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not bundled_path(2).is_file(), reason="bundled weights not trained yet")
+def test_bundled_x2_beats_bicubic_on_a_held_out_photo(tmp_path):
+    import skimage.data
+
+    from ddet import metrics
+    from ddet.data import SyntheticPairs
+
+    pairs = SyntheticPairs({"coffee": skimage.data.coffee()[:160, :160].astype(np.float32) / 255}, 2, fixed_seed=7)
+    lr, hr = pairs.pair(0)
+    small = np.asarray(Image.fromarray(np.round(lr * 255).astype(np.uint8)).resize((80, 80), Image.BICUBIC))
+    from ddet import upscale
+
+    out = upscale(small, scale=2)
+    assert out.shape == hr.shape
+    assert metrics.evaluate(out, hr)["psnr"] > metrics.evaluate(lr, hr)["psnr"]
