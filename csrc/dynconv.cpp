@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "dynconv.h"
 
@@ -86,188 +87,225 @@ std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like) {
 
 namespace {
 
-// Columns [begin, end) of a row where every tap of every size stays inside the image.
-struct Interior {
-  int64_t begin, end;
-  explicit Interior(const Geometry& geo)
-      : begin(std::min(geo.reach, geo.W)), end(std::max(geo.W - geo.reach, std::min(geo.reach, geo.W))) {}
+// The CPU row functions are compiled twice: for x86-64-v3 (AVX2 + FMA) and for the baseline,
+// the right one picked when the library loads. Everything they call is inlined into them.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DDET_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DDET_CPU_CLONES
+#endif
+#define DDET_INLINE inline __attribute__((always_inline))
+
+// One lane per column, accumulating in acc_t: the remainder columns, and half types.
+template <typename scalar_t>
+struct ScalarLanes {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = acc_t;
+  static constexpr int kWidth = 1;
+  static DDET_INLINE Vec zero() { return Vec(0); }
+  static DDET_INLINE Vec load(const scalar_t* p) { return static_cast<acc_t>(*p); }
+  static DDET_INLINE void store(scalar_t* p, Vec v) { *p = static_cast<scalar_t>(v); }
+  static DDET_INLINE void add_to(acc_t* p, Vec v) { *p += v; }
 };
 
-// Calls strip(w0, width) over the interior in full strips of kStrip columns, then one column at a
-// time for the remainder, and border(w) for every border column.
-template <int kStrip, typename Strip, typename Remainder, typename Border>
-inline void walk_row(const Geometry& geo, const Interior& interior, const Strip& strip,
-                     const Remainder& remainder, const Border& border) {
-  int64_t w = interior.begin;
-  for (; w + kStrip <= interior.end; w += kStrip) strip(w);
-  for (; w < interior.end; ++w) remainder(w);
-  for (int64_t b = 0; b < interior.begin; ++b) border(b);
-  for (int64_t b = interior.end; b < geo.W; ++b) border(b);
-}
-
-constexpr int kStrip = 16;
-
-// y[c, h, w0 : w0 + kWidth] for one channel, all taps valid.
-template <int kWidth, typename scalar_t, typename acc_t>
-inline void forward_strip(const Geometry& geo, const KernelBank<const scalar_t>& bank,
-                          const scalar_t* __restrict__ x_plane, int64_t n, int64_t group, int64_t h,
-                          int64_t w0, scalar_t* __restrict__ y_row) {
-  const int64_t hw = plane(geo);
-  acc_t acc[kWidth] = {};
-  for (int k = 0; k < geo.num_sizes; ++k) {
-    const int s = geo.size[k];
-    const int64_t half = s / 2;
-    const scalar_t* weights = bank.data[k] + n * bank.batch_stride[k] + group * s * s * hw + h * geo.W + w0;
-    for (int i = 0; i < s; ++i) {
-      const int64_t hh = h + (i - half) * geo.dilation;
-      if (hh < 0 || hh >= geo.H) continue;
-      const scalar_t* x_row = x_plane + hh * geo.W + w0 - half * geo.dilation;
-      for (int j = 0; j < s; ++j) {
-        const scalar_t* __restrict__ wr = weights + (i * s + j) * hw;
-        const scalar_t* __restrict__ xr = x_row + j * geo.dilation;
-        for (int v = 0; v < kWidth; ++v) acc[v] += static_cast<acc_t>(wr[v]) * static_cast<acc_t>(xr[v]);
-      }
-    }
+// 32 bytes of float or double: one AVX register, or two SSE registers in the baseline clone.
+template <typename scalar_t>
+struct VectorLanes {
+  typedef scalar_t Vec __attribute__((vector_size(32)));
+  static constexpr int kWidth = 32 / sizeof(scalar_t);
+  static DDET_INLINE Vec zero() { return Vec{}; }
+  static DDET_INLINE Vec load(const scalar_t* p) {
+    Vec v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
   }
-  for (int v = 0; v < kWidth; ++v) y_row[w0 + v] = static_cast<scalar_t>(acc[v]);
-}
-
-// grad_x[c, h, w0 : w0 + kWidth] for one channel, gathered from the neighbours' taps.
-template <int kWidth, typename scalar_t, typename acc_t>
-inline void grad_x_strip(const Geometry& geo, const KernelBank<const scalar_t>& bank,
-                         const scalar_t* __restrict__ gy_plane, int64_t n, int64_t group, int64_t h,
-                         int64_t w0, scalar_t* __restrict__ gx_row) {
-  const int64_t hw = plane(geo);
-  acc_t acc[kWidth] = {};
-  for (int k = 0; k < geo.num_sizes; ++k) {
-    const int s = geo.size[k];
-    const int64_t half = s / 2;
-    const scalar_t* weights = bank.data[k] + n * bank.batch_stride[k] + group * s * s * hw;
-    for (int i = 0; i < s; ++i) {
-      const int64_t hs = h - (i - half) * geo.dilation;
-      if (hs < 0 || hs >= geo.H) continue;
-      for (int j = 0; j < s; ++j) {
-        const int64_t source = hs * geo.W + w0 - (j - half) * geo.dilation;
-        const scalar_t* __restrict__ wr = weights + (i * s + j) * hw + source;
-        const scalar_t* __restrict__ gr = gy_plane + source;
-        for (int v = 0; v < kWidth; ++v) acc[v] += static_cast<acc_t>(wr[v]) * static_cast<acc_t>(gr[v]);
-      }
-    }
-  }
-  for (int v = 0; v < kWidth; ++v) gx_row[w0 + v] = static_cast<scalar_t>(acc[v]);
-}
-
-// grad of one tap's weights at [h, w0 : w0 + kWidth]: sum over the group's channels.
-template <int kWidth, typename scalar_t, typename acc_t>
-inline void grad_weight_strip(const Geometry& geo, const scalar_t* __restrict__ gy_group,
-                              const scalar_t* __restrict__ x_group, int64_t h, int64_t shifted_row,
-                              int64_t dj, int64_t w0, scalar_t* __restrict__ gk_row) {
-  const int64_t hw = plane(geo);
-  acc_t acc[kWidth] = {};
-  for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-    const scalar_t* __restrict__ gr = gy_group + c * hw + h * geo.W + w0;
-    const scalar_t* __restrict__ xr = x_group + c * hw + shifted_row * geo.W + w0 + dj;
-    for (int v = 0; v < kWidth; ++v) acc[v] += static_cast<acc_t>(gr[v]) * static_cast<acc_t>(xr[v]);
-  }
-  for (int v = 0; v < kWidth; ++v) gk_row[w0 + v] = static_cast<scalar_t>(acc[v]);
-}
-
-// Rows per parallel task: enough work per task to amortise scheduling.
-int64_t row_grain(const Geometry& geo) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, geo.W * geo.C)); }
+  static DDET_INLINE void store(scalar_t* p, Vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
+  static DDET_INLINE void add_to(scalar_t* p, Vec v) { store(p, load(p) + v); }
+};
 
 template <typename scalar_t>
-void forward_cpu(const Problem& p, scalar_t* y) {
+struct Lanes : ScalarLanes<scalar_t> {};
+template <>
+struct Lanes<float> : VectorLanes<float> {};
+template <>
+struct Lanes<double> : VectorLanes<double> {};
+
+// Strips of kVecs vectors keep their sums in registers across the taps of one kernel row.
+constexpr int kVecs = 2;
+
+// Calls strip(lanes, vector count, w) over columns [begin, end) in wide strips, then single
+// vectors, then single columns.
+template <typename scalar_t, typename Strip>
+DDET_INLINE void walk_strips(int64_t begin, int64_t end, const Strip& strip) {
+  using L = Lanes<scalar_t>;
+  int64_t w = begin;
+  for (; w + kVecs * L::kWidth <= end; w += kVecs * L::kWidth) strip(L{}, std::integral_constant<int, kVecs>{}, w);
+  for (; w + L::kWidth <= end; w += L::kWidth) strip(L{}, std::integral_constant<int, 1>{}, w);
+  for (; w < end; ++w) strip(ScalarLanes<scalar_t>{}, std::integral_constant<int, 1>{}, w);
+}
+
+// Adds the s taps of one kernel row to out[0, W):
+//   out[w] += sum_j weights[j*hw + w + weight_shift_j] * source[w + shift_j],  shift_j = sign*(j - s/2)*d,
+// weight_shift_j = shift_j if kGather else 0. The forward pass reads the weights at the output
+// pixel and x at the tap (kGather = false, sign = +1); grad_x gathers both the weights and grad_y
+// from the neighbour that the tap came from (kGather = true, sign = -1). Taps that leave the
+// image are skipped. The s weight rows stream through once; out and source stay in L1.
+template <bool kGather, typename scalar_t>
+DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __restrict__ weights,
+                                const scalar_t* __restrict__ source, at::opmath_type<scalar_t>* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Geometry& geo = p.geo;
-  const auto bank = make_bank<const scalar_t>(p, p.kernels);
-  const scalar_t* x = p.x.const_data_ptr<scalar_t>();
-  const Interior interior(geo);
   const int64_t hw = plane(geo);
-  at::parallel_for(0, geo.N * geo.H, row_grain(geo), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / geo.H, h = row % geo.H;
-      for (int64_t c = 0; c < geo.C; ++c) {
-        const int64_t group = c / geo.channels_per_group;
-        const scalar_t* x_plane = x + (n * geo.C + c) * hw;
-        scalar_t* y_row = y + (n * geo.C + c) * hw + h * geo.W;
-        walk_row<kStrip>(
-            geo, interior,
-            [&](int64_t w) { forward_strip<kStrip, scalar_t, acc_t>(geo, bank, x_plane, n, group, h, w, y_row); },
-            [&](int64_t w) { forward_strip<1, scalar_t, acc_t>(geo, bank, x_plane, n, group, h, w, y_row); },
-            [&](int64_t w) {
-              acc_t value;
-              forward_pixel<1>(geo, bank, x, n, c, 1, h, w, &value);
-              y_row[w] = static_cast<scalar_t>(value);
-            });
-      }
+  const int64_t half = s / 2;
+  const int64_t step = kGather ? -geo.dilation : geo.dilation;
+  const int64_t reach = half * geo.dilation;
+  const int64_t begin = std::min(reach, geo.W);
+  const int64_t end = std::max(geo.W - reach, begin);
+  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) {
+    using L = decltype(lanes);
+    constexpr int kN = decltype(vecs)::value;
+    typename L::Vec acc[kN];
+    for (int u = 0; u < kN; ++u) acc[u] = L::zero();
+    for (int j = 0; j < s; ++j) {
+      const int64_t shift = (j - half) * step;
+      const scalar_t* wr = weights + j * hw + w + (kGather ? shift : 0);
+      const scalar_t* sr = source + w + shift;
+      for (int u = 0; u < kN; ++u) acc[u] += L::load(wr + u * L::kWidth) * L::load(sr + u * L::kWidth);
     }
+    for (int u = 0; u < kN; ++u) L::add_to(out + w + u * L::kWidth, acc[u]);
   });
+  auto border = [&](int64_t w) {
+    acc_t sum = 0;
+    for (int j = 0; j < s; ++j) {
+      const int64_t shift = (j - half) * step;
+      if (w + shift < 0 || w + shift >= geo.W) continue;
+      sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) * static_cast<acc_t>(source[w + shift]);
+    }
+    out[w] += sum;
+  };
+  for (int64_t w = 0; w < begin; ++w) border(w);
+  for (int64_t w = end; w < geo.W; ++w) border(w);
+}
+
+// The gradient of one tap's weights along a row: gk[w] = sum_c grad_y[c, w] * x[c, w + shift],
+// zero where the tap leaves the image.
+template <typename scalar_t>
+DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict__ gy_row,
+                                 const scalar_t* __restrict__ x_row, int64_t shift, scalar_t* __restrict__ gk_row) {
+  const int64_t hw = plane(geo);
+  const int64_t begin = std::min(std::max<int64_t>(0, -shift), geo.W);
+  const int64_t end = std::max(std::min(geo.W, geo.W - shift), begin);
+  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) {
+    using L = decltype(lanes);
+    constexpr int kN = decltype(vecs)::value;
+    typename L::Vec acc[kN];
+    for (int u = 0; u < kN; ++u) acc[u] = L::zero();
+    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
+      const scalar_t* gr = gy_row + c * hw + w;
+      const scalar_t* xr = x_row + c * hw + w + shift;
+      for (int u = 0; u < kN; ++u) acc[u] += L::load(gr + u * L::kWidth) * L::load(xr + u * L::kWidth);
+    }
+    for (int u = 0; u < kN; ++u) L::store(gk_row + w + u * L::kWidth, acc[u]);
+  });
+  for (int64_t w = 0; w < begin; ++w) gk_row[w] = scalar_t(0);
+  for (int64_t w = end; w < geo.W; ++w) gk_row[w] = scalar_t(0);
 }
 
 template <typename scalar_t>
-void backward_cpu(const Problem& p, const scalar_t* grad_y, scalar_t* grad_x,
-                  const std::vector<at::Tensor>& grad_kernels) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Geometry& geo = p.geo;
-  const auto bank = make_bank<const scalar_t>(p, p.kernels);
-  const bool need_kernels = !grad_kernels.empty();
-  const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{};
-  const scalar_t* x = p.x.const_data_ptr<scalar_t>();
-  const Interior interior(geo);
+struct ForwardArgs {
+  Geometry geo;
+  KernelBank<const scalar_t> kernels;
+  const scalar_t* x;
+  scalar_t* y;
+};
+
+template <typename scalar_t>
+struct BackwardArgs {
+  Geometry geo;
+  KernelBank<const scalar_t> kernels;
+  KernelBank<scalar_t> grad_kernels;  // unused when need_kernels is false
+  bool need_kernels;
+  const scalar_t* x;
+  const scalar_t* grad_y;
+  scalar_t* grad_x;  // null when not needed
+};
+
+// Sums, for one output row h of every channel of `group`, the contributions of all kernel rows
+// of all sizes, into acc (channels_per_group rows of W), then rounds into out. The forward pass
+// and grad_x differ only in which image row each kernel row reads (see add_kernel_row).
+template <bool kGather, typename scalar_t>
+DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+                                 const scalar_t* __restrict__ source, int64_t n, int64_t group, int64_t h,
+                                 at::opmath_type<scalar_t>* __restrict__ acc, scalar_t* __restrict__ out) {
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
-  at::parallel_for(0, geo.N * geo.H, row_grain(geo), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / geo.H, h = row % geo.H;
-      for (int64_t c = 0; grad_x != nullptr && c < geo.C; ++c) {
-        const int64_t group = c / cpg;
-        const scalar_t* gy_plane = grad_y + (n * geo.C + c) * hw;
-        scalar_t* gx_row = grad_x + (n * geo.C + c) * hw + h * geo.W;
-        walk_row<kStrip>(
-            geo, interior,
-            [&](int64_t w) { grad_x_strip<kStrip, scalar_t, acc_t>(geo, bank, gy_plane, n, group, h, w, gx_row); },
-            [&](int64_t w) { grad_x_strip<1, scalar_t, acc_t>(geo, bank, gy_plane, n, group, h, w, gx_row); },
-            [&](int64_t w) {
-              acc_t value;
-              grad_x_pixel<1>(geo, bank, grad_y, n, c, 1, h, w, &value);
-              gx_row[w] = static_cast<scalar_t>(value);
-            });
+  for (int64_t i = 0; i < cpg * geo.W; ++i) acc[i] = 0;
+  for (int k = 0; k < geo.num_sizes; ++k) {
+    const int s = geo.size[k];
+    const int64_t half = s / 2;
+    for (int i = 0; i < s; ++i) {
+      const int64_t row = kGather ? h - (i - half) * geo.dilation : h + (i - half) * geo.dilation;
+      if (row < 0 || row >= geo.H) continue;
+      // Forward reads the weights at the output row; grad_x at the neighbour's row.
+      const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
+                                (kGather ? row : h) * geo.W;
+      for (int64_t c = 0; c < cpg; ++c) {
+        add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg + c) * hw + row * geo.W,
+                                acc + c * geo.W);
       }
-      for (int64_t group = 0; need_kernels && group < geo.groups; ++group) {
-        const scalar_t* gy_group = grad_y + (n * geo.C + group * cpg) * hw;
-        const scalar_t* x_group = x + (n * geo.C + group * cpg) * hw;
-        for (int k = 0; k < geo.num_sizes; ++k) {
-          const int s = geo.size[k];
-          const int64_t half = s / 2;
-          for (int i = 0; i < s; ++i) {
-            const int64_t hh = h + (i - half) * geo.dilation;
-            for (int j = 0; j < s; ++j) {
-              const int64_t dj = (j - half) * geo.dilation;
-              scalar_t* gk_row = grad_bank.data[k] + n * grad_bank.batch_stride[k] +
-                                 (group * s * s + i * s + j) * hw + h * geo.W;
-              if (hh < 0 || hh >= geo.H) {
-                std::fill(gk_row, gk_row + geo.W, scalar_t(0));
-                continue;
-              }
-              walk_row<kStrip>(
-                  geo, interior,
-                  [&](int64_t w) {
-                    grad_weight_strip<kStrip, scalar_t, acc_t>(geo, gy_group, x_group, h, hh, dj, w, gk_row);
-                  },
-                  [&](int64_t w) {
-                    grad_weight_strip<1, scalar_t, acc_t>(geo, gy_group, x_group, h, hh, dj, w, gk_row);
-                  },
-                  [&](int64_t w) {
-                    gk_row[w] = static_cast<scalar_t>(
-                        grad_weight_pixel<scalar_t, acc_t>(geo, x, grad_y, k, i, j, n, group, h, w));
-                  });
+    }
+  }
+  for (int64_t c = 0; c < cpg; ++c) {
+    scalar_t* out_row = out + (n * geo.C + group * cpg + c) * hw + h * geo.W;
+    for (int64_t w = 0; w < geo.W; ++w) out_row[w] = static_cast<scalar_t>(acc[c * geo.W + w]);
+  }
+}
+
+// Rows [begin, end) of the flattened (N, H) index; acc holds channels_per_group * W values.
+template <typename scalar_t>
+DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, int64_t begin, int64_t end,
+                                  at::opmath_type<scalar_t>* acc) {
+  for (int64_t row = begin; row < end; ++row) {
+    for (int64_t group = 0; group < a.geo.groups; ++group) {
+      sum_kernel_rows<false>(a.geo, a.kernels, a.x, row / a.geo.H, group, row % a.geo.H, acc, a.y);
+    }
+  }
+}
+
+template <typename scalar_t>
+DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end,
+                                   at::opmath_type<scalar_t>* acc) {
+  const Geometry& geo = a.geo;
+  const int64_t hw = plane(geo);
+  const int64_t cpg = geo.channels_per_group;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / geo.H, h = row % geo.H;
+    for (int64_t group = 0; group < geo.groups; ++group) {
+      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, a.grad_y, n, group, h, acc, a.grad_x);
+      if (!a.need_kernels) continue;
+      const int64_t first = (n * geo.C + group * cpg) * hw;
+      for (int k = 0; k < geo.num_sizes; ++k) {
+        const int s = geo.size[k];
+        const int64_t half = s / 2;
+        for (int i = 0; i < s; ++i) {
+          const int64_t hh = h + (i - half) * geo.dilation;
+          for (int j = 0; j < s; ++j) {
+            scalar_t* gk_row = a.grad_kernels.data[k] + n * a.grad_kernels.batch_stride[k] +
+                               (group * s * s + i * s + j) * hw + h * geo.W;
+            if (hh < 0 || hh >= geo.H) {
+              for (int64_t w = 0; w < geo.W; ++w) gk_row[w] = scalar_t(0);
+              continue;
             }
+            grad_weight_row(geo, a.grad_y + first + h * geo.W, a.x + first + hh * geo.W, (j - half) * geo.dilation,
+                            gk_row);
           }
         }
       }
     }
-  });
+  }
 }
+
+// Rows per parallel task: enough work per task to amortise scheduling.
+int64_t row_grain(const Geometry& geo) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, geo.W * geo.C)); }
 
 bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
 
@@ -276,8 +314,15 @@ at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::In
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
   at::Tensor y = at::empty(p.x.sizes(), p.x.options());
   if (is_empty(p.geo)) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cpu",
-                                  [&] { forward_cpu<scalar_t>(p, y.mutable_data_ptr<scalar_t>()); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cpu", [&] {
+    const ForwardArgs<scalar_t> args{p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
+                                     y.mutable_data_ptr<scalar_t>()};
+    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo),
+                     [&](int64_t begin, int64_t end) {
+                       std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
+                       forward_rows<scalar_t>(args, begin, end, acc.data());
+                     });
+  });
   return y;
 }
 
@@ -296,8 +341,18 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
     return {grad_x, grad_kernels};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cpu", [&] {
-    backward_cpu<scalar_t>(p, gy.const_data_ptr<scalar_t>(), need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr,
-                           grad_kernels);
+    const BackwardArgs<scalar_t> args{p.geo,
+                                      make_bank<const scalar_t>(p, p.kernels),
+                                      need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{},
+                                      need_kernels,
+                                      p.x.const_data_ptr<scalar_t>(),
+                                      gy.const_data_ptr<scalar_t>(),
+                                      need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr};
+    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo),
+                     [&](int64_t begin, int64_t end) {
+                       std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
+                       backward_rows<scalar_t>(args, begin, end, acc.data());
+                     });
   });
   return {grad_x, grad_kernels};
 }

@@ -7,7 +7,8 @@ Two formulations of the same contract (see :func:`ddet_ops.multi_dynconv`):
 * :func:`multi_dynconv_shift_add` adds one shifted copy of ``x`` per tap: lean in memory, and what
   ``torch.compile`` turns into a fused loop.
 
-Half types are computed in float32 and rounded once at the end, like the fast kernels.
+Half types are computed in float32 and rounded once at the end, like the fast kernels, unless
+``compute_dtype`` says otherwise (the benchmarks pass the input's dtype: what a user would write).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def _per_size(kernel_list, sizes, groups):
         start = stop
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype, requested: Optional[torch.dtype]) -> torch.dtype:
+    if requested is not None:
+        return requested
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
@@ -45,11 +48,12 @@ def multi_dynconv(
     *,
     groups: int = 1,
     dilation: int = 1,
+    compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Reference of :func:`ddet_ops.multi_dynconv` built on ``F.unfold``."""
     kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
     n, c, h, w = x.shape
-    compute = _compute_dtype(x.dtype)
+    compute = _compute_dtype(x.dtype, compute_dtype)
     out = torch.zeros(x.shape, dtype=compute, device=x.device)
     if out.numel() == 0:
         return out.to(x.dtype)
@@ -69,11 +73,12 @@ def multi_dynconv_shift_add(
     *,
     groups: int = 1,
     dilation: int = 1,
+    compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Reference of :func:`ddet_ops.multi_dynconv` as a sum of shifted copies of ``x``."""
     kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
     n, c, h, w = x.shape
-    compute = _compute_dtype(x.dtype)
+    compute = _compute_dtype(x.dtype, compute_dtype)
     reach = (max(sizes) // 2) * dilation
     padded = F.pad(x.to(compute), (reach, reach, reach, reach)).view(n, groups, c // groups, h + 2 * reach, w + 2 * reach)
     out = torch.zeros((n, groups, c // groups, h, w), dtype=compute, device=x.device)

@@ -1,0 +1,1 @@
+"""Benchmarks of ddet_ops and of the DDet models (see bench_dynconv.py)."""
