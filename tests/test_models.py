@@ -197,10 +197,11 @@ def test_ablation_ladder_adds_one_component_per_rung():
 # ---------------------------------------------------------------- structure against ddet_ops.reference
 
 
-@pytest.mark.parametrize("name, channels", [("ddet", 83), ("ddet-released", 81 + 49 + 25)])
+@pytest.mark.parametrize("name, sizes, channels", [("ddet", (3, 5, 7), 83), ("ddet-released", (9, 7, 5), 81 + 49 + 25)])
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_mda_equals_the_reference_on_the_same_kernels(name, channels, in_channels):
+def test_mda_equals_the_reference_on_the_same_kernels(name, sizes, channels, in_channels):
     model = perturb(tiny(name, in_channels=in_channels))
+    assert model.sizes == sizes
     x = image(2, in_channels, 12, 8)  # a multiple of 4: the model adds no padding
     kernels = model.kernels(x)
     assert kernels.shape == (2, channels, 12, 8)
@@ -381,6 +382,7 @@ def test_float64_models_run_in_float64():
 
 
 @pytest.mark.slow  # about 20 s of inductor code generation on a cold cache, 4 s warm
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_of_ddet_matches_eager():
     torch._dynamo.reset()
     model = perturb(tiny("ddet")).eval()
