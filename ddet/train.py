@@ -198,7 +198,7 @@ def latest_checkpoint(out):
     return folder
 
 
-def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best):
+def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best, elapsed_s):
     root = checkpoint_dir(config.out)
     name = f"step-{step:09d}"
     staging = root / f".{name}.tmp"
@@ -216,6 +216,7 @@ def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, bes
         "scaler": scaler.state_dict(),
         "ema_count": None if ema is None else ema.n_averaged.clone(),
         "best": best,
+        "elapsed_s": elapsed_s,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -230,7 +231,7 @@ def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, bes
 
 
 def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
-    """Load a checkpoint folder into the live objects; returns (step, best)."""
+    """Load a checkpoint folder into the live objects; returns (step, best, training seconds so far)."""
     state = read_state(folder)
     model.load_state_dict(read_weights(folder / "model.safetensors")[0])
     if ema is not None:
@@ -242,7 +243,7 @@ def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["step"], state["best"]
+    return state["step"], state["best"], state.get("elapsed_s", 0.0)
 
 
 def read_state(folder):
@@ -328,19 +329,19 @@ def _train(config, env, resume, force):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    step, best = 0, {"psnr": -math.inf, "step": 0}
+    step, best, elapsed_before = 0, {"psnr": -math.inf, "step": 0}, 0.0
     if resume:
-        step, best = read_checkpoint(latest, model, ema, optimizer, scheduler, scaler)
+        step, best, elapsed_before = read_checkpoint(latest, model, ema, optimizer, scheduler, scaler)
 
     train_source, val_source = make_sources(config.data, config.scale, config.data_root or None, config.val_root or None, config.realsr_version, tuple(config.cameras))
     patches = TrainingPatches(train_source, config.patch, config.channels, config.seed, num_samples=(config.iterations - step) * config.batch, first_sample=step * config.batch)
     batches = iter(training_loader(patches, config.batch, config.workers, env.rank, env.world_size))
     val_images = WholeImages(val_source, config.channels) if val_source is not None and env.main else None
 
-    logger = RunLogger(out, config, env.main)
+    logger = RunLogger(out, config, env.main, step)
     progress = tqdm(total=config.iterations, initial=step, desc=f"train {config.model} ×{config.scale}", disable=not env.main, dynamic_ncols=True)
     result = None
-    started = time.perf_counter()
+    started = time.perf_counter() - elapsed_before
     while step < config.iterations:
         lr_batch, hr_batch = (t.to(device, non_blocking=True) for t in next(batches))
         with amp_context():
@@ -372,7 +373,7 @@ def _train(config, env, resume, force):
                 best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": step}
                 logger.export(out / "best.safetensors", evaluated, step)
         if env.main and (step % config.checkpoint_every == 0 or at_end):
-            write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best)
+            write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best, time.perf_counter() - started)
         if env.world_size > 1 and (step % config.validate_every == 0 or step % config.checkpoint_every == 0 or at_end):
             dist.barrier()  # the others wait while rank 0 validates and writes
     progress.close()
@@ -381,15 +382,29 @@ def _train(config, env, resume, force):
     return result
 
 
-class RunLogger:
-    """Rank 0's records: log.jsonl, TensorBoard scalars when tensorboard is installed, exports."""
+def _logged_step(line):
+    """Step of a log.jsonl record; a line torn by a kill counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
-    def __init__(self, out, config, main):
+
+class RunLogger:
+    """Rank 0's records: log.jsonl, TensorBoard scalars when tensorboard is installed, exports.
+
+    A resumed run first drops the records of steps after its checkpoint (lost work, redone)."""
+
+    def __init__(self, out, config, main, step):
         self.main, self.config, self.out = main, config, Path(out)
         self.writer = None
         if not main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / "log.jsonl"
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
+            atomic_write(log, lambda handle: handle.write("".join(line + "\n" for line in kept).encode()))
         atomic_write(self.out / "config.yaml", lambda handle: handle.write(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode()))
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -151,6 +151,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     for name in ("checkpoints/step-000000030/model.safetensors", "checkpoints/step-000000030/ema.safetensors", "model.safetensors"):
         expected, actual = _weights(straight / name), _weights(killed / name)
         assert all(torch.equal(expected[k], actual[k]) for k in expected), name
+    records = [yaml.safe_load(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 31))  # work after the checkpoint is redone once
 
 
 def test_torchrun_two_processes_match_one(photos, tmp_path):
