@@ -27,7 +27,10 @@ struct Problem {
 Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
                 int64_t dilation);
 
-// Tensors shaped like `like` (one per entry), contiguous, for the kernel gradients.
+// A contiguous uninitialised output tensor (on the CPU backed by huge pages where possible).
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Outputs shaped like `like` (one per entry), contiguous, for the kernel gradients.
 std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like);
 
 template <typename T>
