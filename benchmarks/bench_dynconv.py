@@ -1,7 +1,14 @@
-"""Benchmarks of the paper's Table III and of the ddet_ops operator.
+"""Benchmarks of the paper's Table III, of DDet's time breakdown and of the ddet_ops operator.
 
+    python benchmarks/bench_dynconv.py                       # Table III: time per frame, MB, the paper's figures
+    python benchmarks/bench_dynconv.py --device cuda         # ... on a 1000x1000 frame, the paper's size
+    python benchmarks/bench_dynconv.py --frame 512x512 --models ddet kpn5 --plot table3.png
+    python benchmarks/bench_dynconv.py --breakdown           # DDet's time shares; ddet_ops vs the unfold reference
     python benchmarks/bench_dynconv.py --ops                 # operator vs bandwidth floor and peers
-    python benchmarks/bench_dynconv.py --ops --device cuda
+
+Results go to benchmarks/results/<kind>-<device>-<date>.{json,md} (--json/--markdown choose other
+paths, --no-save none; --quick saves only where --json/--markdown point). The markdown table is
+printed last.
 """
 
 from __future__ import annotations
@@ -9,27 +16,71 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Tuple
 
-# Appended, not prepended: an installed ddet_ops (with its compiled kernels) must win over the
-# source folder of the same name in the repository root.
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks import ops  # noqa: E402
+from benchmarks import breakdown, ops, table3  # noqa: E402
+from benchmarks.common import write_results  # noqa: E402
+from ddet import models  # noqa: E402
+
+
+def frame_size(text: str) -> Tuple[int, int]:
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"frame sides must be positive, got {text!r}")
+    return height, width
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ops", action="store_true", help="run the operator benchmark")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--breakdown", action="store_true", help="DDet's time breakdown instead of Table III")
+    mode.add_argument("--ops", action="store_true", help="the operator benchmark instead of Table III")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, for the test suite")
+    parser.add_argument("--frame", type=frame_size,
+                        help=f"HxW of the frame (default: {'x'.join(map(str, table3.DEFAULT_FRAME['cuda']))} on CUDA, "
+                             f"{'x'.join(map(str, table3.DEFAULT_FRAME['cpu']))} on the CPU)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", choices=models.names(),
+                        help="Table III models to run (default: the paper's table)")
+    parser.add_argument("--dtype", default="float32", choices=list(table3.AUTOCAST_DTYPES),
+                        help="Table III precision: float32, or bf16/fp16 autocast (CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="Table III in channels_last memory format")
+    parser.add_argument("--repeats", type=int, help="timed runs per measurement (default: device-dependent)")
+    parser.add_argument("--budget", type=float,
+                        help="Table III seconds per model, beyond which it runs on a smaller frame (default: "
+                             f"{table3.DEFAULT_BUDGET_S['cpu']:.0f} on the CPU, {table3.DEFAULT_BUDGET_S['cuda']:.0f} on CUDA)")
+    parser.add_argument("--plot", help="PNG of Table III's time per frame against parameters (needs matplotlib)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads of torch (default: torch's own; --quick: 1). On a machine shared with "
+                             "busy processes, fewer threads than cores avoid waiting on descheduled ones")
+    parser.add_argument("--quick", action="store_true", help="tiny frame, one repeat, one thread: for the test suite")
     parser.add_argument("--skip", nargs="*", default=[], choices=["unfold", "compiled"],
                         help="peers to leave out of the operator benchmark")
     parser.add_argument("--json", help="where to write the JSON results (default: benchmarks/results/)")
     parser.add_argument("--markdown", help="where to write the markdown results (default: benchmarks/results/)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no result files")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("repeats", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    if args.dtype != "float32" and not args.device.startswith("cuda"):
+        parser.error(f"--dtype {args.dtype} is CUDA autocast; on the CPU use float32")
+    if args.plot and (args.breakdown or args.ops):
+        parser.error("--plot draws Table III; leave out --breakdown/--ops")
+    return args
+
+
+def save_and_print(stem: str, payload: dict, markdown: str, args: argparse.Namespace) -> None:
+    if not args.no_save and (not args.quick or args.json or args.markdown):
+        for path in write_results(stem, payload, markdown, args.json, args.markdown):
+            print(f"  wrote {path}")
+    print(markdown)
 
 
 def main(argv=None) -> int:
@@ -37,9 +88,28 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_dynconv: --device cuda was asked for, but torch sees no CUDA device")
+    if args.threads or args.quick:
+        torch.set_num_threads(args.threads or 1)
     if args.ops:
         ops.run(device, ops.QUICK_CASES if args.quick else None, skip=args.skip, json_path=args.json,
                 markdown_path=args.markdown, save=not args.no_save)
+        return 0
+    if args.breakdown:
+        payload = breakdown.run(device, args.frame, quick=args.quick, repeats=args.repeats)
+        save_and_print(breakdown.stem(device, payload), payload, breakdown.markdown(payload), args)
+        return 0
+    if args.plot:
+        try:
+            table3.require_matplotlib()
+        except RuntimeError as error:
+            sys.exit(f"bench_dynconv: {error}")
+    payload = table3.run(device, args.models, args.frame or (table3.QUICK_FRAME if args.quick else None),
+                         dtype=args.dtype, channels_last=args.channels_last,
+                         repeats=args.repeats or (1 if args.quick else None), budget_s=args.budget)
+    if args.plot:
+        table3.plot(payload, args.plot)
+        print(f"  wrote {args.plot}")
+    save_and_print(table3.stem(device, payload), payload, table3.markdown(payload), args)
     return 0
 
 

@@ -1,0 +1,198 @@
+"""Where DDet's time goes, and DDet on ddet_ops against the same network on the unfold reference.
+
+* Shares: one profiled forward (eval, no gradients, on the Table III frame) and one profiled
+  training step (forward + L1 loss + backward on a 16x1x64x64 batch) of ``ddet``, its operators'
+  self time grouped into ``ddet_ops::multi_dynconv*`` (forward, backward and its autograd node),
+  convolutions (every ``aten`` convolution, forward and backward, and its autograd nodes) and
+  everything else. CPU: self CPU time; CUDA: self device time of the operators that launched
+  the kernels.
+* DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
+  forward and training-step times and their peak extra memory. The reference is swapped in by
+  patching the ``ddet_ops.multi_dynconv`` attribute that ``ddet.models`` calls, for the duration
+  of a context manager; ddet's code is untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import ddet_ops
+from ddet import models
+from ddet_ops import reference
+
+from .common import device_slug, machine, markdown_table, median_time, peak_extra_memory
+from .table3 import DEFAULT_FRAME, QUICK_FRAME, Frame
+
+MODEL = "ddet"
+TRAIN_BATCH = (16, 1, 64, 64)
+QUICK_TRAIN_BATCH = (2, 1, 32, 32)
+DEFAULT_REPEATS = {"cuda": 20, "cpu": 5}
+GROUPS = ("multi_dynconv", "convolution", "rest")
+SHARE_TARGET = 0.05  # multi_dynconv's share of DDet's forward the operator library must stay under
+_CONVOLUTION = re.compile(r"conv(olution|\d|_transpose|_depthwise|_dilated)", re.IGNORECASE)
+
+
+def op_group(name: str) -> str:
+    """The group of a profiler event name."""
+    if "multi_dynconv" in name:
+        return "multi_dynconv"
+    if _CONVOLUTION.search(name):
+        return "convolution"
+    return "rest"
+
+
+def time_shares(fn: Callable[[], object], device: torch.device) -> Dict[str, float]:
+    """Self time of one profiled call of ``fn`` (after a warm-up) per group, in seconds, and the total."""
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    seconds = dict.fromkeys(GROUPS, 0.0)
+    for event in prof.key_averages():
+        # Kernel rows repeat the device time already counted on the operator that launched them.
+        if event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        self_us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        seconds[op_group(event.key)] += self_us / 1e6
+    seconds["total"] = sum(seconds[group] for group in GROUPS)
+    return seconds
+
+
+@contextmanager
+def unfold_reference() -> Iterator[List[int]]:
+    """DDet on ``ddet_ops.reference.multi_dynconv`` while inside; yields a list that grows by one per
+    call, so that a measurement can prove the model went through the reference."""
+    calls: List[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return reference.multi_dynconv(*args, **kwargs)
+
+    with mock.patch.object(ddet_ops, "multi_dynconv", counted):
+        yield calls
+
+
+def _inputs(device: torch.device, frame: Frame, batch: Tuple[int, ...]):
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand((1, 1, *frame), generator=gen).to(device)
+    lr, hr = (torch.rand(batch, generator=gen).to(device) for _ in range(2))
+    return image, lr, hr
+
+
+def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
+    """The two measured calls on one DDet: a forward of the frame and a training step of the batch."""
+    torch.manual_seed(0)
+    model = models.create(MODEL).to(device)
+    image, lr, hr = _inputs(device, frame, batch)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            return model(image)
+
+    def training_step():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        F.l1_loss(model(lr), hr).backward()
+
+    return {"forward": forward, "training step": training_step}
+
+
+def measure(device: torch.device, frame: Frame, batch: Tuple[int, ...], repeats: int) -> Dict[str, Dict[str, float]]:
+    """Median time and peak extra memory of each workload."""
+    results = {}
+    for name, fn in workloads(device, frame, batch).items():
+        seconds = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=1)
+        results[name] = {"seconds": seconds, "peak_extra_bytes": peak_extra_memory(fn, device)}
+    return results
+
+
+def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = False, repeats: Optional[int] = None,
+        progress: Callable[[str], None] = print) -> Dict[str, object]:
+    frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
+    batch = QUICK_TRAIN_BATCH if quick else TRAIN_BATCH
+    repeats = repeats or (1 if quick else DEFAULT_REPEATS[device.type])
+    start = time.perf_counter()
+    progress(f"DDet breakdown on {device}: forward on {frame[0]}x{frame[1]}, training step on "
+             f"{'x'.join(map(str, batch))}, {repeats} repeats")
+    progress("  profiling DDet on ddet_ops ...")
+    shares = {name: time_shares(fn, device) for name, fn in workloads(device, frame, batch).items()}
+    progress("  timing DDet on ddet_ops ...")
+    impls = {"ddet_ops": measure(device, frame, batch, repeats)}
+    progress("  timing DDet on the unfold reference ...")
+    with unfold_reference() as calls:
+        impls["unfold reference"] = measure(device, frame, batch, repeats)
+    if not calls:
+        raise RuntimeError("DDet never called ddet_ops.multi_dynconv while it was patched: "
+                           "benchmarks/breakdown.py's reference swap no longer reaches the model")
+    return {
+        "machine": machine(device),
+        "settings": {"model": MODEL, "frame": list(frame), "train_batch": list(batch), "repeats": repeats,
+                     "dtype": "float32"},
+        "wall_seconds": time.perf_counter() - start,
+        "shares": shares,
+        "impls": impls,
+    }
+
+
+def stem(device: torch.device, payload: Dict[str, object]) -> str:
+    return f"breakdown-{device_slug(device)}-{payload['machine']['date'][:10]}"
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%"
+
+
+def _mb(nbytes: Optional[int]) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 1e6:.0f}"
+
+
+def markdown(payload: Dict[str, object]) -> str:
+    info, settings = payload["machine"], payload["settings"]
+    who = info.get("gpu", info["cpu"])
+    unit = "self device time" if info["device"].startswith("cuda") else "self CPU time"
+    share_rows = [[name, f"{s['total'] * 1e3:.1f}", *(_percent(s[group], s["total"]) for group in GROUPS)]
+                  for name, s in payload["shares"].items()]
+    ours, peer = payload["impls"]["ddet_ops"], payload["impls"]["unfold reference"]
+    peer_rows = []
+    for name in ours:
+        a, b = ours[name], peer[name]
+        # A zero peak (memory the allocator already held) has no meaningful ratio.
+        both_peaks = bool(a["peak_extra_bytes"]) and b["peak_extra_bytes"] is not None
+        peer_rows.append([
+            name, f"{a['seconds'] * 1e3:.1f}", f"{b['seconds'] * 1e3:.1f}", f"{b['seconds'] / a['seconds']:.2f}x",
+            _mb(a["peak_extra_bytes"]), _mb(b["peak_extra_bytes"]),
+            f"{b['peak_extra_bytes'] / a['peak_extra_bytes']:.2f}x" if both_peaks else "n/a",
+        ])
+    forward_share = payload["shares"]["forward"]["multi_dynconv"] / payload["shares"]["forward"]["total"]
+    frame, batch = "x".join(map(str, settings["frame"])), "x".join(map(str, settings["train_batch"]))
+    return "\n".join([
+        f"DDet (`{settings['model']}`) breakdown on {who} ({info['device']}, {info['torch_threads']} threads), "
+        f"torch {info['torch']}, commit {info['commit']}, {info['date']}. Whole run: {payload['wall_seconds']:.0f} s.",
+        f"Forward: eval, no gradients, 1x1x{frame}. Training step: forward + L1 loss + backward on {batch}. "
+        f"float32; times are medians of {settings['repeats']} run(s) after a warm-up.",
+        "",
+        f"Share of one profiled call ({unit} of the operators, grouped by name):",
+        "",
+        markdown_table(["workload", "profiled ms", "multi_dynconv", "convolutions", "rest"], share_rows),
+        "",
+        f"multi_dynconv is {100 * forward_share:.2f}% of DDet's forward "
+        f"({'within' if forward_share <= SHARE_TARGET else 'OVER'} the {100 * SHARE_TARGET:.0f}% target).",
+        "",
+        "DDet on ddet_ops against the same network on ddet_ops.reference.multi_dynconv (F.unfold), swapped in by "
+        "patching the `ddet_ops.multi_dynconv` attribute the model calls. Peak: extra memory while the call runs "
+        "(CUDA: allocator peak; CPU: sampled resident set size). 'x' columns: reference / ddet_ops.",
+        "",
+        markdown_table(["workload", "ddet_ops ms", "reference ms", "time x", "ddet_ops peak MB", "reference peak MB",
+                        "peak x"], peer_rows),
+    ])
