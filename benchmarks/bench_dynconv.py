@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not prepended: an installed ddet_ops (with its compiled kernels) must win over the
+# source folder of the same name in the repository root.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
