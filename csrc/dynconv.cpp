@@ -130,6 +130,9 @@ struct ScalarLanes {
 };
 
 // 32 bytes of float or double: one AVX register, or two SSE registers in the baseline clone.
+// Its functions are always inlined, so the calling-convention change GCC warns about
+// (-Wpsabi, AVX vectors passed by value without AVX) never reaches a real call.
+#pragma GCC diagnostic ignored "-Wpsabi"
 template <typename scalar_t>
 struct VectorLanes {
   typedef scalar_t Vec __attribute__((vector_size(32)));

@@ -1,0 +1,112 @@
+// CUDA kernels of the ddet_ops operators.
+//
+// Each thread runs the per-pixel functions of pixel.h (the code the CPU harness tests against
+// the reference): threads are numbered with w fastest, so a warp reads 32 neighbouring weights
+// of one kernel plane (coalesced) and x/grad_y neighbourhoods that overlap between threads
+// (served by L1). Half types accumulate in float. Indices are 64-bit throughout.
+//
+// Forward: one thread per (n, group, block of 4 channels, h, w), all kernel sizes in one launch.
+// Backward: one thread per (n, group, h, w) computing grad_x for the group's channels by
+// gathering over the inverse window (no atomics: deterministic) and the gradients of every tap
+// of every size at that pixel, in one launch.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../dynconv.h"
+
+namespace ddet_ops {
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+
+int64_t blocks_for(int64_t threads) {
+  // Grid-stride loops cover any remainder, so the grid can be capped.
+  constexpr int64_t kMaxBlocks = int64_t(1) << 30;
+  return std::min((threads + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks);
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    forward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels, const scalar_t* __restrict__ x,
+                   scalar_t* __restrict__ y, int64_t threads) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    forward_thread<scalar_t, acc_t>(geo, kernels, x, y, index);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    backward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels,
+                    const KernelBank<scalar_t> grad_kernels, bool need_kernels, const scalar_t* __restrict__ x,
+                    const scalar_t* __restrict__ grad_y, scalar_t* __restrict__ grad_x, int64_t threads) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    backward_thread<scalar_t, acc_t>(geo, kernels, grad_kernels, need_kernels, x, grad_y, grad_x, index);
+  }
+}
+
+bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
+
+at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+                              int64_t dilation) {
+  const Problem p = prepare(x, kernels, sizes, groups, dilation);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
+  if (is_empty(p.geo)) return y;
+  const int64_t threads = forward_threads(p.geo);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cuda", [&] {
+    forward_kernel<scalar_t><<<blocks_for(threads), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
+        y.mutable_data_ptr<scalar_t>(), threads);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+    int64_t dilation, bool need_x, bool need_kernels) {
+  const Problem p = prepare(x, kernels, sizes, groups, dilation);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
+                  grad_y.device() == x.device(),
+              "ddet_ops: grad_y must match x in shape, dtype and device");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor gy = grad_y.contiguous();
+  at::Tensor grad_x = need_x ? at::empty(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
+  std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
+  if (is_empty(p.geo)) {
+    for (auto& g : grad_kernels) g.zero_();
+    return {grad_x, grad_kernels};
+  }
+  if (!need_x && !need_kernels) return {grad_x, grad_kernels};
+  const int64_t threads = backward_threads(p.geo);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cuda", [&] {
+    backward_kernel<scalar_t><<<blocks_for(threads), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+        p.geo, make_bank<const scalar_t>(p, p.kernels),
+        need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
+        p.x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(),
+        need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_x, grad_kernels};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ddet_ops, CUDA, m) {
+  m.impl("multi_dynconv", &multi_dynconv_cuda);
+  m.impl("multi_dynconv_backward", &multi_dynconv_backward_cuda);
+}
+
+}  // namespace ddet_ops

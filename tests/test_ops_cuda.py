@@ -1,0 +1,169 @@
+"""ddet_ops on CUDA: every dtype against the float64 reference, agreement with the CPU kernels,
+gradcheck, opcheck, torch.compile, determinism and 64-bit indexing. Run by tools/gpu_check.sh on
+a machine with a GPU; skipped elsewhere (the CPU harness in test_ops.py covers the indexing)."""
+
+import pytest
+import torch
+
+from ddet_ops import multi_dynconv, reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+# Relative tolerance (max abs error / max abs value) against float64 for each dtype.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+CASES = [
+    # (N, C, H, W, sizes, groups, dilation)
+    (2, 3, 37, 45, (3, 5, 7), 1, 1),
+    (1, 8, 20, 33, (3, 5), 8, 2),
+    (3, 6, 9, 7, (1, 9, 11), 3, 1),
+    (1, 1, 1, 1, (3, 5, 7), 1, 1),
+    (2, 5, 64, 70, (7,), 1, 3),
+    (1, 64, 16, 16, (3, 5, 7), 1, 1),
+]
+
+
+def inputs(case, dtype, device="cuda", seed=0):
+    n, c, h, w, sizes, groups, _ = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    kernels = [torch.randn(n, groups * s * s, h, w, generator=gen, dtype=torch.float64) for s in sizes]
+    grad_y = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    return x.to(device, dtype), [k.to(device, dtype) for k in kernels], grad_y.to(device, dtype)
+
+
+def forward_backward(x, kernels, grad_y, groups, dilation):
+    x = x.detach().requires_grad_(True)
+    kernels = [k.detach().requires_grad_(True) for k in kernels]
+    y = multi_dynconv(x, kernels, groups=groups, dilation=dilation)
+    y.backward(grad_y)
+    return [y.detach(), x.grad] + [k.grad for k in kernels]
+
+
+def relative_error(got, want):
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-g{c[5]}-d{c[6]}")
+def test_every_dtype_against_float64_reference(case, dtype):
+    groups, dilation = case[5], case[6]
+    x, kernels, grad_y = inputs(case, dtype)
+    got = forward_backward(x, kernels, grad_y, groups, dilation)
+    # The reference sees the same rounded inputs, in float64 on the CPU.
+    x64, k64, g64 = x.cpu().double(), [k.cpu().double() for k in kernels], grad_y.cpu().double()
+    ref_x = x64.requires_grad_(True)
+    ref_k = [k.requires_grad_(True) for k in k64]
+    y_ref = reference.multi_dynconv(ref_x, ref_k, groups=groups, dilation=dilation)
+    y_ref.backward(g64)
+    want = [y_ref.detach(), ref_x.grad] + [k.grad for k in ref_k]
+    for name, a, b in zip(["y", "grad_x"] + [f"grad_k{i}" for i in range(len(kernels))], got, want):
+        assert a.dtype == dtype and a.is_cuda
+        assert relative_error(a.cpu(), b) < TOLERANCE[dtype], name
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: "x".join(map(str, c[:4])))
+def test_cuda_agrees_with_cpu_kernels(case):
+    groups, dilation = case[5], case[6]
+    x, kernels, grad_y = inputs(case, torch.float32)
+    gpu = forward_backward(x, kernels, grad_y, groups, dilation)
+    cpu = forward_backward(x.cpu(), [k.cpu() for k in kernels], grad_y.cpu(), groups, dilation)
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    x, kernels, _ = inputs((1, 2, 6, 7, (1, 3), 2, 2), torch.float64)
+    x.requires_grad_(True)
+    for k in kernels:
+        k.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, a, b: multi_dynconv(x, [a, b], groups=2, dilation=2), (x, *kernels))
+
+
+def test_opcheck():
+    x, kernels, grad_y = inputs((2, 4, 9, 10, (3, 5), 2, 1), torch.float32)
+    x.requires_grad_(True)
+    packed = torch.cat(kernels, 1).requires_grad_(True)
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [packed], [3, 5], 2, 1))
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [k.requires_grad_(True) for k in kernels],
+                                                                     [3, 5], 2, 2))
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv_backward.default,
+                          (grad_y, x.detach(), [packed.detach()], [3, 5], 2, 1, True, True))
+
+
+def test_torch_compile_fullgraph_inductor():
+    x, kernels, grad_y = inputs((2, 3, 32, 40, (3, 5, 7), 1, 1), torch.float32)
+    packed = torch.cat(kernels, 1)
+
+    def loss(x, packed):
+        return (multi_dynconv(x, packed, (3, 5, 7)).relu() * grad_y).sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    loss(xe, pe).backward()
+    compiled(xc, pc).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(pc.grad, pe.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_is_bitwise_deterministic(dtype):
+    x, kernels, grad_y = inputs((2, 16, 96, 80, (3, 5, 7), 4, 1), dtype)
+    first = forward_backward(x, kernels, grad_y, 4, 1)
+    for _ in range(3):
+        again = forward_backward(x, kernels, grad_y, 4, 1)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_channels_last_and_non_contiguous():
+    x, kernels, grad_y = inputs((2, 4, 21, 19, (3, 5), 1, 1), torch.float32)
+    packed = torch.cat(kernels, 1)
+    want = multi_dynconv(x, packed, (3, 5))
+    torch.testing.assert_close(
+        multi_dynconv(x.to(memory_format=torch.channels_last), packed.to(memory_format=torch.channels_last), (3, 5)),
+        want)
+    torch.testing.assert_close(multi_dynconv(x.transpose(2, 3).contiguous().transpose(2, 3), packed, (3, 5)), want)
+
+
+def test_runs_on_the_tensors_device_not_the_current_one():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    x, kernels, _ = inputs((1, 2, 8, 8, (3,), 1, 1), torch.float32, device="cuda:1")
+    with torch.cuda.device(0):
+        y = multi_dynconv(x, kernels)
+    assert y.device == x.device
+    torch.testing.assert_close(y.cpu(), multi_dynconv(x.cpu(), [k.cpu() for k in kernels]))
+
+
+def test_more_than_2_to_the_31_kernel_elements():
+    """N*sum(s^2)*H*W > 2^31: 64-bit indexing. Checked against the reference on the corner crop,
+    where the image's own bottom/right edge is inside the crop."""
+    n, h, w = 1, 5100, 5100
+    taps = 83
+    assert n * taps * h * w > 2**31
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, 1, h, w, device="cuda", generator=gen)
+    packed = torch.randn(n, taps, h, w, device="cuda", generator=gen)
+    grad_y = torch.randn(n, 1, h, w, device="cuda", generator=gen)
+    x.requires_grad_(True)
+    packed.requires_grad_(True)
+    y = multi_dynconv(x, packed, (3, 5, 7))
+    y.backward(grad_y)
+    crop = 40
+    xc = x.detach()[..., -crop:, -crop:].cpu().double().requires_grad_(True)
+    kc = packed.detach()[..., -crop:, -crop:].cpu().double().requires_grad_(True)
+    yc = reference.multi_dynconv(xc, kc, (3, 5, 7))
+    # Output pixels at least 3 (the largest reach) inside the crop's top/left cut see the same inputs.
+    torch.testing.assert_close(y.detach()[..., -crop + 3:, -crop + 3:].cpu().double(), yc[..., 3:, 3:],
+                               rtol=1e-4, atol=1e-4)
+    # Kernel gradients there need grad_y at the pixel and x within reach: also inside the crop.
+    yc.backward(grad_y[..., -crop:, -crop:].cpu().double())
+    torch.testing.assert_close(packed.grad[..., -crop + 3:, -crop + 3:].cpu().double(), kc.grad[..., 3:, 3:],
+                               rtol=1e-4, atol=1e-4)
+    # grad_x at a pixel gathers from neighbours within reach, whose grad_y lies within the crop.
+    torch.testing.assert_close(x.grad[..., -crop + 6:, -crop + 6:].cpu().double(), xc.grad[..., 6:, 6:],
+                               rtol=1e-4, atol=1e-4)
