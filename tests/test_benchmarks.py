@@ -1,0 +1,156 @@
+"""Tests of benchmarks/bench_dynconv.py: Table III, the DDet breakdown and the operator benchmark
+run end to end with --quick on the CPU, and the pieces they are built from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddet import models
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_dynconv.py"
+# benchmarks/ is a folder of the repository, not an installed package; appended (as the script
+# does) so that the installed ddet_ops still wins over the source folder of that name.
+sys.path.append(str(ROOT))
+
+from benchmarks import bench_dynconv, breakdown, table3  # noqa: E402
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    """The script as a user runs it, from its own path."""
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def quick_table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("table3")
+    done = bench("--quick", "--json", str(out / "t.json"), "--markdown", str(out / "t.md"))
+    assert done.returncode == 0, done.stderr
+    return done, json.loads((out / "t.json").read_text()), (out / "t.md").read_text()
+
+
+def test_quick_table_has_every_model_of_the_paper(quick_table):
+    done, payload, markdown = quick_table
+    assert [row["model"] for row in payload["rows"]] == list(table3.PAPER_TABLE3)
+    for row in payload["rows"]:
+        assert row["seconds_per_frame"] > 0
+        assert row["mb"] == pytest.approx(models.size_mb(models.create(row["model"])))
+        assert f"(`{row['model']}`)" in markdown
+    assert set(payload["machine"]) >= {"cpu", "cpu_cores", "torch", "commit", "date", "device"}
+    # The markdown table is the last thing printed.
+    assert done.stdout.rstrip().splitlines()[-1] == markdown.rstrip().splitlines()[-1]
+
+
+def test_sizes_within_3_percent_of_table_iii_where_the_architecture_is_the_papers(quick_table):
+    _, payload, _ = quick_table
+    checked = {row["model"]: row["mb_deviation"] for row in payload["rows"] if row["paper_architecture"]}
+    assert set(checked) == set(table3.PAPER_ARCHITECTURES)
+    assert all(abs(deviation) <= table3.MB_TOLERANCE for deviation in checked.values()), checked
+
+
+def test_paper_figures_are_only_those_of_a_source():
+    for name, row in table3.PAPER_TABLE3.items():
+        assert name in models.names()
+        assert row.mb > 0
+        # Figures left out are None, never a placeholder number.
+        assert row.seconds_per_frame is None or row.seconds_per_frame > 0
+        assert row.psnr_x3 is None or 20 < row.psnr_x3 < 40
+
+
+def test_frame_within_budget():
+    assert table3.frame_within_budget((256, 256), (32, 32), 0.01, 4, 10.0) == (256, 256)
+    reduced = table3.frame_within_budget((256, 512), (32, 32), 0.1, 4, 10.0)
+    assert reduced[0] < 256 and reduced[1] < 512
+    assert all(side % table3.FRAME_MULTIPLE == 0 for side in reduced)
+    assert 0.1 / 32**2 * reduced[0] * reduced[1] * 4 <= 10.0
+    assert table3.frame_within_budget((20, 20), (20, 20), 100.0, 4, 1.0) == (16, 16)
+
+
+def test_a_model_over_budget_runs_on_a_reduced_frame_and_is_marked(tmp_path):
+    done = bench("--quick", "--models", "kpn5", "--frame", "64x64", "--budget", "1e-6", "--no-save")
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.rstrip().splitlines()[-1]
+    assert row.startswith("| KPN, K = 5") and "16x16 (reduced)" in row
+
+
+def test_plot(tmp_path):
+    png = tmp_path / "t.png"
+    done = bench("--quick", "--models", "kpn5", "ddet", "--no-save", "--plot", str(png))
+    if importlib.util.find_spec("matplotlib") is None:
+        assert done.returncode != 0 and "pip install matplotlib" in done.stderr
+        assert not png.exists()
+    else:
+        assert done.returncode == 0, done.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "bf16"], "CUDA autocast"),
+    (["--frame", "64"], "HxW"),
+    (["--models", "nonet"], "invalid choice"),
+    (["--breakdown", "--ops"], "not allowed with"),
+])  # fmt: skip
+def test_bad_arguments_are_refused_with_a_message(args, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_dynconv.parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_a_gpu_fails_clearly():
+    done = bench("--quick", "--device", "cuda", "--no-save")
+    assert done.returncode != 0 and "no CUDA device" in done.stderr
+
+
+def test_quick_breakdown(tmp_path):
+    done = bench("--quick", "--breakdown", "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md"))
+    assert done.returncode == 0, done.stderr
+    payload = json.loads((tmp_path / "b.json").read_text())
+    for shares in payload["shares"].values():
+        assert shares["multi_dynconv"] > 0 and shares["convolution"] > 0
+        assert sum(shares[group] for group in breakdown.GROUPS) == pytest.approx(shares["total"])
+    for impl in ("ddet_ops", "unfold reference"):
+        assert set(payload["impls"][impl]) == {"forward", "training step"}
+        assert all(r["seconds"] > 0 for r in payload["impls"][impl].values())
+    assert done.stdout.rstrip().splitlines()[-1].startswith("| training step")
+
+
+@pytest.mark.parametrize("name, group", [
+    ("ddet_ops::multi_dynconv", "multi_dynconv"),
+    ("ddet_ops::multi_dynconv_backward", "multi_dynconv"),
+    ("GeneratedBackwardFor_ddet_ops_multi_dynconv_default", "multi_dynconv"),
+    ("aten::mkldnn_convolution", "convolution"),
+    ("aten::cudnn_convolution", "convolution"),
+    ("aten::convolution_backward", "convolution"),
+    ("aten::_slow_conv2d_forward", "convolution"),
+    ("autograd::engine::evaluate_function: ConvolutionBackward0", "convolution"),
+    ("aten::_convert_element_type", "rest"),
+    ("aten::pixel_shuffle", "rest"),
+])  # fmt: skip
+def test_op_groups(name, group):
+    assert breakdown.op_group(name) == group
+
+
+def test_unfold_reference_swaps_the_op_the_model_calls():
+    torch.manual_seed(0)
+    model = models.create("ddet", width=16, blocks=1, feature_width=16, branch_width=8).eval()
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        ours = model(x)
+        with breakdown.unfold_reference() as calls:
+            theirs = model(x)
+    assert calls, "the model did not go through ddet_ops.reference"
+    torch.testing.assert_close(theirs, ours)
+
+
+def test_quick_ops_benchmark_still_runs():
+    done = bench("--ops", "--quick", "--skip", "compiled", "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert "| ddet_ops |" in done.stdout
