@@ -249,7 +249,7 @@ def plot(payload: Dict[str, object], path: str) -> None:
     ax.legend()
     info = payload["machine"]
     ax.set(xscale="log", yscale="log", xlabel="parameters (MB, float32)",
-           ylabel=f"seconds per {PAPER_FRAME[0]}x{PAPER_FRAME[1]} frame",
+           ylabel=f"seconds per {PAPER_FRAME[0]}x{PAPER_FRAME[1]} frame (from time per pixel)",
            title=f"Table III trade-off on {info.get('gpu', info['cpu'])} ({payload['settings']['dtype']})")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
