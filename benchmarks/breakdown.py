@@ -9,15 +9,18 @@
 * DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
   forward and training-step times and their peak extra memory. The reference is swapped in by
   patching the ``ddet_ops.multi_dynconv`` attribute that ``ddet.models`` calls, for the duration
-  of a context manager; ddet's code is untouched.
+  of a context manager; ddet's code is untouched. Peaks are measured after all timings, each
+  after a warm-up call (CPU: with freed memory handed back to the OS, see
+  :func:`return_freed_memory_to_the_os`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 import time
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 from unittest import mock
 
 import torch
@@ -69,9 +72,9 @@ def time_shares(fn: Callable[[], object], device: torch.device) -> Dict[str, flo
 
 
 @contextmanager
-def unfold_reference() -> Iterator[List[int]]:
-    """DDet on ``ddet_ops.reference.multi_dynconv`` while inside; yields a list that grows by one per
-    call, so that a measurement can prove the model went through the reference."""
+def unfold_reference() -> Iterator[None]:
+    """DDet on ``ddet_ops.reference.multi_dynconv`` while inside; raises on leaving if the model
+    never called it, so that a measurement cannot silently be of ddet_ops twice."""
     calls: List[int] = []
 
     def counted(*args, **kwargs):
@@ -79,7 +82,29 @@ def unfold_reference() -> Iterator[List[int]]:
         return reference.multi_dynconv(*args, **kwargs)
 
     with mock.patch.object(ddet_ops, "multi_dynconv", counted):
-        yield calls
+        yield
+    if not calls:
+        raise RuntimeError("DDet never called ddet_ops.multi_dynconv while it was patched: "
+                           "benchmarks/breakdown.py's reference swap no longer reaches the model")
+
+
+IMPLEMENTATIONS: Dict[str, Callable[[], ContextManager[None]]] = {
+    "ddet_ops": nullcontext,
+    "unfold reference": unfold_reference,
+}
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_freed_memory_to_the_os() -> None:
+    """glibc keeps freed blocks below a moving threshold (up to 32 MB) in its heap, where later
+    allocations reuse them unseen by the resident set size that common.peak_extra_memory samples
+    on the CPU. A fixed 128 KiB mmap threshold hands every freed tensor back, so that the sampled
+    RSS follows the live tensors. It slows allocation, so it is set after the timings."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def _inputs(device: torch.device, frame: Frame, batch: Tuple[int, ...]):
@@ -108,15 +133,6 @@ def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dic
     return {"forward": forward, "training step": training_step}
 
 
-def measure(device: torch.device, frame: Frame, batch: Tuple[int, ...], repeats: int) -> Dict[str, Dict[str, float]]:
-    """Median time and peak extra memory of each workload."""
-    results = {}
-    for name, fn in workloads(device, frame, batch).items():
-        seconds = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=1)
-        results[name] = {"seconds": seconds, "peak_extra_bytes": peak_extra_memory(fn, device)}
-    return results
-
-
 def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = False, repeats: Optional[int] = None,
         progress: Callable[[str], None] = print) -> Dict[str, object]:
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
@@ -127,14 +143,21 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
              f"{'x'.join(map(str, batch))}, {repeats} repeats")
     progress("  profiling DDet on ddet_ops ...")
     shares = {name: time_shares(fn, device) for name, fn in workloads(device, frame, batch).items()}
-    progress("  timing DDet on ddet_ops ...")
-    impls = {"ddet_ops": measure(device, frame, batch, repeats)}
-    progress("  timing DDet on the unfold reference ...")
-    with unfold_reference() as calls:
-        impls["unfold reference"] = measure(device, frame, batch, repeats)
-    if not calls:
-        raise RuntimeError("DDet never called ddet_ops.multi_dynconv while it was patched: "
-                           "benchmarks/breakdown.py's reference swap no longer reaches the model")
+    impls: Dict[str, Dict[str, Dict[str, float]]] = {impl: {} for impl in IMPLEMENTATIONS}
+    for impl, swapped_in in IMPLEMENTATIONS.items():
+        progress(f"  timing DDet on {impl} ...")
+        with swapped_in():
+            for name, fn in workloads(device, frame, batch).items():
+                seconds = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=1)
+                impls[impl][name] = {"seconds": seconds}
+    if device.type == "cpu":
+        return_freed_memory_to_the_os()
+    for impl, swapped_in in IMPLEMENTATIONS.items():
+        progress(f"  peak memory of DDet on {impl} ...")
+        with swapped_in():
+            for name, fn in workloads(device, frame, batch).items():
+                fn()
+                impls[impl][name]["peak_extra_bytes"] = peak_extra_memory(fn, device)
     return {
         "machine": machine(device),
         "settings": {"model": MODEL, "frame": list(frame), "train_batch": list(batch), "repeats": repeats,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ddet_ops
 from ddet import models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +145,18 @@ def test_unfold_reference_swaps_the_op_the_model_calls():
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
         ours = model(x)
-        with breakdown.unfold_reference() as calls:
-            theirs = model(x)
-    assert calls, "the model did not go through ddet_ops.reference"
+        with breakdown.unfold_reference():
+            with torch.profiler.profile() as prof:
+                theirs = model(x)
+    assert not any("multi_dynconv" in event.key for event in prof.key_averages())
     torch.testing.assert_close(theirs, ours)
+    assert ddet_ops.multi_dynconv is ddet_ops.ops.multi_dynconv  # restored on leaving
+
+
+def test_unfold_reference_refuses_a_measurement_that_never_reached_it():
+    with pytest.raises(RuntimeError, match="never called"):
+        with breakdown.unfold_reference():
+            pass
 
 
 def test_quick_ops_benchmark_still_runs():
