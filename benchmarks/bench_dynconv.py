@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--ops", action="store_true", help="the operator benchmark instead of Table III")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--frame", type=frame_size,
-                        help=f"HxW of the frame (default: {'x'.join(map(str, table3.DEFAULT_FRAME['cuda']))} on CUDA, "
+                        help=f"HxW of Table III's frame and of the breakdown's forward (default: {'x'.join(map(str, table3.DEFAULT_FRAME['cuda']))} on CUDA, "
                              f"{'x'.join(map(str, table3.DEFAULT_FRAME['cpu']))} on the CPU)")
     parser.add_argument("--models", nargs="+", metavar="NAME", choices=models.names(),
                         help="Table III models to run (default: the paper's table)")
