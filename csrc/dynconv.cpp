@@ -143,8 +143,8 @@ struct VectorLanes {
     __builtin_memcpy(&v, p, sizeof(v));
     return v;
   }
-  static DDET_INLINE void store(scalar_t* p, Vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
-  static DDET_INLINE void add_to(scalar_t* p, Vec v) { store(p, load(p) + v); }
+  static DDET_INLINE void store(scalar_t* p, const Vec& v) { __builtin_memcpy(p, &v, sizeof(v)); }
+  static DDET_INLINE void add_to(scalar_t* p, const Vec& v) { store(p, load(p) + v); }
 };
 
 template <typename scalar_t>
