@@ -45,9 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--breakdown", action="store_true", help="DDet's time breakdown instead of Table III")
     mode.add_argument("--ops", action="store_true", help="the operator benchmark instead of Table III")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    cuda_frame, cpu_frame = ("x".join(map(str, table3.DEFAULT_FRAME[kind])) for kind in ("cuda", "cpu"))
     parser.add_argument("--frame", type=frame_size,
-                        help=f"HxW of Table III's frame and of the breakdown's forward (default: {'x'.join(map(str, table3.DEFAULT_FRAME['cuda']))} on CUDA, "
-                             f"{'x'.join(map(str, table3.DEFAULT_FRAME['cpu']))} on the CPU)")
+                        help=f"HxW of Table III's frame and of the breakdown's forward "
+                             f"(default: {cuda_frame} on CUDA, {cpu_frame} on the CPU)")
     parser.add_argument("--models", nargs="+", metavar="NAME", choices=models.names(),
                         help="Table III models to run (default: the paper's table)")
     parser.add_argument("--dtype", default="float32", choices=list(table3.AUTOCAST_DTYPES),
@@ -55,8 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="Table III in channels_last memory format")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement (default: device-dependent)")
     parser.add_argument("--budget", type=float,
-                        help="Table III seconds per model, beyond which it runs on a smaller frame (default: "
-                             f"{table3.DEFAULT_BUDGET_S['cpu']:.0f} on the CPU, {table3.DEFAULT_BUDGET_S['cuda']:.0f} on CUDA)")
+                        help="Table III seconds per model, beyond which it runs on a smaller frame "
+                             f"(default: {table3.DEFAULT_BUDGET_S['cpu']:.0f} on the CPU, "
+                             f"{table3.DEFAULT_BUDGET_S['cuda']:.0f} on CUDA)")
     parser.add_argument("--plot", help="PNG of Table III's time per frame against parameters (needs matplotlib)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads of torch (default: torch's own; --quick: 1). On a machine shared with "

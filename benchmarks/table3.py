@@ -54,8 +54,9 @@ PAPER_TABLE3: Dict[str, PaperRow] = {
     "kpn19": PaperRow("KPN, K = 19", 5.9),
     "lpkpn": PaperRow("LP-KPN", 5.7),
     "ddet": PaperRow("DDet", 5.7),
-    "ddet-released": PaperRow("DDet (released x3)", 5.7,
-                              note="released x3/x4 layout; Table III's 5.7 MB is the x2 file (feature_width=64: 5.72 MB)"),
+    "ddet-released": PaperRow(
+        "DDet (released x3)", 5.7,
+        note="released x3/x4 layout; Table III's 5.7 MB is the x2 file (feature_width=64: 5.72 MB)"),
 }
 # Models whose architecture is the paper's own: their MB must be within 3% of Table III.
 PAPER_ARCHITECTURES = ("srresnet", "edsr", "kpn5", "kpn7", "kpn13", "kpn19", "lpkpn", "ddet")
@@ -173,7 +174,8 @@ def markdown(payload: Dict[str, object]) -> str:
     info, settings = payload["machine"], payload["settings"]
     who = info.get("gpu", info["cpu"])
     frame = "x".join(map(str, settings["frame"]))
-    notes = [f"- `{row['model']}`: {row['paper']['note']}" for row in payload["rows"] if row["paper"] and row["paper"]["note"]]
+    notes = [f"- `{row['model']}`: {row['paper']['note']}"
+             for row in payload["rows"] if row["paper"] and row["paper"]["note"]]
     if any(row["reduced_frame"] for row in payload["rows"]):
         notes.append(f"- (reduced): {settings['repeats'] + 1} full-frame runs would not fit the per-model budget of "
                      f"{settings['budget_s']:.0f} s, so the model ran on the largest frame predicted to fit; "
