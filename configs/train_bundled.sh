@@ -1,13 +1,22 @@
 #!/bin/sh
-# Trains the bundled weights: DDet ×2, then ×3 and ×4 fine-tuned from it, and stores them as
-# float16 in ddet/weights/. Safe to re-run after a kill: each run resumes from its last checkpoint.
+# Trains the bundled weights and stores them as float16 in ddet/weights/:
+# DDet ×2 in two stages (48-pixel then 96-pixel patches), then ×3 and ×4 fine-tuned from it.
+# Safe to re-run after a kill: a finished run is skipped, an unfinished one resumes.
 set -e
 cd "$(dirname "$0")/.."
-for scale in 2 3 4; do
-    out=runs/ddet_x$scale
-    if [ ! -f "$out/model.safetensors" ]; then
-        if [ -f "$out/checkpoints/latest" ]; then resume=--resume; else resume=--force; fi
-        python -m ddet.cli train --config configs/ddet_x$scale.yaml $resume
+run() {  # run CONFIG OUT
+    if [ ! -f "$2/model.safetensors" ]; then
+        if [ -f "$2/checkpoints/latest" ]; then resume=--resume; else resume=--force; fi
+        python -m ddet.cli train --config "$1" $resume
     fi
-    python -c "import sys; from ddet.weights import export_bundled; export_bundled(sys.argv[1], $scale)" "$out/model.safetensors"
+}
+export_bundled() {  # export_bundled OUT SCALE
+    python -c "import sys; from ddet.weights import export_bundled; export_bundled(sys.argv[1], int(sys.argv[2]))" "$1/model.safetensors" "$2"
+}
+run configs/ddet_x2.yaml runs/ddet_x2
+run configs/ddet_x2_stage2.yaml runs/ddet_x2_stage2
+export_bundled runs/ddet_x2_stage2 2
+for scale in 3 4; do
+    run configs/ddet_x$scale.yaml runs/ddet_x$scale
+    export_bundled runs/ddet_x$scale $scale
 done

@@ -90,18 +90,20 @@ def test_train_flags_reach_the_config(tmp_path, capsys):
     assert "config.yaml" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not bundled_path(2).is_file(), reason="bundled weights not trained yet")
-def test_bundled_x2_beats_bicubic_on_a_held_out_photo(tmp_path):
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bundled_weights_beat_bicubic_on_a_held_out_photo(scale):
+    if not bundled_path(scale).is_file():
+        pytest.skip(f"bundled ×{scale} weights not trained yet")
     import skimage.data
 
-    from ddet import metrics
-    from ddet.data import SyntheticPairs
-
-    pairs = SyntheticPairs({"coffee": skimage.data.coffee()[:160, :160].astype(np.float32) / 255}, 2, fixed_seed=7)
-    lr, hr = pairs.pair(0)
-    small = np.asarray(Image.fromarray(np.round(lr * 255).astype(np.uint8)).resize((80, 80), Image.BICUBIC))
     from ddet import upscale
+    from ddet.data import SyntheticPairs, WholeImages
+    from ddet.inference import evaluate_images, resolve_model
 
-    out = upscale(small, scale=2)
-    assert out.shape == hr.shape
-    assert metrics.evaluate(out, hr)["psnr"] > metrics.evaluate(lr, hr)["psnr"]
+    model, model_scale, channels = resolve_model(scale=scale)
+    assert (model_scale, channels) == (scale, "y")
+    crop = skimage.data.coffee()[:192, 96:288].astype(np.float32) / 255  # a validation photo
+    pairs = WholeImages(SyntheticPairs({"coffee": crop}, scale, fixed_seed=7), "y")
+    [row] = evaluate_images(model, pairs)
+    assert row["psnr"] > row["bicubic_psnr"] + 0.1, row
+    assert upscale(crop[:20, :30], scale=scale).shape == (20 * scale, 30 * scale, 3)
