@@ -74,7 +74,7 @@ def command_eval(args):
     from ddet.inference import evaluate_images, resolve_model
 
     device = _device(args.device)
-    model, scale, channels = resolve_model(args.model, args.weights, args.scale, device)
+    model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
@@ -87,7 +87,6 @@ def command_eval(args):
     rows = evaluate_images(model, WholeImages(source, channels, cache=False), args.tile, args.tile_overlap, device, args.border, patch, progress=True)
     mean = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
-    name = args.model or (model.__class__.__name__ if args.weights else "ddet")
     print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
     for row in rows:
         print(f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} {row['psnr']:>14.3f} {row['ssim']:>7.4f}")
@@ -96,7 +95,7 @@ def command_eval(args):
         from ddet.data.io import atomic_write
 
         report = {
-            "model": args.model or "ddet",
+            "model": name,
             "weights": str(args.weights) if args.weights else "bundled",
             "scale": scale,
             "channels": channels,
@@ -137,7 +136,7 @@ def command_upscale(args):
     from ddet.inference import resolve_model, upscale
 
     device = _device(args.device)
-    model, scale, _ = resolve_model(args.model, args.weights, args.scale, device)
+    model, scale, _, _ = resolve_model(args.model, args.weights, args.scale, device)
     targets = output_paths(args.inputs, args.output, scale, args.suffix)
     for source in args.inputs:
         if not Path(source).is_file():

@@ -8,6 +8,7 @@ the seams vanish and memory stays bounded by the tile size.
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,14 +41,23 @@ def as_float_rgb(image):
     else:
         raise TypeError(f"unsupported image dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"expected an H×W or H×W×3 image, got shape {array.shape}")
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an H×W, H×W×1, H×W×3 or H×W×4 image, got shape {array.shape}")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=2)
     return array[..., :3]
 
 
+class Resolved(NamedTuple):
+    model: torch.nn.Module
+    scale: int
+    channels: str  # "y" or "rgb"
+    name: str  # registry name, or the class name of a model object
+
+
 def resolve_model(model=None, weights=None, scale=None, device="cpu"):
-    """(model, scale, channels) from weights, a model object, or the bundled weights of ``scale``.
+    """The network to run (a ``Resolved``) from weights, a model object, or the bundled weights of ``scale``.
 
     ``model`` may be a module (then ``scale`` is required), or a registry name: only ``ddet`` has
     bundled weights, every other name needs ``weights``.
@@ -55,19 +65,19 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
     if isinstance(model, torch.nn.Module):
         if scale is None:
             raise ValueError("pass scale= with a model object")
-        return model.to(device).eval(), scale, "y" if model.in_channels == 1 else "rgb"
+        return Resolved(model.to(device).eval(), scale, "y" if model.in_channels == 1 else "rgb", type(model).__name__)
     if weights is not None:
         loaded, metadata = load_model(weights, device)
         if model is not None and model != metadata["model"]:
             raise ValueError(f"--model {model} but {weights} holds a {metadata['model']!r} model")
         if scale is not None and scale != metadata["scale"]:
             raise ValueError(f"--scale {scale} but {weights} was trained for ×{metadata['scale']}")
-        return loaded, metadata["scale"], metadata["channels"]
+        return Resolved(loaded, metadata["scale"], metadata["channels"], metadata["model"])
     if model not in (None, BUNDLED_MODEL):
         raise ValueError(f"no bundled weights for model {model!r}; pass --weights FILE")
     scale = 2 if scale is None else scale
     loaded, metadata = load_bundled(scale, device)
-    return loaded, scale, metadata["channels"]
+    return Resolved(loaded, scale, metadata["channels"], metadata["model"])
 
 
 def _spans(length, tile, overlap):
@@ -133,7 +143,7 @@ def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=
     Returns float32 H·s × W·s × 3 in [0, 1]. ``model``: a registry name (``ddet`` uses the bundled
     weights) or a module; ``weights``: a safetensors file written by ``ddet train``.
     """
-    network, scale, channels = resolve_model(model, weights, scale, device)
+    network, scale, channels, _ = resolve_model(model, weights, scale, device)
     rgb = as_float_rgb(image)
     height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
     upscaled = np.clip(resize(rgb, height, width), 0.0, 1.0)

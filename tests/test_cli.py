@@ -75,7 +75,7 @@ def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, weights, ca
     assert "bicubic" in table and "mean" in table
     result = json.loads(report.read_text())
     assert [row["name"] for row in result["images"]] == ["a", "b"]
-    assert result["scale"] == 2 and result["protocol"]["border"] == 0
+    assert result["scale"] == 2 and result["model"] == "ddet" and result["protocol"]["border"] == 0
     # the fresh network starts at the identity: the model row equals the bicubic row
     assert result["mean"]["psnr"] == pytest.approx(result["bicubic_mean"]["psnr"], abs=0.01)
     assert main(args) == 2 and "report.json" in capsys.readouterr().err
@@ -100,7 +100,7 @@ def test_bundled_weights_beat_bicubic_on_a_held_out_photo(scale):
     from ddet.data import SyntheticPairs, WholeImages
     from ddet.inference import evaluate_images, resolve_model
 
-    model, model_scale, channels = resolve_model(scale=scale)
+    model, model_scale, channels, _ = resolve_model(scale=scale)
     assert (model_scale, channels) == (scale, "y")
     crop = skimage.data.coffee()[:192, 96:288].astype(np.float32) / 255  # a validation photo
     pairs = WholeImages(SyntheticPairs({"coffee": crop}, scale, fixed_seed=7), "y")

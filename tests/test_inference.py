@@ -73,7 +73,7 @@ def test_rgb_model(image):
 def test_inputs_uint16_float_grey_and_paths(tmp_path, image):
     as16 = as_float_rgb(image.astype(np.uint16) * 257)
     np.testing.assert_allclose(as16, image / 255.0, atol=1e-6)
-    assert as_float_rgb(np.zeros((4, 5))).shape == (4, 5, 3)
+    assert as_float_rgb(np.zeros((4, 5))).shape == as_float_rgb(np.zeros((4, 5, 1))).shape == (4, 5, 3)
     Image.fromarray(image).save(tmp_path / "a.png")
     np.testing.assert_array_equal(as_float_rgb(tmp_path / "a.png"), read_image(tmp_path / "a.png"))
     with pytest.raises(TypeError, match="int64"):
@@ -84,8 +84,8 @@ def test_weights_files_describe_their_model(tmp_path):
     model = _tiny(perturb=0.01)
     path = tmp_path / "w.safetensors"
     save_weights(path, model.state_dict(), "ddet", {**TINY_DDET, "in_channels": 1}, 3, "y", dtype=torch.float16)
-    loaded, scale, channels = resolve_model(weights=path)
-    assert (scale, channels) == (3, "y")
+    loaded, scale, channels, name = resolve_model(weights=path)
+    assert (scale, channels, name) == (3, "y", "ddet")
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=2e-3, rtol=0)
