@@ -106,6 +106,21 @@ std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like) {
   return out;
 }
 
+Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels,
+                          at::IntArrayRef sizes, int64_t groups, int64_t dilation, bool need_x, bool need_kernels) {
+  Problem p = prepare(x, kernels, sizes, groups, dilation);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
+                  grad_y.device() == x.device(),
+              "ddet_ops: grad_y must match x in shape, dtype and device");
+  at::Tensor grad_x = need_x ? empty_output(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
+  std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
+  const bool ready = is_empty(p.geo) || !(need_x || need_kernels);
+  if (is_empty(p.geo)) {
+    for (auto& g : grad_kernels) g.zero_();
+  }
+  return {std::move(p), grad_y.contiguous(), std::move(grad_x), std::move(grad_kernels), ready};
+}
+
 namespace {
 
 // The CPU row functions are compiled twice: for x86-64-v3 (AVX2 + FMA) and for the baseline,
@@ -360,8 +375,6 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, int64_t begi
 // Rows per parallel task: enough work per task to amortise scheduling.
 int64_t row_grain(const Geometry& geo) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, geo.W * geo.C)); }
 
-bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
-
 at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
                              int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
@@ -382,33 +395,24 @@ at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::In
 std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
     int64_t dilation, bool need_x, bool need_kernels) {
-  const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
-                  grad_y.device() == x.device(),
-              "ddet_ops: grad_y must match x in shape, dtype and device");
-  const at::Tensor gy = grad_y.contiguous();
-  at::Tensor grad_x = need_x ? empty_output(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
-  std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
-  if (is_empty(p.geo)) {
-    for (auto& g : grad_kernels) g.zero_();
-    return {grad_x, grad_kernels};
-  }
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  if (b.ready) return {b.grad_x, b.grad_kernels};
+  const Problem& p = b.p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cpu", [&] {
     const BackwardArgs<scalar_t> args{p.geo,
                                       make_bank<const scalar_t>(p, p.kernels),
-                                      need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{},
+                                      need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{},
                                       need_kernels,
                                       p.x.const_data_ptr<scalar_t>(),
-                                      gy.const_data_ptr<scalar_t>(),
-                                      need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr};
-    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo),
-                     [&](int64_t begin, int64_t end) {
-                       std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
-                       std::vector<scalar_t> gk_buffer(p.geo.W);
-                       backward_rows<scalar_t>(args, begin, end, acc.data(), gk_buffer.data());
-                     });
+                                      b.grad_y.const_data_ptr<scalar_t>(),
+                                      need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr};
+    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo), [&](int64_t begin, int64_t end) {
+      std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
+      std::vector<scalar_t> gk_buffer(p.geo.W);
+      backward_rows<scalar_t>(args, begin, end, acc.data(), gk_buffer.data());
+    });
   });
-  return {grad_x, grad_kernels};
+  return {b.grad_x, b.grad_kernels};
 }
 
 }  // namespace

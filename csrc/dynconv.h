@@ -27,6 +27,22 @@ struct Problem {
 Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
                 int64_t dilation);
 
+// A validated backward call with its outputs allocated: grad_x (empty when not needed) and the
+// kernel gradients in the structure of the kernels (none when not needed). For an empty problem
+// the kernel gradients are already zero and `ready` is true: nothing is left to compute.
+struct Backward {
+  Problem p;
+  at::Tensor grad_y;
+  at::Tensor grad_x;
+  std::vector<at::Tensor> grad_kernels;
+  bool ready;
+};
+
+Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels,
+                          at::IntArrayRef sizes, int64_t groups, int64_t dilation, bool need_x, bool need_kernels);
+
+inline bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
+
 // A contiguous uninitialised output tensor (on the CPU backed by huge pages where possible).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 

@@ -31,22 +31,21 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> pixelwise_backward(const at::Ten
                                                                    at::TensorList kernels, at::IntArrayRef sizes,
                                                                    int64_t groups, int64_t dilation, bool need_x,
                                                                    bool need_kernels) {
-  const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  const at::Tensor gy = grad_y.contiguous();
-  at::Tensor grad_x = need_x ? at::empty(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
-  std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  if (b.ready) return {b.grad_x, b.grad_kernels};
+  const Problem& p = b.p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixelwise_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto bank = make_bank<const scalar_t>(p, p.kernels);
-    const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{};
+    const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{};
     const int64_t threads = backward_threads(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
       backward_thread<scalar_t, acc_t>(p.geo, bank, grad_bank, need_kernels, p.x.const_data_ptr<scalar_t>(),
-                                       gy.const_data_ptr<scalar_t>(),
-                                       need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr, index);
+                                       b.grad_y.const_data_ptr<scalar_t>(),
+                                       need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, index);
     }
   });
-  return {grad_x, grad_kernels};
+  return {b.grad_x, b.grad_kernels};
 }
 
 }  // namespace

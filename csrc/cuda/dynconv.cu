@@ -56,8 +56,6 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
-
 at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
                               int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
@@ -77,29 +75,20 @@ at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::I
 std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
     int64_t dilation, bool need_x, bool need_kernels) {
-  const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
-                  grad_y.device() == x.device(),
-              "ddet_ops: grad_y must match x in shape, dtype and device");
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor gy = grad_y.contiguous();
-  at::Tensor grad_x = need_x ? at::empty(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
-  std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
-  if (is_empty(p.geo)) {
-    for (auto& g : grad_kernels) g.zero_();
-    return {grad_x, grad_kernels};
-  }
-  if (!need_x && !need_kernels) return {grad_x, grad_kernels};
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  if (b.ready) return {b.grad_x, b.grad_kernels};
+  const Problem& p = b.p;
   const int64_t threads = backward_threads(p.geo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks_for(threads), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
         p.geo, make_bank<const scalar_t>(p, p.kernels),
-        need_kernels ? make_bank<scalar_t>(p, grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
-        p.x.const_data_ptr<scalar_t>(), gy.const_data_ptr<scalar_t>(),
-        need_x ? grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
+        need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
+        p.x.const_data_ptr<scalar_t>(), b.grad_y.const_data_ptr<scalar_t>(),
+        need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_x, grad_kernels};
+  return {b.grad_x, b.grad_kernels};
 }
 
 }  // namespace
