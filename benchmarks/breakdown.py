@@ -9,9 +9,8 @@
 * DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
   forward and training-step times and their peak extra memory. The reference is swapped in by
   patching the ``ddet_ops.multi_dynconv`` attribute that ``ddet.models`` calls, for the duration
-  of a context manager; ddet's code is untouched. Peaks are measured after all timings, each
-  after a warm-up call (CPU: with freed memory handed back to the OS, see
-  :func:`return_freed_memory_to_the_os`).
+  of a context manager; ddet's code is untouched. Each peak is measured after a warm-up call
+  (CPU: with freed tensors handed back to the OS, see :func:`return_freed_memory_to_the_os`).
 """
 
 from __future__ import annotations
@@ -98,8 +97,9 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 def return_freed_memory_to_the_os() -> None:
     """glibc keeps freed blocks below a moving threshold (up to 32 MB) in its heap, where later
     allocations reuse them unseen by the resident set size that common.peak_extra_memory samples
-    on the CPU. A fixed 128 KiB mmap threshold hands every freed tensor back, so that the sampled
-    RSS follows the live tensors. It slows allocation, so it is set after the timings."""
+    on the CPU. A fixed 128 KiB mmap threshold, set before the first measurement, maps every
+    tensor afresh and hands it back when freed, so that the sampled RSS follows the live tensors
+    (and every timing pays the same page faults)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -138,6 +138,8 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
     batch = QUICK_TRAIN_BATCH if quick else TRAIN_BATCH
     repeats = repeats or (1 if quick else DEFAULT_REPEATS[device.type])
+    if device.type == "cpu":
+        return_freed_memory_to_the_os()
     start = time.perf_counter()
     progress(f"DDet breakdown on {device}: forward on {frame[0]}x{frame[1]}, training step on "
              f"{'x'.join(map(str, batch))}, {repeats} repeats")
@@ -150,8 +152,6 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
             for name, fn in workloads(device, frame, batch).items():
                 seconds = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=1)
                 impls[impl][name] = {"seconds": seconds}
-    if device.type == "cpu":
-        return_freed_memory_to_the_os()
     for impl, swapped_in in IMPLEMENTATIONS.items():
         progress(f"  peak memory of DDet on {impl} ...")
         with swapped_in():
