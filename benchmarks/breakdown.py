@@ -7,9 +7,9 @@
   everything else. CPU: self CPU time; CUDA: self device time of the operators that launched
   the kernels.
 * DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
-  forward and training-step times and their peak extra memory. The reference is swapped in by
-  patching the ``ddet_ops.multi_dynconv`` attribute that ``ddet.models`` calls, for the duration
-  of a context manager; ddet's code is untouched. Each peak is measured after a warm-up call
+  forward and training-step times, their runs interleaved, and their peak extra memory. The
+  reference is swapped in by patching the ``ddet_ops.multi_dynconv`` attribute that
+  ``ddet.models`` calls, for the duration of a context manager; ddet's code is untouched. Each peak is measured after a warm-up call
   (CPU: with freed tensors handed back to the OS, see :func:`return_freed_memory_to_the_os`).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import statistics
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
@@ -133,6 +134,21 @@ def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dic
     return {"forward": forward, "training step": training_step}
 
 
+def interleaved_medians(calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextManager[None]], Callable[[], object]]],
+                        device: torch.device, repeats: int) -> Dict[Tuple[str, str], float]:
+    """Median seconds of each (implementation, workload) call. The runs are interleaved, one of
+    each call in turn, after a first round of warm-ups, so that the load changes of a shared
+    machine reach every implementation alike."""
+    samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in calls}
+    for round_number in range(repeats + 1):
+        for key, (swapped_in, fn) in calls.items():
+            with swapped_in():
+                seconds = median_time(fn, device, min_repeats=1, max_repeats=1, budget_s=0.0, warmup=0)
+            if round_number:
+                samples[key].append(seconds)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
 def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = False, repeats: Optional[int] = None,
         progress: Callable[[str], None] = print) -> Dict[str, object]:
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
@@ -145,19 +161,16 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
              f"{'x'.join(map(str, batch))}, {repeats} repeats")
     progress("  profiling DDet on ddet_ops ...")
     shares = {name: time_shares(fn, device) for name, fn in workloads(device, frame, batch).items()}
+    calls = {(impl, name): (swapped_in, fn) for impl, swapped_in in IMPLEMENTATIONS.items()
+             for name, fn in workloads(device, frame, batch).items()}
+    progress(f"  timing DDet on {' and on '.join(IMPLEMENTATIONS)}, runs interleaved ...")
+    seconds = interleaved_medians(calls, device, repeats)
+    progress("  peak memory ...")
     impls: Dict[str, Dict[str, Dict[str, float]]] = {impl: {} for impl in IMPLEMENTATIONS}
-    for impl, swapped_in in IMPLEMENTATIONS.items():
-        progress(f"  timing DDet on {impl} ...")
+    for (impl, name), (swapped_in, fn) in calls.items():
         with swapped_in():
-            for name, fn in workloads(device, frame, batch).items():
-                seconds = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=1)
-                impls[impl][name] = {"seconds": seconds}
-    for impl, swapped_in in IMPLEMENTATIONS.items():
-        progress(f"  peak memory of DDet on {impl} ...")
-        with swapped_in():
-            for name, fn in workloads(device, frame, batch).items():
-                fn()
-                impls[impl][name]["peak_extra_bytes"] = peak_extra_memory(fn, device)
+            fn()
+            impls[impl][name] = {"seconds": seconds[impl, name], "peak_extra_bytes": peak_extra_memory(fn, device)}
     return {
         "machine": machine(device),
         "settings": {"model": MODEL, "frame": list(frame), "train_batch": list(batch), "repeats": repeats,
@@ -203,7 +216,8 @@ def markdown(payload: Dict[str, object]) -> str:
         f"DDet (`{settings['model']}`) breakdown on {who} ({info['device']}, {info['torch_threads']} threads), "
         f"torch {info['torch']}, commit {info['commit']}, {info['date']}. Whole run: {payload['wall_seconds']:.0f} s.",
         f"Forward: eval, no gradients, 1x1x{frame}. Training step: forward + L1 loss + backward on {batch}. "
-        f"float32; times are medians of {settings['repeats']} run(s) after a warm-up.",
+        f"float32; times are medians of {settings['repeats']} run(s) after a warm-up, "
+        "the two implementations' runs interleaved.",
         "",
         f"Share of one profiled call ({unit} of the operators, grouped by name):",
         "",
