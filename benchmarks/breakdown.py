@@ -9,8 +9,9 @@
 * DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
   forward and training-step times, their runs interleaved, and their peak extra memory. The
   reference is swapped in by patching the ``ddet_ops.multi_dynconv`` attribute that
-  ``ddet.models`` calls, for the duration of a context manager; ddet's code is untouched. Each peak is measured after a warm-up call
-  (CPU: with freed tensors handed back to the OS, see :func:`return_freed_memory_to_the_os`).
+  ``ddet.models`` calls, for the duration of a context manager; ddet's code is untouched. Each
+  peak is measured after a warm-up call (CPU: with freed tensors handed back to the OS, see
+  :func:`return_freed_memory_to_the_os`).
 """
 
 from __future__ import annotations
