@@ -7,7 +7,9 @@
   everything else. CPU: self CPU time; CUDA: self device time of the operators that launched
   the kernels.
 * DDet on ``ddet_ops`` against DDet on ``ddet_ops.reference.multi_dynconv`` (F.unfold): median
-  forward and training-step times, their runs interleaved, and their peak extra memory. The
+  forward and training-step times, their runs interleaved, and their peak extra memory; the
+  same for the MDA stage alone (forward + backward of ``model.apply_kernels`` on the image and
+  kernels DDet makes for the training batch), where the operator's own cost shows. The
   reference is swapped in by patching the ``ddet_ops.multi_dynconv`` attribute that
   ``ddet.models`` calls, for the duration of a context manager; ddet's code is untouched. Each
   peak is measured after a warm-up call (CPU: with freed tensors handed back to the OS, see
@@ -40,6 +42,7 @@ TRAIN_BATCH = (16, 1, 64, 64)
 QUICK_TRAIN_BATCH = (2, 1, 32, 32)
 DEFAULT_REPEATS = {"cuda": 20, "cpu": 5}
 GROUPS = ("multi_dynconv", "convolution", "rest")
+MDA_STAGE = "MDA stage alone, training step"
 SHARE_TARGET = 0.05  # multi_dynconv's share of DDet's forward the operator library must stay under
 _CONVOLUTION = re.compile(r"conv(olution|\d|_transpose|_depthwise|_dilated)", re.IGNORECASE)
 
@@ -109,18 +112,17 @@ def return_freed_memory_to_the_os() -> None:
     libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
-def _inputs(device: torch.device, frame: Frame, batch: Tuple[int, ...]):
+def _training_pair(device: torch.device, batch: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    image = torch.rand((1, 1, *frame), generator=gen).to(device)
-    lr, hr = (torch.rand(batch, generator=gen).to(device) for _ in range(2))
-    return image, lr, hr
+    return tuple(torch.rand(batch, generator=gen).to(device) for _ in range(2))
 
 
 def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
     """The two measured calls on one DDet: a forward of the frame and a training step of the batch."""
     torch.manual_seed(0)
     model = models.create(MODEL).to(device)
-    image, lr, hr = _inputs(device, frame, batch)
+    image = torch.rand((1, 1, *frame), generator=torch.Generator().manual_seed(0)).to(device)
+    lr, hr = _training_pair(device, batch)
 
     def forward():
         model.eval()
@@ -133,6 +135,24 @@ def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dic
         F.l1_loss(model(lr), hr).backward()
 
     return {"forward": forward, "training step": training_step}
+
+
+def mda_stage(device: torch.device, batch: Tuple[int, ...]) -> Callable[[], object]:
+    """Forward + backward of DDet's MDA stage alone (``model.apply_kernels``) on the revised image
+    and the kernels that DDet makes for the training batch: the operator's own cost inside DDet,
+    which the whole network's peak may hide."""
+    torch.manual_seed(0)
+    model = models.create(MODEL).to(device)
+    lr, _ = _training_pair(device, batch)
+    with torch.no_grad():
+        image, kernels = model.revise(lr).requires_grad_(), model.kernels(lr).requires_grad_()
+    grad_y = torch.ones_like(image)
+
+    def step():
+        image.grad = kernels.grad = None
+        model.apply_kernels(image, kernels).backward(grad_y)
+
+    return step
 
 
 def interleaved_medians(calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextManager[None]], Callable[[], object]]],
@@ -163,7 +183,7 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
     progress("  profiling DDet on ddet_ops ...")
     shares = {name: time_shares(fn, device) for name, fn in workloads(device, frame, batch).items()}
     calls = {(impl, name): (swapped_in, fn) for impl, swapped_in in IMPLEMENTATIONS.items()
-             for name, fn in workloads(device, frame, batch).items()}
+             for name, fn in {**workloads(device, frame, batch), MDA_STAGE: mda_stage(device, batch)}.items()}
     progress(f"  timing DDet on {' and on '.join(IMPLEMENTATIONS)}, runs interleaved ...")
     seconds = interleaved_medians(calls, device, repeats)
     progress("  peak memory ...")
