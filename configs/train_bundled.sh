@@ -1,6 +1,6 @@
 #!/bin/sh
 # Trains the bundled weights and stores them as float16 in ddet/weights/:
-# DDet ×2 in two stages (48-pixel then 96-pixel patches), then ×3 and ×4 fine-tuned from it.
+# DDet ×2 in two stages (L1, then a second cosine cycle with L2), then ×3 and ×4 fine-tuned from it.
 # Safe to re-run after a kill: a finished run is skipped, an unfinished one resumes.
 set -e
 cd "$(dirname "$0")/.."
