@@ -67,7 +67,9 @@ DEFAULT_FRAME = {"cuda": PAPER_FRAME, "cpu": (256, 256)}
 QUICK_FRAME: Frame = (32, 32)
 DEFAULT_REPEATS = {"cuda": 10, "cpu": 3}
 DEFAULT_BUDGET_S = {"cuda": 60.0, "cpu": 15.0}  # per model; 11 CPU models then fit in 5 minutes
-PROBE_FRAME: Frame = (32, 32)
+# A GPU needs a frame large enough to be busy, or its launch overhead, extrapolated per pixel,
+# would push models onto reduced frames they do not need.
+PROBE_FRAME: Dict[str, Frame] = {"cuda": (256, 256), "cpu": (32, 32)}
 FRAME_MULTIPLE = 16
 AUTOCAST_DTYPES = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -117,7 +119,7 @@ def measure_model(name: str, device: torch.device, frame: Frame, *, dtype: str =
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = _forward(model, device, dtype)
-    probe_frame = (min(frame[0], PROBE_FRAME[0]), min(frame[1], PROBE_FRAME[1]))
+    probe_frame = tuple(min(side, probe_side) for side, probe_side in zip(frame, PROBE_FRAME[device.type]))
     probe = _frame(model.in_channels, probe_frame, device, channels_last)
     forward(probe)  # the first call pays one-time costs (oneDNN primitives, cuDNN plans, allocations)
     # The faster of two runs: on a shared machine one run can be several times slower than usual.
