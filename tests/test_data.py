@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,15 @@ def test_unreadable_and_missing_images_name_the_file(tmp_path):
         read_image(tmp_path / "broken.png")
     with pytest.raises(FileNotFoundError, match="absent.png"):
         read_image(tmp_path / "absent.png")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_image(tmp_path / "public.png", np.zeros((2, 2, 3)))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "public.png").stat().st_mode & 0o777 == 0o644
 
 
 def test_write_image_refuses_to_overwrite(tmp_path):
