@@ -200,3 +200,75 @@ def test_whole_images_in_y_and_rgb(photos):
     lr, hr, name = WholeImages(source, "y")[1]
     assert name == "p1" and lr.shape == hr.shape == (1, 44, 36)
     assert np.allclose(hr[0].numpy(), to_channels(photos["p1"][:44, :36], "y")[..., 0])
+
+
+def _png16(path, samples, exif_orientation=None):
+    """A 16-bit RGB(A) PNG cycling through the five row filters (written by hand: Pillow cannot)."""
+    import struct
+    import zlib
+
+    from ddet.data.png16 import _paeth
+
+    height, width, channels = samples.shape
+    bpp = 2 * channels
+    rows = [samples[y].astype(">u2").tobytes() for y in range(height)]
+    encoded, previous = b"", bytes(width * bpp)
+    for y, row in enumerate(rows):
+        kind = y % 5
+        out = bytearray()
+        for i, value in enumerate(row):
+            left = row[i - bpp] if i >= bpp else 0
+            up_left = previous[i - bpp] if i >= bpp else 0
+            prediction = [0, left, previous[i], (left + previous[i]) // 2, _paeth(left, previous[i], up_left)][kind]
+            out.append((value - prediction) & 0xFF)
+        encoded += bytes([kind]) + bytes(out)
+        previous = row
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    exif = b""
+    if exif_orientation:
+        exif_image = Image.new("RGB", (1, 1))
+        tags = exif_image.getexif()
+        tags[0x0112] = exif_orientation
+        exif = chunk(b"eXIf", tags.tobytes())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + exif + chunk(b"IDAT", zlib.compress(encoded)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_colour_png_keeps_full_precision(tmp_path, channels):
+    samples = np.random.default_rng(8).integers(0, 65536, (7, 9, channels)).astype(np.uint16)
+    _png16(tmp_path / "deep.png", samples)
+    image = read_image(tmp_path / "deep.png")
+    np.testing.assert_array_equal(np.round(image * 65535).astype(np.uint16), samples[..., :3])
+    # Pillow's own (8-bit) decoding of the same file agrees on the high bytes
+    with Image.open(tmp_path / "deep.png") as pillow:
+        np.testing.assert_array_equal(np.asarray(pillow.convert("RGB")), (samples[..., :3] >> 8).astype(np.uint8))
+
+
+def test_16_bit_png_orientation_and_corruption(tmp_path):
+    samples = np.random.default_rng(9).integers(0, 65536, (4, 6, 3)).astype(np.uint16)
+    _png16(tmp_path / "rotated.png", samples, exif_orientation=6)
+    assert read_image(tmp_path / "rotated.png").shape == (6, 4, 3)
+    data = bytearray((tmp_path / "rotated.png").read_bytes())
+    data[-30:-20] = bytes(10)  # damage the compressed stream
+    (tmp_path / "damaged.png").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.png"):
+        read_image(tmp_path / "damaged.png")
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientations_match_pillow(orientation):
+    from PIL import ImageOps
+
+    from ddet.data.io import EXIF_ORIENTATIONS
+
+    array = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(image))
+    np.testing.assert_array_equal(EXIF_ORIENTATIONS[orientation](array), expected)

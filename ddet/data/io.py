@@ -1,17 +1,31 @@
 """Image files ↔ float32 H×W×3 arrays in [0, 1], with Pillow.
 
 8- and 16-bit PNG, JPEG and the other formats Pillow opens; EXIF orientation applied; grey images
-repeated to three channels, alpha dropped. Pillow decodes 16-bit *grey* PNGs at full precision but
-16-bit RGB PNGs at 8 bits (its own limitation).
+repeated to three channels, alpha dropped. Pillow decodes 16-bit colour PNGs at 8 bits, so those
+are decoded by ``ddet.data.png16`` at full precision.
 """
 
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ddet.data.png16 import read_png16
+
+ORIENTATION_TAG = 0x0112
+# EXIF orientation → the array operation that displays the image upright (as ImageOps.exif_transpose).
+EXIF_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -21,9 +35,14 @@ def read_image(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
+            if image.format == "PNG" and image.mode in ("RGB", "RGBA") and image.tile and image.tile[0][3].endswith(";16B"):
+                deep = read_png16(path.read_bytes())
+                if deep is not None:
+                    oriented = EXIF_ORIENTATIONS.get(image.getexif().get(ORIENTATION_TAG, 1), lambda a: a)(deep)
+                    return np.ascontiguousarray(oriented[..., :3], dtype=np.float32) / 65535.0
             image = ImageOps.exif_transpose(image)
             return to_float_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
