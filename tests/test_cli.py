@@ -90,6 +90,7 @@ def test_train_flags_reach_the_config(tmp_path, capsys):
     assert "config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     if not bundled_path(scale).is_file():

@@ -127,6 +127,7 @@ def _write_config(config, path):
     return path
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     # Slow enough per step (larger patches) that the kill lands mid-run.
     config = _config(photos, tmp_path / "unused", iterations=30, checkpoint_every=1, patch=32, batch=8, ema=0.9, lr=1e-3)
@@ -155,6 +156,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 31))  # work after the checkpoint is redone once
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(photos, tmp_path):
     config = _config(photos, tmp_path / "unused", iterations=3, batch=4, checkpoint_every=3)
     config_path = _write_config(config, tmp_path / "config.yaml")
