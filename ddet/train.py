@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -296,6 +297,8 @@ def _train(config, env, resume, force):
     if config.threads:
         torch.set_num_threads(config.threads)
     amp_dtype = AMP_DTYPES.get(config.amp) if device.type == "cuda" else None
+    if config.amp != "none" and amp_dtype is None and env.main:
+        warnings.warn(f"amp {config.amp} applies on CUDA only; training in float32 on {device}", stacklevel=2)
     amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
     latest = latest_checkpoint(out) if out.exists() else None
