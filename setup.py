@@ -50,7 +50,7 @@ def extension():
 build_info()
 setup(
     packages=find_packages(include=["ddet_ops", "ddet_ops.*", "ddet", "ddet.*"]),
-    package_data={"ddet": ["weights/*.safetensors", "configs/*.yaml"]},
+    package_data={"ddet.weights": ["*.safetensors"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
