@@ -1,11 +1,11 @@
 // The ddet_ops operator schemas, argument checks, and the fused CPU kernels.
 //
 // Memory is the bottleneck: per pixel the op reads sum(groups*s^2) kernel weights and only a
-// few values of x. Both passes walk the image one row at a time (parallel over batch and rows)
-// so each kernel row is streamed from memory exactly once, while the few rows of x / grad_y it
-// touches stay in cache. Inside a row the interior columns, where no tap leaves the image, run
-// in fixed-width strips the compiler vectorises; the border columns use the shared per-pixel
-// functions of pixel.h (the same code the CUDA kernels run).
+// few values of x. Both passes walk the image one output row at a time (parallel over batch and
+// rows) so each kernel row is streamed from memory exactly once (prefetched), while the few rows
+// of x / grad_y it touches and the row accumulators stay in cache; finished rows go out with
+// non-temporal stores. Inside a row, the columns where all taps of a kernel row stay inside the
+// image run in vector strips (AVX2/FMA or SSE2 clones); the border columns run one by one.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,9 +1,9 @@
 // The per-pixel arithmetic of the operator, written once for the host and the device.
 //
-// The CUDA kernels call these functions for every pixel; the CPU kernels call them for the
-// border columns (where taps fall outside the image) and vectorise the interior themselves.
-// A test-only CPU entry point (pixel_harness.cpp) runs them over every pixel so that the
-// indexing of the device path is checked against the reference on machines with no GPU.
+// The CUDA kernels run forward_thread / backward_thread for every thread index. A test-only
+// CPU entry point (pixel_harness.cpp) runs the same functions over every index so that the
+// indexing of the device path is checked against the reference on machines with no GPU. The
+// CPU kernels (dynconv.cpp) are organised by rows instead, to stream memory and vectorise.
 #pragma once
 
 #include <cstdint>
@@ -41,67 +41,40 @@ struct KernelBank {
 
 DDET_HOST_DEVICE int64_t plane(const Geometry& g) { return g.H * g.W; }
 
-// Forward for `count` (<= kBlock) consecutive channels of one group at pixel (n, h, w):
-// out[i] = y[n, c_begin + i, h, w]. Each weight is loaded once for all the channels.
-template <int kBlock, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void forward_pixel(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                    const scalar_t* __restrict__ x, int64_t n, int64_t c_begin,
-                                    int count, int64_t h, int64_t w, acc_t* out) {
+// The sum over the taps of every size for `count` (<= kBlock) consecutive channels of one group
+// at pixel (n, h, w), each weight loaded once for all the channels:
+//   forward (kGather = false): out[c] = y[c, h, w]  = sum_t K_t[h, w] * x[c, h + di, w + dj]
+//   grad_x  (kGather = true):  out[c] = gx[c, h, w] = sum_t K_t[h - di, w - dj] * gy[c, h - di, w - dj]
+// grad_x gathers over the inverse window (the neighbours whose tap reached this pixel): no
+// atomics, a fixed summation order.
+template <bool kGather, int kBlock, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void sum_taps_pixel(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+                                     const scalar_t* __restrict__ source, int64_t n, int64_t c_begin, int count,
+                                     int64_t h, int64_t w, acc_t* out) {
   const int64_t hw = plane(geo);
   const int64_t group = c_begin / geo.channels_per_group;
-  const scalar_t* x_pixel = x + (n * geo.C + c_begin) * hw;
-  for (int i = 0; i < kBlock; ++i) out[i] = acc_t(0);
+  const int64_t step = kGather ? -geo.dilation : geo.dilation;
+  const scalar_t* source_pixel = source + (n * geo.C + c_begin) * hw;
+  for (int c = 0; c < kBlock; ++c) out[c] = acc_t(0);
   for (int k = 0; k < geo.num_sizes; ++k) {
     const int s = geo.size[k];
     const int64_t half = s / 2;
-    const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw + h * geo.W + w;
+    // Forward reads every tap's weight at the output pixel, grad_x at the neighbour.
+    const scalar_t* weights =
+        kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw + (kGather ? 0 : h * geo.W + w);
     for (int i = 0; i < s; ++i) {
-      const int64_t hh = h + (i - half) * geo.dilation;
-      if (hh < 0 || hh >= geo.H) continue;
+      const int64_t row = h + (i - half) * step;
+      if (row < 0 || row >= geo.H) continue;
       for (int j = 0; j < s; ++j) {
-        const int64_t ww = w + (j - half) * geo.dilation;
-        if (ww < 0 || ww >= geo.W) continue;
-        const acc_t weight = static_cast<acc_t>(weights[(i * s + j) * hw]);
-        const scalar_t* source = x_pixel + hh * geo.W + ww;
+        const int64_t col = w + (j - half) * step;
+        if (col < 0 || col >= geo.W) continue;
+        const int64_t at = row * geo.W + col;
+        const acc_t weight = static_cast<acc_t>(weights[(i * s + j) * hw + (kGather ? at : 0)]);
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
         for (int c = 0; c < kBlock; ++c) {
-          if (c < count) out[c] += weight * static_cast<acc_t>(source[c * hw]);
-        }
-      }
-    }
-  }
-}
-
-// Gradient of x for `count` (<= kBlock) consecutive channels of one group at (n, h, w),
-// gathered over the inverse window: the neighbours (h - di, w - dj) whose tap (i, j) reached
-// this pixel. out[i] = grad_x[n, c_begin + i, h, w]. No atomics, fixed summation order.
-template <int kBlock, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void grad_x_pixel(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                   const scalar_t* __restrict__ grad_y, int64_t n, int64_t c_begin,
-                                   int count, int64_t h, int64_t w, acc_t* out) {
-  const int64_t hw = plane(geo);
-  const int64_t group = c_begin / geo.channels_per_group;
-  const scalar_t* gy_pixel = grad_y + (n * geo.C + c_begin) * hw;
-  for (int i = 0; i < kBlock; ++i) out[i] = acc_t(0);
-  for (int k = 0; k < geo.num_sizes; ++k) {
-    const int s = geo.size[k];
-    const int64_t half = s / 2;
-    const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw;
-    for (int i = 0; i < s; ++i) {
-      const int64_t hs = h - (i - half) * geo.dilation;
-      if (hs < 0 || hs >= geo.H) continue;
-      for (int j = 0; j < s; ++j) {
-        const int64_t ws = w - (j - half) * geo.dilation;
-        if (ws < 0 || ws >= geo.W) continue;
-        const int64_t source = hs * geo.W + ws;
-        const acc_t weight = static_cast<acc_t>(weights[(i * s + j) * hw + source]);
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-        for (int c = 0; c < kBlock; ++c) {
-          if (c < count) out[c] += weight * static_cast<acc_t>(gy_pixel[c * hw + source]);
+          if (c < count) out[c] += weight * static_cast<acc_t>(source_pixel[c * hw + at]);
         }
       }
     }
@@ -159,7 +132,7 @@ DDET_HOST_DEVICE void forward_thread(const Geometry& geo, const KernelBank<const
                                                                                     : kChannelBlock);
   const int64_t c_begin = group * geo.channels_per_group + first;
   acc_t out[kChannelBlock];
-  forward_pixel<kChannelBlock>(geo, kernels, x, n, c_begin, count, h, w, out);
+  sum_taps_pixel<false, kChannelBlock>(geo, kernels, x, n, c_begin, count, h, w, out);
   scalar_t* y_pixel = y + (n * geo.C + c_begin) * plane(geo) + h * geo.W + w;
   for (int c = 0; c < kChannelBlock; ++c) {
     if (c < count) y_pixel[c * plane(geo)] = static_cast<scalar_t>(out[c]);
@@ -190,7 +163,7 @@ DDET_HOST_DEVICE void backward_thread(const Geometry& geo, const KernelBank<cons
                                              : kChannelBlock);
       const int64_t c_begin = group * geo.channels_per_group + first;
       acc_t out[kChannelBlock];
-      grad_x_pixel<kChannelBlock>(geo, kernels, grad_y, n, c_begin, count, h, w, out);
+      sum_taps_pixel<true, kChannelBlock>(geo, kernels, grad_y, n, c_begin, count, h, w, out);
       scalar_t* gx_pixel = grad_x + (n * geo.C + c_begin) * hw + h * geo.W + w;
       for (int c = 0; c < kChannelBlock; ++c) {
         if (c < count) gx_pixel[c * hw] = static_cast<scalar_t>(out[c]);
