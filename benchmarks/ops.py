@@ -99,8 +99,9 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
     for name, fn in implementations(case).items():
         if name in skip:
             continue
-        with torch.no_grad():
-            forward = median_time(lambda: fn(x, kernels), device)
+        # Forward as in training (inputs require grad), so each compiled peer compiles one
+        # forward/backward pair per case rather than also an inference graph.
+        forward = median_time(lambda: fn(x, kernels), device)
         y = fn(x, kernels)
         backward = median_time(lambda: torch.autograd.grad(y, (x, kernels), grad_y, retain_graph=True), device)
         del y
@@ -134,28 +135,34 @@ HEADERS = ["case", "impl", "fwd ms", "fwd / floor", "bwd ms", "bwd / floor", "pe
            "fwd vs ddet_ops", "bwd vs ddet_ops"]
 
 
-def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence[str] = (),
-        json_path: Optional[str] = None, markdown_path: Optional[str] = None, save: bool = True) -> str:
-    """Runs the cases, prints and writes the results; returns the markdown table."""
-    if cases is None:
-        cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
-    info = machine(device)
-    bandwidth = copy_bandwidth(device)
-    all_results = []
-    for case in cases:
-        print(f"  measuring {case.name} ...", flush=True)
-        all_results.append(measure_case(case, device, bandwidth, skip))
-    table = markdown_table(HEADERS, summary_rows(all_results))
+def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str, object]]) -> str:
     who = info.get("gpu", info["cpu"])
     header = (f"ddet_ops operator benchmark on {who} ({info['device']}, {info['torch_threads']} threads), "
               f"torch {info['torch']}, commit {info['commit']}, {info['date']}.\n"
               f"Copy bandwidth B = {bandwidth / 1e9:.1f} GB/s (read + write). Floors: bytes / B. "
               f"Times are medians; 'vs ddet_ops' = that implementation's time / ddet_ops' time.\n")
-    markdown = header + "\n" + table
+    return header + "\n" + markdown_table(HEADERS, summary_rows(all_results))
+
+
+def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence[str] = (),
+        json_path: Optional[str] = None, markdown_path: Optional[str] = None, save: bool = True) -> str:
+    """Runs the cases, prints and writes the results; returns the markdown table.
+
+    The files are rewritten after every case, so a run stopped by a time limit keeps what it measured."""
+    if cases is None:
+        cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
+    info = machine(device)
+    bandwidth = copy_bandwidth(device)
+    all_results: List[Dict[str, object]] = []
+    stem = f"ops-{device_slug(device)}-{info['date'][:10]}"
+    for case in cases:
+        print(f"  measuring {case.name} ...", flush=True)
+        all_results.append(measure_case(case, device, bandwidth, skip))
+        if save:
+            payload = {"machine": info, "bandwidth_bytes_per_s": bandwidth, "results": all_results}
+            paths = write_results(stem, payload, report(info, bandwidth, all_results), json_path, markdown_path)
     if save:
-        stem = f"ops-{device_slug(device)}-{info['date'][:10]}"
-        payload = {"machine": info, "bandwidth_bytes_per_s": bandwidth, "results": all_results}
-        for path in write_results(stem, payload, markdown, json_path, markdown_path):
-            print(f"  wrote {path}")
+        print("  wrote " + ", ".join(str(path) for path in paths))
+    markdown = report(info, bandwidth, all_results)
     print(markdown)
     return markdown

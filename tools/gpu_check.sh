@@ -2,7 +2,7 @@
 # The one-shot GPU check: build, CUDA tests, compute-sanitizer, operator benchmark and Table III
 # on CUDA. Run from the repository root on a machine with an NVIDIA GPU, torch and nvcc (no
 # network needed). Results go to $OUT (default: ./gpu-check-out); a summary table is printed last.
-# Each step has its own time limit so the whole check ends in about 6 minutes.
+# Each step has its own time limit; a normal run ends within 6 minutes.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 PY=${PYTHON:-python3}  # the interpreter that holds torch (python3 on the lent GPU machines)
@@ -26,23 +26,23 @@ nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG"
 
 # Builds for the GPU in this machine (torch reads its compute capability when the list is unset).
-step build 240 "$PY" -m pip install --no-build-isolation --no-deps -v .
+step build 120 "$PY" -m pip install --no-build-isolation --no-deps -v .
 cd /tmp  # import the installed package, not the source folder
 REPO=$OLDPWD
-step cuda-tests 150 "$PY" -m pytest "$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider \
+step cuda-tests 100 "$PY" -m pytest "$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider \
   --junitxml="$OUT/cuda-tests.xml"
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
 if [ -n "$SANITIZER" ]; then
-  step sanitizer 120 "$SANITIZER" --tool memcheck --error-exitcode 1 --log-file "$OUT/sanitizer.log" \
+  step sanitizer 45 "$SANITIZER" --tool memcheck --error-exitcode 1 --log-file "$OUT/sanitizer.log" \
     "$PY" "$REPO/tools/sanitizer_case.py"
 else
   echo "compute-sanitizer not found" | tee -a "$LOG"; SUMMARY+=("| sanitizer | not found | - |"); status=1
 fi
 GPU=$("$PY" -c "import torch; print(''.join(c if c.isalnum() else '-' for c in torch.cuda.get_device_name().lower()).strip('-'))")
 DAY=$(date -u +%Y-%m-%d)
-step ops-benchmark 240 "$PY" "$REPO/benchmarks/bench_dynconv.py" --ops --device cuda \
+step ops-benchmark 150 "$PY" "$REPO/benchmarks/bench_dynconv.py" --ops --device cuda \
   --json "$OUT/ops-$GPU-$DAY.json" --markdown "$OUT/ops-$GPU-$DAY.md"
-step table3 120 "$PY" "$REPO/benchmarks/bench_dynconv.py" --device cuda \
+step table3 45 "$PY" "$REPO/benchmarks/bench_dynconv.py" --device cuda \
   --json "$OUT/table3-$GPU-$DAY.json" --markdown "$OUT/table3-$GPU-$DAY.md"
 
 echo
