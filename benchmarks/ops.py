@@ -1,7 +1,7 @@
 """The operator benchmark: ddet_ops.multi_dynconv against the memory-bandwidth floor and the peers.
 
-For every case, in one process: the copy bandwidth B of the device, then forward and backward
-(gradients of x and of the kernels) of
+For every case, in one process: the copy bandwidth B of the device, then forward (without
+autograd, and as in training) and backward (gradients of x and of the kernels) of
 
 * ``ddet_ops``  - the fused kernels,
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
@@ -99,14 +99,17 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
     for name, fn in implementations(case).items():
         if name in skip:
             continue
-        # Forward as in training (inputs require grad), so each compiled peer compiles one
-        # forward/backward pair per case rather than also an inference graph.
-        forward = median_time(lambda: fn(x, kernels), device)
+        # Forward twice: for inference (no autograd) and as in training (inputs require grad);
+        # torch.compile builds a different graph for each, and they need not run alike.
+        with torch.no_grad():
+            forward = median_time(lambda: fn(x, kernels), device)
+        training_forward = median_time(lambda: fn(x, kernels), device)
         y = fn(x, kernels)
         backward = median_time(lambda: torch.autograd.grad(y, (x, kernels), grad_y, retain_graph=True), device)
         del y
         peak = peak_extra_memory(lambda: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
-        results["impls"][name] = {"forward_s": forward, "backward_s": backward, "peak_extra_bytes": peak}
+        results["impls"][name] = {"forward_s": forward, "training_forward_s": training_forward,
+                                  "backward_s": backward, "peak_extra_bytes": peak}
     return results
 
 
@@ -122,17 +125,18 @@ def summary_rows(all_results: List[Dict[str, object]]) -> List[List[object]]:
             peak = r["peak_extra_bytes"]
             rows.append([
                 res["case"]["name"], name,
-                _ms(r["forward_s"]), f"{r['forward_s'] / res['floor_fwd_s']:.2f}",
+                _ms(r["forward_s"]), f"{r['forward_s'] / res['floor_fwd_s']:.2f}", _ms(r["training_forward_s"]),
                 _ms(r["backward_s"]), f"{r['backward_s'] / res['floor_bwd_s']:.2f}",
                 "n/a" if peak is None else f"{peak / 1e6:.0f}",
                 f"{r['forward_s'] / ours['forward_s']:.1f}x" if ours else "",
+                f"{r['training_forward_s'] / ours['training_forward_s']:.1f}x" if ours else "",
                 f"{r['backward_s'] / ours['backward_s']:.1f}x" if ours else "",
             ])
     return rows
 
 
-HEADERS = ["case", "impl", "fwd ms", "fwd / floor", "bwd ms", "bwd / floor", "peak extra MB",
-           "fwd vs ddet_ops", "bwd vs ddet_ops"]
+HEADERS = ["case", "impl", "fwd ms", "fwd / floor", "train-fwd ms", "bwd ms", "bwd / floor", "peak extra MB",
+           "fwd vs ddet_ops", "train-fwd vs ddet_ops", "bwd vs ddet_ops"]
 
 
 def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str, object]]) -> str:
@@ -140,7 +144,8 @@ def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str
     header = (f"ddet_ops operator benchmark on {who} ({info['device']}, {info['torch_threads']} threads), "
               f"torch {info['torch']}, commit {info['commit']}, {info['date']}.\n"
               f"Copy bandwidth B = {bandwidth / 1e9:.1f} GB/s (read + write). Floors: bytes / B. "
-              f"Times are medians; 'vs ddet_ops' = that implementation's time / ddet_ops' time.\n")
+              f"Times are medians; fwd: no autograd (inference), train-fwd: inputs require grad; "
+              f"'vs ddet_ops' = that implementation's time / ddet_ops' time.\n")
     return header + "\n" + markdown_table(HEADERS, summary_rows(all_results))
 
 
