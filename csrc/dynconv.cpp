@@ -298,44 +298,65 @@ struct BackwardArgs {
   scalar_t* grad_x;  // null when not needed
 };
 
-// Sums, for one output row h of every channel of `group`, the contributions of all kernel rows
-// of all sizes, into acc (channels_per_group rows of W), then rounds into out. The forward pass
-// and grad_x differ only in which image row each kernel row reads (see add_kernel_row).
+// Output rows are processed in blocks: for each tap, the kernel rows of a block are contiguous
+// in memory, so every weight plane streams sequentially through a block, while the block's
+// accumulators (about 128 KiB) stay in the L2 cache.
+struct RowBlocks {
+  int64_t rows;       // rows per block
+  int64_t per_image;  // blocks per image
+
+  explicit RowBlocks(const Geometry& geo)
+      : rows(std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 16)),
+        per_image((geo.H + rows - 1) / rows) {}
+  int64_t count(const Geometry& geo) const { return geo.N * per_image; }
+  int64_t accumulators(const Geometry& geo) const { return geo.channels_per_group * rows * geo.W; }
+};
+
+// Sums, for rows [h0, h1) of every channel of `group`, the contributions of all kernel rows of
+// all sizes into acc (channels_per_group x (h1 - h0) rows of W), then rounds into out. The
+// forward pass and grad_x differ only in which image row each kernel row reads (see
+// add_kernel_row).
 template <bool kGather, typename scalar_t>
 DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                 const scalar_t* __restrict__ source, int64_t n, int64_t group, int64_t h,
-                                 at::opmath_type<scalar_t>* __restrict__ acc, scalar_t* __restrict__ out) {
+                                 const scalar_t* __restrict__ source, int64_t n, int64_t group, int64_t h0,
+                                 int64_t h1, at::opmath_type<scalar_t>* __restrict__ acc, scalar_t* __restrict__ out) {
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
-  for (int64_t i = 0; i < cpg * geo.W; ++i) acc[i] = 0;
+  const int64_t rows = h1 - h0;
+  for (int64_t i = 0; i < cpg * rows * geo.W; ++i) acc[i] = 0;
   for (int k = 0; k < geo.num_sizes; ++k) {
     const int s = geo.size[k];
     const int64_t half = s / 2;
     for (int i = 0; i < s; ++i) {
-      const int64_t row = kGather ? h - (i - half) * geo.dilation : h + (i - half) * geo.dilation;
-      if (row < 0 || row >= geo.H) continue;
-      // Forward reads the weights at the output row; grad_x at the neighbour's row.
-      const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
-                                (kGather ? row : h) * geo.W;
-      for (int64_t c = 0; c < cpg; ++c) {
-        add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg + c) * hw + row * geo.W,
-                                acc + c * geo.W);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t row = kGather ? h - (i - half) * geo.dilation : h + (i - half) * geo.dilation;
+        if (row < 0 || row >= geo.H) continue;
+        // Forward reads the weights at the output row; grad_x at the neighbour's row.
+        const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
+                                  (kGather ? row : h) * geo.W;
+        for (int64_t c = 0; c < cpg; ++c) {
+          add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg + c) * hw + row * geo.W,
+                                  acc + (c * rows + h - h0) * geo.W);
+        }
       }
     }
   }
   for (int64_t c = 0; c < cpg; ++c) {
-    scalar_t* out_row = out + (n * geo.C + group * cpg + c) * hw + h * geo.W;
-    store_row(out_row, acc + c * geo.W, geo.W);
+    for (int64_t h = h0; h < h1; ++h) {
+      store_row(out + (n * geo.C + group * cpg + c) * hw + h * geo.W, acc + (c * rows + h - h0) * geo.W, geo.W);
+    }
   }
 }
 
-// Rows [begin, end) of the flattened (N, H) index; acc holds channels_per_group * W values.
+// Row blocks [begin, end) (see RowBlocks); acc holds RowBlocks::accumulators values.
 template <typename scalar_t>
-DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, int64_t begin, int64_t end,
-                                  at::opmath_type<scalar_t>* acc) {
-  for (int64_t row = begin; row < end; ++row) {
+DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
+                                  int64_t end, at::opmath_type<scalar_t>* acc) {
+  for (int64_t block = begin; block < end; ++block) {
+    const int64_t n = block / blocks.per_image, h0 = block % blocks.per_image * blocks.rows;
+    const int64_t h1 = std::min(h0 + blocks.rows, a.geo.H);
     for (int64_t group = 0; group < a.geo.groups; ++group) {
-      sum_kernel_rows<false>(a.geo, a.kernels, a.x, row / a.geo.H, group, row % a.geo.H, acc, a.y);
+      sum_kernel_rows<false>(a.geo, a.kernels, a.x, n, group, h0, h1, acc, a.y);
     }
   }
   finish_streaming();
@@ -343,32 +364,37 @@ DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, int64_t begin,
 
 // gk_buffer holds one row of W values.
 template <typename scalar_t>
-DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, int64_t begin, int64_t end,
-                                   at::opmath_type<scalar_t>* acc, scalar_t* gk_buffer) {
+DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
+                                   int64_t end, at::opmath_type<scalar_t>* acc, scalar_t* gk_buffer) {
   const Geometry& geo = a.geo;
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t n = row / geo.H, h = row % geo.H;
+  for (int64_t block = begin; block < end; ++block) {
+    const int64_t n = block / blocks.per_image, h0 = block % blocks.per_image * blocks.rows;
+    const int64_t h1 = std::min(h0 + blocks.rows, geo.H);
     for (int64_t group = 0; group < geo.groups; ++group) {
-      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, a.grad_y, n, group, h, acc, a.grad_x);
+      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, a.grad_y, n, group, h0, h1, acc, a.grad_x);
       if (!a.need_kernels) continue;
       const int64_t first = (n * geo.C + group * cpg) * hw;
-      for (int k = 0; k < geo.num_sizes; ++k) {
-        const int s = geo.size[k];
-        const int64_t half = s / 2;
-        for (int i = 0; i < s; ++i) {
-          const int64_t hh = h + (i - half) * geo.dilation;
-          for (int j = 0; j < s; ++j) {
-            scalar_t* gk_row = a.grad_kernels.data[k] + n * a.grad_kernels.batch_stride[k] +
-                               (group * s * s + i * s + j) * hw + h * geo.W;
-            if (hh < 0 || hh >= geo.H) {
-              for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = scalar_t(0);
-            } else {
-              grad_weight_row(geo, a.grad_y + first + h * geo.W, a.x + first + hh * geo.W,
-                              (j - half) * geo.dilation, gk_buffer);
+      // Kernel gradients row by row: the row's grad_y and the few x rows it meets stay in L1
+      // while all the taps' gradient rows are written.
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int k = 0; k < geo.num_sizes; ++k) {
+          const int s = geo.size[k];
+          const int64_t half = s / 2;
+          for (int i = 0; i < s; ++i) {
+            const int64_t hh = h + (i - half) * geo.dilation;
+            for (int j = 0; j < s; ++j) {
+              scalar_t* gk_row = a.grad_kernels.data[k] + n * a.grad_kernels.batch_stride[k] +
+                                 (group * s * s + i * s + j) * hw + h * geo.W;
+              if (hh < 0 || hh >= geo.H) {
+                for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = scalar_t(0);
+              } else {
+                grad_weight_row(geo, a.grad_y + first + h * geo.W, a.x + first + hh * geo.W,
+                                (j - half) * geo.dilation, gk_buffer);
+              }
+              store_row(gk_row, gk_buffer, geo.W);
             }
-            store_row(gk_row, gk_buffer, geo.W);
           }
         }
       }
@@ -376,9 +402,6 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, int64_t begi
   }
   finish_streaming();
 }
-
-// Rows per parallel task: enough work per task to amortise scheduling.
-int64_t row_grain(const Geometry& geo) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, geo.W * geo.C)); }
 
 at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
                              int64_t dilation) {
@@ -388,11 +411,11 @@ at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::In
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cpu", [&] {
     const ForwardArgs<scalar_t> args{p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
                                      y.mutable_data_ptr<scalar_t>()};
-    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo),
-                     [&](int64_t begin, int64_t end) {
-                       std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
-                       forward_rows<scalar_t>(args, begin, end, acc.data());
-                     });
+    const RowBlocks blocks(p.geo);
+    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
+      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
+      forward_rows<scalar_t>(args, blocks, begin, end, acc.data());
+    });
   });
   return y;
 }
@@ -411,10 +434,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
                                       p.x.const_data_ptr<scalar_t>(),
                                       b.grad_y.const_data_ptr<scalar_t>(),
                                       need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr};
-    at::parallel_for(0, p.geo.N * p.geo.H, row_grain(p.geo), [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> acc(p.geo.channels_per_group * p.geo.W);
+    const RowBlocks blocks(p.geo);
+    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
+      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
       std::vector<scalar_t> gk_buffer(p.geo.W);
-      backward_rows<scalar_t>(args, begin, end, acc.data(), gk_buffer.data());
+      backward_rows<scalar_t>(args, blocks, begin, end, acc.data(), gk_buffer.data());
     });
   });
   return {b.grad_x, b.grad_kernels};
