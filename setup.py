@@ -33,17 +33,23 @@ def build_info() -> None:
 
 
 def extension():
-    sources = [f"{CSRC}/dynconv.cpp", f"{CSRC}/pixel_harness.cpp", f"{CSRC}/python_module.cpp"]
-    cxx = ["-O3", "-fno-math-errno"]
+    sources = [f"{CSRC}/dynconv.cpp", f"{CSRC}/cpu_cache.cpp", f"{CSRC}/pixel_harness.cpp", f"{CSRC}/python_module.cpp"]
+    # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one thread.
+    # Linking -fopenmp records libgomp.so.1, which resolves to the copy torch has already loaded.
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp"]
+    link = ["-fopenmp"]
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if not with_cuda:
-        return CppExtension("ddet_ops._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=False)
+        return CppExtension(
+            "ddet_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link, py_limited_api=False
+        )
     sources.append(f"{CSRC}/cuda/dynconv.cu")
     return CUDAExtension(
         "ddet_ops._C",
         sources,
         define_macros=[("DDET_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link,
     )
 
 

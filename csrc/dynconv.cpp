@@ -19,10 +19,6 @@
 #include <immintrin.h>
 #endif
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "dynconv.h"
 
 namespace ddet_ops {
@@ -87,16 +83,8 @@ Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef siz
 }
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor out = at::empty(sizes, options);
-#ifdef __linux__
-  // Outputs are fresh memory, and on the CPU first-touch page faults cost as much as the
-  // kernel itself for the large gradient tensors; transparent huge pages cut them ~500-fold.
-  constexpr uintptr_t kHuge = 2u << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(out.data_ptr()) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(out.data_ptr()) + out.nbytes()) & ~(kHuge - 1);
-  if (out.device().is_cpu() && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-  return out;
+  if (options.device().is_cpu()) return empty_cpu_output(sizes, options.dtype().toScalarType());
+  return at::empty(sizes, options);
 }
 
 std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like) {
@@ -131,6 +119,9 @@ namespace {
 #define DDET_CPU_CLONES
 #endif
 #define DDET_INLINE inline __attribute__((always_inline))
+#define DDET_INLINE_LAMBDA __attribute__((always_inline))
+// Loops over register-resident sums must be unrolled for the sums to stay in registers.
+#define DDET_UNROLL _Pragma("GCC unroll 16")
 
 // One lane per column, accumulating in acc_t: the remainder columns, and half types.
 template <typename scalar_t>
@@ -187,15 +178,32 @@ DDET_INLINE void walk_strips(int64_t begin, int64_t end, const Strip& strip) {
   for (; w < end; ++w) strip(ScalarLanes<scalar_t>{}, std::integral_constant<int, 1>{}, w);
 }
 
-// Adds the s taps of one kernel row to out[0, W):
-//   out[w] += sum_j weights[j*hw + w + weight_shift_j] * source[w + shift_j],  shift_j = sign*(j - s/2)*d,
-// weight_shift_j = shift_j if kGather else 0. The forward pass reads the weights at the output
-// pixel and x at the tap (kGather = false, sign = +1); grad_x gathers both the weights and grad_y
-// from the neighbour that the tap came from (kGather = true, sign = -1). Taps that leave the
-// image are skipped. The s weight rows stream through once; out and source stay in L1.
+// Calls f(c, channel count as a compile-time constant) over the channels [0, cpg) in blocks of
+// up to four, so a block's sums fit in registers.
+template <typename F>
+DDET_INLINE void for_channel_blocks(int64_t cpg, const F& f) {
+  int64_t c = 0;
+  for (; c + 4 <= cpg; c += 4) f(c, std::integral_constant<int, 4>{});
+  switch (cpg - c) {
+    case 3: f(c, std::integral_constant<int, 3>{}); break;
+    case 2: f(c, std::integral_constant<int, 2>{}); break;
+    case 1: f(c, std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
+// Adds the s taps of one kernel row to the accumulator rows of every channel of a group
+// (channel c's row at acc + c * acc_stride, its source row at source + c * hw):
+//   acc[c][w] += sum_j weights[j*hw + w + weight_shift_j] * source[c][w + shift_j],
+// shift_j = sign*(j - s/2)*d, weight_shift_j = shift_j if kGather else 0. The forward pass reads
+// the weights at the output pixel and x at the tap (kGather = false, sign = +1); grad_x gathers
+// both the weights and grad_y from the neighbour that the tap came from (kGather = true,
+// sign = -1). Each weight is loaded once for all the channels; taps that leave the image are
+// skipped. The s weight rows stream through once; the sources stay in cache.
 template <bool kGather, typename scalar_t>
 DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __restrict__ weights,
-                                const scalar_t* __restrict__ source, at::opmath_type<scalar_t>* __restrict__ out) {
+                                const scalar_t* __restrict__ source, at::opmath_type<scalar_t>* __restrict__ acc,
+                                int64_t acc_stride) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
@@ -203,28 +211,46 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
   const int64_t reach = half * geo.dilation;
   const int64_t begin = std::min(reach, geo.W);
   const int64_t end = std::max(geo.W - reach, begin);
-  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) {
+  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
     using L = decltype(lanes);
     constexpr int kN = decltype(vecs)::value;
-    typename L::Vec acc[kN];
-    for (int u = 0; u < kN; ++u) acc[u] = L::zero();
-    for (int j = 0; j < s; ++j) {
-      const int64_t shift = (j - half) * step;
-      const scalar_t* wr = weights + j * hw + w + (kGather ? shift : 0);
-      const scalar_t* sr = source + w + shift;
-      __builtin_prefetch(wr + kPrefetchBytes / sizeof(scalar_t));
-      for (int u = 0; u < kN; ++u) acc[u] += L::load(wr + u * L::kWidth) * L::load(sr + u * L::kWidth);
-    }
-    for (int u = 0; u < kN; ++u) L::add_to(out + w + u * L::kWidth, acc[u]);
+    for_channel_blocks(geo.channels_per_group, [&](int64_t c0, auto channels) DDET_INLINE_LAMBDA {
+      constexpr int kC = decltype(channels)::value;
+      typename L::Vec sums[kC][kN];
+      DDET_UNROLL
+      for (int c = 0; c < kC; ++c)
+        DDET_UNROLL
+        for (int u = 0; u < kN; ++u) sums[c][u] = L::zero();
+      for (int j = 0; j < s; ++j) {
+        const int64_t shift = (j - half) * step;
+        const scalar_t* wp = weights + j * hw + w + (kGather ? shift : 0);
+        const scalar_t* sp = source + c0 * hw + w + shift;
+        if (c0 == 0) __builtin_prefetch(wp + kPrefetchBytes / sizeof(scalar_t));
+        typename L::Vec weight[kN];
+        DDET_UNROLL
+        for (int u = 0; u < kN; ++u) weight[u] = L::load(wp + u * L::kWidth);
+        DDET_UNROLL
+        for (int c = 0; c < kC; ++c)
+          DDET_UNROLL
+          for (int u = 0; u < kN; ++u) sums[c][u] += weight[u] * L::load(sp + c * hw + u * L::kWidth);
+      }
+      DDET_UNROLL
+      for (int c = 0; c < kC; ++c)
+        DDET_UNROLL
+        for (int u = 0; u < kN; ++u) L::add_to(acc + (c0 + c) * acc_stride + w + u * L::kWidth, sums[c][u]);
+    });
   });
   auto border = [&](int64_t w) {
-    acc_t sum = 0;
-    for (int j = 0; j < s; ++j) {
-      const int64_t shift = (j - half) * step;
-      if (w + shift < 0 || w + shift >= geo.W) continue;
-      sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) * static_cast<acc_t>(source[w + shift]);
+    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
+      acc_t sum = 0;
+      for (int j = 0; j < s; ++j) {
+        const int64_t shift = (j - half) * step;
+        if (w + shift < 0 || w + shift >= geo.W) continue;
+        sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) *
+               static_cast<acc_t>(source[c * hw + w + shift]);
+      }
+      acc[c * acc_stride + w] += sum;
     }
-    out[w] += sum;
   };
   for (int64_t w = 0; w < begin; ++w) border(w);
   for (int64_t w = end; w < geo.W; ++w) border(w);
@@ -263,7 +289,7 @@ DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict
   const int64_t hw = plane(geo);
   const int64_t begin = std::min(std::max<int64_t>(0, -shift), geo.W);
   const int64_t end = std::max(std::min(geo.W, geo.W - shift), begin);
-  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) {
+  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
     using L = decltype(lanes);
     constexpr int kN = decltype(vecs)::value;
     typename L::Vec acc[kN];
@@ -300,16 +326,31 @@ struct BackwardArgs {
 
 // Output rows are processed in blocks: for each tap, the kernel rows of a block are contiguous
 // in memory, so every weight plane streams sequentially through a block, while the block's
-// accumulators (about 128 KiB) stay in the L2 cache.
+// accumulators (about 128 KiB) stay in the L2 cache. Work items are (n, group, block), with
+// blocks made smaller when there would be too few items to keep every thread busy.
 struct RowBlocks {
   int64_t rows;       // rows per block
-  int64_t per_image;  // blocks per image
+  int64_t per_image;  // blocks per image and group
 
-  explicit RowBlocks(const Geometry& geo)
-      : rows(std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 16)),
-        per_image((geo.H + rows - 1) / rows) {}
-  int64_t count(const Geometry& geo) const { return geo.N * per_image; }
+  explicit RowBlocks(const Geometry& geo) {
+    rows = std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 64);
+    const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t planes = std::max<int64_t>(1, geo.N * geo.groups);
+    if (planes * ((geo.H + rows - 1) / rows) < wanted) {
+      rows = std::max<int64_t>(1, geo.H / ((wanted + planes - 1) / planes));
+    }
+    per_image = (geo.H + rows - 1) / rows;
+  }
+  int64_t count(const Geometry& geo) const { return geo.N * geo.groups * per_image; }
   int64_t accumulators(const Geometry& geo) const { return geo.channels_per_group * rows * geo.W; }
+
+  // Calls f(n, group, h0, h1) for the work item `item`.
+  template <typename F>
+  DDET_INLINE void visit(const Geometry& geo, int64_t item, const F& f) const {
+    const int64_t h0 = item % per_image * rows;
+    const int64_t image_group = item / per_image;
+    f(image_group / geo.groups, image_group % geo.groups, h0, std::min(h0 + rows, geo.H));
+  }
 };
 
 // Sums, for rows [h0, h1) of every channel of `group`, the contributions of all kernel rows of
@@ -334,10 +375,8 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const sca
         // Forward reads the weights at the output row; grad_x at the neighbour's row.
         const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
                                   (kGather ? row : h) * geo.W;
-        for (int64_t c = 0; c < cpg; ++c) {
-          add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg + c) * hw + row * geo.W,
-                                  acc + (c * rows + h - h0) * geo.W);
-        }
+        add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg) * hw + row * geo.W,
+                                acc + (h - h0) * geo.W, rows * geo.W);
       }
     }
   }
@@ -352,12 +391,10 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const sca
 template <typename scalar_t>
 DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
                                   int64_t end, at::opmath_type<scalar_t>* acc) {
-  for (int64_t block = begin; block < end; ++block) {
-    const int64_t n = block / blocks.per_image, h0 = block % blocks.per_image * blocks.rows;
-    const int64_t h1 = std::min(h0 + blocks.rows, a.geo.H);
-    for (int64_t group = 0; group < a.geo.groups; ++group) {
+  for (int64_t item = begin; item < end; ++item) {
+    blocks.visit(a.geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
       sum_kernel_rows<false>(a.geo, a.kernels, a.x, n, group, h0, h1, acc, a.y);
-    }
+    });
   }
   finish_streaming();
 }
@@ -369,12 +406,10 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
   const Geometry& geo = a.geo;
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
-  for (int64_t block = begin; block < end; ++block) {
-    const int64_t n = block / blocks.per_image, h0 = block % blocks.per_image * blocks.rows;
-    const int64_t h1 = std::min(h0 + blocks.rows, geo.H);
-    for (int64_t group = 0; group < geo.groups; ++group) {
+  for (int64_t item = begin; item < end; ++item) {
+    blocks.visit(geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
       if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, a.grad_y, n, group, h0, h1, acc, a.grad_x);
-      if (!a.need_kernels) continue;
+      if (!a.need_kernels) return;
       const int64_t first = (n * geo.C + group * cpg) * hw;
       // Kernel gradients row by row: the row's grad_y and the few x rows it meets stay in L1
       // while all the taps' gradient rows are written.
@@ -398,7 +433,7 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
           }
         }
       }
-    }
+    });
   }
   finish_streaming();
 }

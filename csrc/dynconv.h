@@ -43,8 +43,12 @@ Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::Ten
 
 inline bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
 
-// A contiguous uninitialised output tensor (on the CPU backed by huge pages where possible).
+// A contiguous uninitialised output tensor; on the CPU from the cache of freed blocks
+// (cpu_cache.cpp).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// A contiguous uninitialised CPU tensor; large ones reuse freed blocks (cpu_cache.cpp).
+at::Tensor empty_cpu_output(at::IntArrayRef sizes, at::ScalarType dtype);
 
 // Outputs shaped like `like` (one per entry), contiguous, for the kernel gradients.
 std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like);

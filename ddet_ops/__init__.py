@@ -10,8 +10,17 @@ from ._extension import cuda_compiled, load as _load
 _load()
 
 from . import reference  # noqa: E402
+from .memory import cpu_cache_bytes, empty_cpu_cache  # noqa: E402
 from .modules import MultiDynConv  # noqa: E402
 from .ops import dynconv, multi_dynconv  # noqa: E402
 
-__all__ = ["multi_dynconv", "dynconv", "MultiDynConv", "reference", "cuda_compiled"]
+__all__ = [
+    "multi_dynconv",
+    "dynconv",
+    "MultiDynConv",
+    "reference",
+    "cuda_compiled",
+    "empty_cpu_cache",
+    "cpu_cache_bytes",
+]
 __version__ = "0.1.0"

@@ -1,6 +1,8 @@
 """ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (DESIGN.md)."""
 
 import itertools
+import os
+import subprocess
 import sys
 
 import pytest
@@ -339,3 +341,40 @@ def test_property_matches_reference(n, channels_per_group, groups, h, w, sizes, 
 def test_public_api():
     assert set(ddet_ops.__all__) >= {"multi_dynconv", "dynconv", "MultiDynConv", "reference"}
     assert isinstance(ddet_ops.cuda_compiled(), bool)
+
+
+def test_large_outputs_reuse_freed_blocks_and_stay_correct():
+    # Kernel gradients of 2.4, 6.5 and 12.8 MB: the larger two come from the block cache, and the
+    # second call writes into blocks still holding the first call's values.
+    ddet_ops.empty_cpu_cache()
+    for seed in (0, 1):
+        x, kernels = make_inputs(1, 1, 256, 256, (3, 5, 7), 1, seed=seed, dtype=torch.float32)
+        grad_y = torch.randn_like(x)
+        got = grads(multi_dynconv, x, kernels, grad_y)
+        want = grads(reference.multi_dynconv, x, kernels, grad_y)
+        for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        del got, x, kernels, grad_y, a, b
+        assert ddet_ops.cpu_cache_bytes() >= (6 + 12) * 2**20
+    ddet_ops.empty_cpu_cache()
+    assert ddet_ops.cpu_cache_bytes() == 0
+
+
+def _cache_probe(env_value):
+    code = (
+        "import torch, ddet_ops\n"
+        "k = torch.randn(1, 49, 256, 256)\n"
+        "y = ddet_ops.multi_dynconv(torch.randn(1, 1, 256, 256), [k])\n"
+        "g = torch.ops.ddet_ops.multi_dynconv_backward(y, y, [k], [7], 1, 1, False, True)\n"
+        "del g\n"
+        "print(ddet_ops.cpu_cache_bytes())\n"
+    )
+    env = dict(os.environ, DDET_OPS_CPU_CACHE_MB=env_value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_cpu_cache_size_comes_from_the_environment():
+    assert _cache_probe("0").stdout.split() == ["0"]
+    assert int(_cache_probe("64").stdout) >= 12 * 2**20
+    bad = _cache_probe("lots")
+    assert bad.returncode != 0 and "DDET_OPS_CPU_CACHE_MB" in bad.stderr
