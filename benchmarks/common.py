@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+import ddet_ops
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -65,7 +67,8 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
     """Peak memory above the starting point while fn() runs, in bytes.
 
     CUDA: the caching allocator's peak. CPU: resident set size sampled every 0.2 ms by a thread
-    (Linux only), which sees what fn() allocates and touches."""
+    (Linux only), which sees what fn() allocates and touches. ddet_ops' cache of freed CPU output
+    blocks is emptied first, so its reuse of earlier runs' memory does not flatter the figure."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.empty_cache()
@@ -76,6 +79,7 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
         return torch.cuda.max_memory_allocated(device) - base
     if not os.path.exists("/proc/self/statm"):
         return None
+    ddet_ops.empty_cpu_cache()
     base = _rss_bytes()
     peak = base
     done = threading.Event()

@@ -1,11 +1,12 @@
 // The ddet_ops operator schemas, argument checks, and the fused CPU kernels.
 //
 // Memory is the bottleneck: per pixel the op reads sum(groups*s^2) kernel weights and only a
-// few values of x. Both passes walk the image one output row at a time (parallel over batch and
-// rows) so each kernel row is streamed from memory exactly once (prefetched), while the few rows
-// of x / grad_y it touches and the row accumulators stay in cache; finished rows go out with
-// non-temporal stores. Inside a row, the columns where all taps of a kernel row stay inside the
-// image run in vector strips (AVX2/FMA or SSE2 clones); the border columns run one by one.
+// few values of x. Both passes work on blocks of output rows of one image and group (parallel
+// over blocks): for each kernel row, the s weight planes stream through the block sequentially
+// (prefetched) while the block's accumulators and the rows of x / grad_y it touches stay in
+// cache; finished rows go out with non-temporal stores. Inside a row, the columns where all taps
+// of a kernel row stay inside the image run in vector strips, each weight loaded once for all
+// the channels of the group; the border columns run one by one.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -111,10 +112,11 @@ Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::Ten
 
 namespace {
 
-// The CPU row functions are compiled twice: for x86-64-v3 (AVX2 + FMA) and for the baseline,
-// the right one picked when the library loads. Everything they call is inlined into them.
+// The CPU row functions are compiled three times, for x86-64-v4 (AVX-512's 32 vector registers),
+// x86-64-v3 (AVX2 + FMA) and the baseline, the right one picked when the library loads.
+// Everything they call is inlined into them.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define DDET_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DDET_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DDET_CPU_CLONES
 #endif
