@@ -213,11 +213,13 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
   const int64_t reach = half * geo.dilation;
   const int64_t begin = std::min(reach, geo.W);
   const int64_t end = std::max(geo.W - reach, begin);
-  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
-    using L = decltype(lanes);
-    constexpr int kN = decltype(vecs)::value;
-    for_channel_blocks(geo.channels_per_group, [&](int64_t c0, auto channels) DDET_INLINE_LAMBDA {
-      constexpr int kC = decltype(channels)::value;
+  // Channel blocks outside the strips: one block's source and accumulator rows and the s weight
+  // rows fit in L1 together, and the blocks after the first find the weight rows in cache.
+  for_channel_blocks(geo.channels_per_group, [&](int64_t c0, auto channels) DDET_INLINE_LAMBDA {
+    constexpr int kC = decltype(channels)::value;
+    walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
+      using L = decltype(lanes);
+      constexpr int kN = decltype(vecs)::value;
       typename L::Vec sums[kC][kN];
       DDET_UNROLL
       for (int c = 0; c < kC; ++c)
