@@ -12,13 +12,12 @@
   kernels DDet makes for the training batch), where the operator's own cost shows. The
   reference is swapped in by patching the ``ddet_ops.multi_dynconv`` attribute that
   ``ddet.models`` calls, for the duration of a context manager; ddet's code is untouched. Each
-  peak is measured after a warm-up call (CPU: with freed tensors handed back to the OS, see
-  :func:`return_freed_memory_to_the_os`).
+  peak is measured after a warm-up call, as the peak of live tensor memory
+  (:func:`benchmarks.common.peak_extra_memory`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import re
 import statistics
 import time
@@ -96,22 +95,6 @@ IMPLEMENTATIONS: Dict[str, Callable[[], ContextManager[None]]] = {
     "ddet_ops": nullcontext,
     "unfold reference": unfold_reference,
 }
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def return_freed_memory_to_the_os() -> None:
-    """glibc keeps freed blocks below a moving threshold (up to 32 MB) in its heap, where later
-    allocations reuse them unseen by the resident set size that common.peak_extra_memory samples
-    on the CPU. A fixed 128 KiB mmap threshold, set before the first measurement, maps every
-    tensor afresh and hands it back when freed, so that the sampled RSS follows the live tensors
-    (and every timing pays the same page faults)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-
-
 def _training_pair(device: torch.device, batch: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return tuple(torch.rand(batch, generator=gen).to(device) for _ in range(2))
@@ -172,8 +155,6 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
     batch = QUICK_TRAIN_BATCH if quick else TRAIN_BATCH
     repeats = repeats or (1 if quick else DEFAULT_REPEATS[device.type])
-    if device.type == "cpu":
-        return_freed_memory_to_the_os()
     start = time.perf_counter()
     progress(f"DDet breakdown on {device}: forward on {frame[0]}x{frame[1]}, training step on "
              f"{'x'.join(map(str, batch))}, {repeats} repeats")
@@ -246,7 +227,8 @@ def markdown(payload: Dict[str, object]) -> str:
         "",
         "DDet on ddet_ops against the same network on ddet_ops.reference.multi_dynconv (F.unfold), swapped in by "
         "patching the `ddet_ops.multi_dynconv` attribute the model calls. Peak: extra memory while the call runs "
-        "(CUDA: allocator peak; CPU: sampled resident set size). 'x' columns: reference / ddet_ops.",
+        "(peak of live tensor memory: CUDA allocator statistics, CPU torch.profiler memory events). "
+        "'x' columns: reference / ddet_ops.",
         "",
         markdown_table(["workload", "ddet_ops ms", "reference ms", "time x", "ddet_ops peak MB", "reference peak MB",
                         "peak x"], peer_rows),

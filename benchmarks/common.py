@@ -8,14 +8,11 @@ import os
 import platform
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
-
-import ddet_ops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,17 +55,13 @@ def copy_bandwidth(device: torch.device, nbytes: int = 512 * 2**20) -> float:
     return 2 * nbytes / seconds
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Peak memory above the starting point while fn() runs, in bytes.
+    """Peak of live tensor memory above the starting point while fn() runs, in bytes.
 
-    CUDA: the caching allocator's peak. CPU: resident set size sampled every 0.2 ms by a thread
-    (Linux only), which sees what fn() allocates and touches. ddet_ops' cache of freed CPU output
-    blocks is emptied first, so its reuse of earlier runs' memory does not flatter the figure."""
+    CUDA: the caching allocator's peak. CPU: the running sum of the allocations and frees that
+    torch.profiler records (torch's CPU allocator and ddet_ops' cache of freed output blocks both
+    report to it), the same measure as on CUDA. The resident set size would not do: glibc keeps
+    freed heap memory, so it shows the history of the process rather than what fn() needs."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.empty_cache()
@@ -77,27 +70,15 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    if not os.path.exists("/proc/self/statm"):
-        return None
-    ddet_ops.empty_cpu_cache()
-    base = _rss_bytes()
-    peak = base
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _rss_bytes())
-            time.sleep(0.0002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(peak, _rss_bytes()) - base
+    changes = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def machine(device: torch.device) -> Dict[str, object]:
