@@ -125,7 +125,10 @@ namespace {
 // Loops over register-resident sums must be unrolled for the sums to stay in registers.
 #define DDET_UNROLL _Pragma("GCC unroll 16")
 
-// One lane per column, accumulating in acc_t: the remainder columns, and half types.
+// The lanes below load scalar_t and hold acc_t (at::opmath_type): sums, accumulator rows and
+// the kernel-gradient row buffer are acc_t, converted to scalar_t only when a row is stored.
+
+// One lane per column: the remainder columns.
 template <typename scalar_t>
 struct ScalarLanes {
   using acc_t = at::opmath_type<scalar_t>;
@@ -133,7 +136,7 @@ struct ScalarLanes {
   static constexpr int kWidth = 1;
   static DDET_INLINE Vec zero() { return Vec(0); }
   static DDET_INLINE Vec load(const scalar_t* p) { return static_cast<acc_t>(*p); }
-  static DDET_INLINE void store(scalar_t* p, Vec v) { *p = static_cast<scalar_t>(v); }
+  static DDET_INLINE void store(acc_t* p, Vec v) { *p = v; }
   static DDET_INLINE void add_to(acc_t* p, Vec v) { *p += v; }
 };
 
@@ -155,12 +158,81 @@ struct VectorLanes {
   static DDET_INLINE void add_to(scalar_t* p, const Vec& v) { store(p, load(p) + v); }
 };
 
+// Eight bfloat16 or float16 values widened to float in registers (integer and float vector
+// operations only, so every clone vectorises them; F16C would exist only in some clones).
 template <typename scalar_t>
-struct Lanes : ScalarLanes<scalar_t> {};
+struct WideningLanes {
+  using Vec = VectorLanes<float>::Vec;
+  typedef uint32_t Bits __attribute__((vector_size(32)));
+  typedef uint16_t Halves __attribute__((vector_size(16)));
+  static constexpr int kWidth = 8;
+  static DDET_INLINE Vec zero() { return Vec{}; }
+  static DDET_INLINE Vec load(const scalar_t* p) {
+    Halves halves;
+    __builtin_memcpy(&halves, p, sizeof(halves));
+    const Bits bits = __builtin_convertvector(halves, Bits);
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      return as_float(bits << 16);
+    } else {
+      // Exponent and mantissa moved into float position and rescaled by 2^(127-15): exact for
+      // normal and subnormal halves; infinities and NaNs get the all-ones float exponent.
+      const Bits magnitude = (bits & 0x7fffu) << 13;
+      const Bits special = magnitude >= (0x7c00u << 13);  // lanes of all ones where true
+      const Bits scaled = as_bits(as_float(magnitude) * 0x1p112f) | (special & 0x7f800000u);
+      return as_float(scaled | ((bits & 0x8000u) << 16));
+    }
+  }
+  static DDET_INLINE void store(float* p, const Vec& v) { VectorLanes<float>::store(p, v); }
+  static DDET_INLINE void add_to(float* p, const Vec& v) { VectorLanes<float>::add_to(p, v); }
+
+  // Eight floats rounded to nearest-even scalar_t, as c10's conversions round (NaN stays NaN).
+  static DDET_INLINE Halves narrow(const Vec& v) {
+    const Bits bits = as_bits(v);
+    Bits out;
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+      const Bits is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
+      out = ((bits + (((bits >> 16) & 1u) + 0x7fffu)) >> 16 & ~is_nan) | (is_nan & 0x7fc0u);
+    } else {
+      const Bits sign = bits & 0x80000000u;
+      const Bits magnitude = bits ^ sign;
+      constexpr uint32_t kInfinity = 255u << 23, kOverflow = (127u + 16) << 23, kNormal = 113u << 23;
+      constexpr uint32_t kSubnormalMagic = ((127u - 15) + (23 - 10) + 1) << 23;
+      // Halves too small to be normal: adding the magic float lets the FPU round the mantissa.
+      const Bits subnormal = as_bits(as_float(magnitude) + as_float(Bits{} + kSubnormalMagic)) - kSubnormalMagic;
+      // Normal halves: rebias the exponent and round to nearest-even by hand.
+      const Bits normal = (magnitude + ((15u - 127u) << 23) + 0xfffu + ((magnitude >> 13) & 1u)) >> 13;
+      const Bits is_special = magnitude >= kOverflow;
+      const Bits special = (magnitude > kInfinity & 0x7e00u) | (~(magnitude > kInfinity) & 0x7c00u);
+      const Bits is_small = magnitude < kNormal;
+      out = (is_special & special) | (~is_special & ((is_small & subnormal) | (~is_small & normal)));
+      out |= sign >> 16;
+    }
+    return __builtin_convertvector(out, Halves);
+  }
+
+ private:
+  static DDET_INLINE Vec as_float(const Bits& b) {
+    Vec v;
+    __builtin_memcpy(&v, &b, sizeof(v));
+    return v;
+  }
+  static DDET_INLINE Bits as_bits(const Vec& v) {
+    Bits b;
+    __builtin_memcpy(&b, &v, sizeof(b));
+    return b;
+  }
+};
+
+template <typename scalar_t>
+struct Lanes;
 template <>
 struct Lanes<float> : VectorLanes<float> {};
 template <>
 struct Lanes<double> : VectorLanes<double> {};
+template <>
+struct Lanes<at::BFloat16> : WideningLanes<at::BFloat16> {};
+template <>
+struct Lanes<at::Half> : WideningLanes<at::Half> {};
 
 // Up to 11 weight rows stream at once (more than the hardware prefetchers follow); asking for
 // each one 512 bytes ahead made the forward pass ~15% faster on a 2-core Xeon.
@@ -261,8 +333,9 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
 }
 
 // Copies a finished row to its output tensor. Output rows are written once and not read again
-// here, so float and double rows bypass the cache (non-temporal stores): no read-for-ownership of
-// the destination, which for the large kernel gradients is a third of the traffic.
+// here, so they bypass the cache (non-temporal stores): no read-for-ownership of the destination,
+// which for the large kernel gradients is a third of the traffic. Half types are rounded in
+// vectors (WideningLanes::narrow).
 template <typename scalar_t, typename acc_t>
 DDET_INLINE void store_row(scalar_t* __restrict__ dst, const acc_t* __restrict__ src, int64_t n) {
   int64_t i = 0;
@@ -273,6 +346,15 @@ DDET_INLINE void store_row(scalar_t* __restrict__ dst, const acc_t* __restrict__
   } else if constexpr (std::is_same_v<scalar_t, double> && std::is_same_v<acc_t, double>) {
     for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
     for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+  } else if constexpr (std::is_same_v<acc_t, float> && sizeof(scalar_t) == 2) {
+    using L = WideningLanes<scalar_t>;
+    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+    for (; i + 8 <= n; i += 8) {
+      const typename L::Halves halves = L::narrow(VectorLanes<float>::load(src + i));
+      __m128i packed;
+      __builtin_memcpy(&packed, &halves, sizeof(packed));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), packed);
+    }
   }
 #endif
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
@@ -286,10 +368,10 @@ DDET_INLINE void finish_streaming() {
 }
 
 // The gradient of one tap's weights along a row: gk[w] = sum_c grad_y[c, w] * x[c, w + shift],
-// zero where the tap leaves the image.
+// zero where the tap leaves the image (gk in acc_t).
 template <typename scalar_t>
 DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict__ gy_row,
-                                 const scalar_t* __restrict__ x_row, int64_t shift, scalar_t* __restrict__ gk_row) {
+                                 const scalar_t* __restrict__ x_row, int64_t shift, at::opmath_type<scalar_t>* __restrict__ gk_row) {
   const int64_t hw = plane(geo);
   const int64_t begin = std::min(std::max<int64_t>(0, -shift), geo.W);
   const int64_t end = std::max(std::min(geo.W, geo.W - shift), begin);
@@ -297,16 +379,19 @@ DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict
     using L = decltype(lanes);
     constexpr int kN = decltype(vecs)::value;
     typename L::Vec acc[kN];
+    DDET_UNROLL
     for (int u = 0; u < kN; ++u) acc[u] = L::zero();
     for (int64_t c = 0; c < geo.channels_per_group; ++c) {
       const scalar_t* gr = gy_row + c * hw + w;
       const scalar_t* xr = x_row + c * hw + w + shift;
+      DDET_UNROLL
       for (int u = 0; u < kN; ++u) acc[u] += L::load(gr + u * L::kWidth) * L::load(xr + u * L::kWidth);
     }
+    DDET_UNROLL
     for (int u = 0; u < kN; ++u) L::store(gk_row + w + u * L::kWidth, acc[u]);
   });
-  for (int64_t w = 0; w < begin; ++w) gk_row[w] = scalar_t(0);
-  for (int64_t w = end; w < geo.W; ++w) gk_row[w] = scalar_t(0);
+  for (int64_t w = 0; w < begin; ++w) gk_row[w] = 0;
+  for (int64_t w = end; w < geo.W; ++w) gk_row[w] = 0;
 }
 
 template <typename scalar_t>
@@ -403,10 +488,10 @@ DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlock
   finish_streaming();
 }
 
-// gk_buffer holds one row of W values.
+// gk_buffer holds one row of W values, in acc_t.
 template <typename scalar_t>
 DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
-                                   int64_t end, at::opmath_type<scalar_t>* acc, scalar_t* gk_buffer) {
+                                   int64_t end, at::opmath_type<scalar_t>* acc, at::opmath_type<scalar_t>* gk_buffer) {
   const Geometry& geo = a.geo;
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
@@ -427,7 +512,7 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
               scalar_t* gk_row = a.grad_kernels.data[k] + n * a.grad_kernels.batch_stride[k] +
                                  (group * s * s + i * s + j) * hw + h * geo.W;
               if (hh < 0 || hh >= geo.H) {
-                for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = scalar_t(0);
+                for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = 0;
               } else {
                 grad_weight_row(geo, a.grad_y + first + h * geo.W, a.x + first + hh * geo.W,
                                 (j - half) * geo.dilation, gk_buffer);
@@ -476,7 +561,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
     const RowBlocks blocks(p.geo);
     at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
       std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
-      std::vector<scalar_t> gk_buffer(p.geo.W);
+      std::vector<at::opmath_type<scalar_t>> gk_buffer(p.geo.W);
       backward_rows<scalar_t>(args, blocks, begin, end, acc.data(), gk_buffer.data());
     });
   });

@@ -378,3 +378,24 @@ def test_cpu_cache_size_comes_from_the_environment():
     assert int(_cache_probe("64").stdout) >= 12 * 2**20
     bad = _cache_probe("lots")
     assert bad.returncode != 0 and "DDET_OPS_CPU_CACHE_MB" in bad.stderr
+
+
+SPECIAL_VALUES = [float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 65504.0, 1e-7, -1e-7, 6e-5, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_convert_exactly_in_the_vector_paths(dtype):
+    # Rows wide enough for the vector strips. With 1x1 kernels of ones the forward pass is the
+    # identity (exercises widening); the kernel gradient is the product grad_y * x, exact in float,
+    # so its only rounding is the float -> half conversion (narrowing), which must match torch's.
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, 1, 8, 1024)
+    x = (torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-30, 20, shape, generator=gen).float())).to(dtype)
+    grad_y = (torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-20, 10, shape, generator=gen).float())).to(dtype)
+    x[0, 0, 0, : len(SPECIAL_VALUES)] = torch.tensor(SPECIAL_VALUES).to(dtype)
+    grad_y[0, 0, 0, : len(SPECIAL_VALUES)] = 1
+    ones = torch.ones(shape, dtype=dtype)
+    torch.testing.assert_close(multi_dynconv(x, [ones], sizes=(1,)), x, rtol=0, atol=0, equal_nan=True)
+    _, (grad_kernel,) = torch.ops.ddet_ops.multi_dynconv_backward(grad_y, x, [ones], [1], 1, 1, False, True)
+    want = (grad_y.float() * x.float()).to(dtype)
+    torch.testing.assert_close(grad_kernel, want, rtol=0, atol=0, equal_nan=True)
