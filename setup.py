@@ -34,10 +34,13 @@ def build_info() -> None:
 
 def extension():
     sources = [f"{CSRC}/dynconv.cpp", f"{CSRC}/cpu_cache.cpp", f"{CSRC}/pixel_harness.cpp", f"{CSRC}/python_module.cpp"]
-    # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one thread.
-    # Linking -fopenmp records libgomp.so.1, which resolves to the copy torch has already loaded.
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp"]
-    link = ["-fopenmp"]
+    cxx = ["-O3", "-fno-math-errno"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one
+        # thread. Linking -fopenmp records libgomp.so.1, which resolves to the copy torch loaded.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if not with_cuda:
         return CppExtension(

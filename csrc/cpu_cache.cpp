@@ -16,9 +16,11 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <new>
 #include <string>
 
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -48,7 +50,13 @@ struct Block {
 
 class BlockCache final : public c10::Allocator {
  public:
-  BlockCache() : limit_(limit_from_environment()) {}
+  BlockCache() : limit_(limit_from_environment()) {
+#ifdef __linux__
+    // A fork while another thread holds the lock would leave the child's copy locked forever
+    // (DataLoader workers are forked): the child starts with a fresh lock.
+    pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex(); });
+#endif
+  }
 
   c10::DataPtr allocate(size_t n) override {
     if (n < kMinBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(n);
