@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: build, CUDA tests, compute-sanitizer, operator benchmark and Table III
-# on CUDA. Run from the repository root on a machine with an NVIDIA GPU, torch and nvcc (no
-# network needed). Results go to $OUT (default: ./gpu-check-out); a summary table is printed last.
-# Each step has its own time limit; a normal run ends within 6 minutes.
+# The one-shot GPU check: build, CUDA tests, compute-sanitizer, operator benchmark, Table III and
+# DDet's breakdown on CUDA. Run from the repository root on a machine with an NVIDIA GPU, torch
+# and nvcc (no network needed). Results go to $OUT (default: ./gpu-check-out); a summary table is printed last.
+# Each step has its own time limit; a normal run ends within 7 minutes.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 PY=${PYTHON:-python3}  # the interpreter that holds torch (python3 on the lent GPU machines)
@@ -44,6 +44,8 @@ step ops-benchmark 150 "$PY" "$REPO/benchmarks/bench_dynconv.py" --ops --device 
   --json "$OUT/ops-$GPU-$DAY.json" --markdown "$OUT/ops-$GPU-$DAY.md"
 step table3 45 "$PY" "$REPO/benchmarks/bench_dynconv.py" --device cuda \
   --json "$OUT/table3-$GPU-$DAY.json" --markdown "$OUT/table3-$GPU-$DAY.md"
+step breakdown 40 "$PY" "$REPO/benchmarks/bench_dynconv.py" --breakdown --device cuda \
+  --json "$OUT/breakdown-$GPU-$DAY.json" --markdown "$OUT/breakdown-$GPU-$DAY.md"
 
 echo
 [ -f "$OUT/ops-$GPU-$DAY.md" ] && cat "$OUT/ops-$GPU-$DAY.md"
