@@ -125,8 +125,9 @@ namespace {
 // Loops over register-resident sums must be unrolled for the sums to stay in registers.
 #define DDET_UNROLL _Pragma("GCC unroll 16")
 
-// The lanes below load scalar_t and hold acc_t (at::opmath_type): sums, accumulator rows and
-// the kernel-gradient row buffer are acc_t, converted to scalar_t only when a row is stored.
+// The lanes below load scalar_t (load) or acc_t (load_acc) and hold acc_t (at::opmath_type):
+// sums, accumulator rows, source rows (SourceRows) and the kernel-gradient row buffer are acc_t,
+// converted to scalar_t only when a row is stored.
 
 // One lane per column: the remainder columns.
 template <typename scalar_t>
@@ -136,6 +137,7 @@ struct ScalarLanes {
   static constexpr int kWidth = 1;
   static DDET_INLINE Vec zero() { return Vec(0); }
   static DDET_INLINE Vec load(const scalar_t* p) { return static_cast<acc_t>(*p); }
+  static DDET_INLINE Vec load_acc(const acc_t* p) { return *p; }
   static DDET_INLINE void store(acc_t* p, Vec v) { *p = v; }
   static DDET_INLINE void add_to(acc_t* p, Vec v) { *p += v; }
 };
@@ -154,6 +156,7 @@ struct VectorLanes {
     __builtin_memcpy(&v, p, sizeof(v));
     return v;
   }
+  static DDET_INLINE Vec load_acc(const scalar_t* p) { return load(p); }
   static DDET_INLINE void store(scalar_t* p, const Vec& v) { __builtin_memcpy(p, &v, sizeof(v)); }
   static DDET_INLINE void add_to(scalar_t* p, const Vec& v) { store(p, load(p) + v); }
 };
@@ -182,6 +185,7 @@ struct WideningLanes {
       return as_float(scaled | ((bits & 0x8000u) << 16));
     }
   }
+  static DDET_INLINE Vec load_acc(const float* p) { return VectorLanes<float>::load(p); }
   static DDET_INLINE void store(float* p, const Vec& v) { VectorLanes<float>::store(p, v); }
   static DDET_INLINE void add_to(float* p, const Vec& v) { VectorLanes<float>::add_to(p, v); }
 
@@ -267,7 +271,7 @@ DDET_INLINE void for_channel_blocks(int64_t cpg, const F& f) {
 }
 
 // Adds the s taps of one kernel row to the accumulator rows of every channel of a group
-// (channel c's row at acc + c * acc_stride, its source row at source + c * hw):
+// (channel c's row at acc + c * acc_stride, its source row at source + c * source_stride):
 //   acc[c][w] += sum_j weights[j*hw + w + weight_shift_j] * source[c][w + shift_j],
 // shift_j = sign*(j - s/2)*d, weight_shift_j = shift_j if kGather else 0. The forward pass reads
 // the weights at the output pixel and x at the tap (kGather = false, sign = +1); grad_x gathers
@@ -276,8 +280,8 @@ DDET_INLINE void for_channel_blocks(int64_t cpg, const F& f) {
 // skipped. The s weight rows stream through once; the sources stay in cache.
 template <bool kGather, typename scalar_t>
 DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __restrict__ weights,
-                                const scalar_t* __restrict__ source, at::opmath_type<scalar_t>* __restrict__ acc,
-                                int64_t acc_stride) {
+                                const at::opmath_type<scalar_t>* __restrict__ source, int64_t source_stride,
+                                at::opmath_type<scalar_t>* __restrict__ acc, int64_t acc_stride) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
@@ -300,7 +304,7 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
       for (int j = 0; j < s; ++j) {
         const int64_t shift = (j - half) * step;
         const scalar_t* wp = weights + j * hw + w + (kGather ? shift : 0);
-        const scalar_t* sp = source + c0 * hw + w + shift;
+        const acc_t* sp = source + c0 * source_stride + w + shift;
         if (c0 == 0) __builtin_prefetch(wp + kPrefetchBytes / sizeof(scalar_t));
         typename L::Vec weight[kN];
         DDET_UNROLL
@@ -308,7 +312,7 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
         DDET_UNROLL
         for (int c = 0; c < kC; ++c)
           DDET_UNROLL
-          for (int u = 0; u < kN; ++u) sums[c][u] += weight[u] * L::load(sp + c * hw + u * L::kWidth);
+          for (int u = 0; u < kN; ++u) sums[c][u] += weight[u] * L::load_acc(sp + c * source_stride + u * L::kWidth);
       }
       DDET_UNROLL
       for (int c = 0; c < kC; ++c)
@@ -322,8 +326,7 @@ DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __re
       for (int j = 0; j < s; ++j) {
         const int64_t shift = (j - half) * step;
         if (w + shift < 0 || w + shift >= geo.W) continue;
-        sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) *
-               static_cast<acc_t>(source[c * hw + w + shift]);
+        sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) * source[c * source_stride + w + shift];
       }
       acc[c * acc_stride + w] += sum;
     }
@@ -368,11 +371,12 @@ DDET_INLINE void finish_streaming() {
 }
 
 // The gradient of one tap's weights along a row: gk[w] = sum_c grad_y[c, w] * x[c, w + shift],
-// zero where the tap leaves the image (gk in acc_t).
-template <typename scalar_t>
-DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict__ gy_row,
-                                 const scalar_t* __restrict__ x_row, int64_t shift, at::opmath_type<scalar_t>* __restrict__ gk_row) {
-  const int64_t hw = plane(geo);
+// zero where the tap leaves the image (gk, grad_y and x in acc_t, channel c's row of grad_y / x
+// at c * gy_stride / c * x_stride).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DDET_INLINE void grad_weight_row(const Geometry& geo, const acc_t* __restrict__ gy_row, int64_t gy_stride,
+                                 const acc_t* __restrict__ x_row, int64_t x_stride, int64_t shift,
+                                 acc_t* __restrict__ gk_row) {
   const int64_t begin = std::min(std::max<int64_t>(0, -shift), geo.W);
   const int64_t end = std::max(std::min(geo.W, geo.W - shift), begin);
   walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
@@ -382,10 +386,10 @@ DDET_INLINE void grad_weight_row(const Geometry& geo, const scalar_t* __restrict
     DDET_UNROLL
     for (int u = 0; u < kN; ++u) acc[u] = L::zero();
     for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-      const scalar_t* gr = gy_row + c * hw + w;
-      const scalar_t* xr = x_row + c * hw + w + shift;
+      const acc_t* gr = gy_row + c * gy_stride + w;
+      const acc_t* xr = x_row + c * x_stride + w + shift;
       DDET_UNROLL
-      for (int u = 0; u < kN; ++u) acc[u] += L::load(gr + u * L::kWidth) * L::load(xr + u * L::kWidth);
+      for (int u = 0; u < kN; ++u) acc[u] += L::load_acc(gr + u * L::kWidth) * L::load_acc(xr + u * L::kWidth);
     }
     DDET_UNROLL
     for (int u = 0; u < kN; ++u) L::store(gk_row + w + u * L::kWidth, acc[u]);
@@ -442,14 +446,53 @@ struct RowBlocks {
   }
 };
 
+// Rows [first, end) of the channels of one image and group of x or grad_y, as acc_t: row r of
+// channel c at data + c * channel_stride + (r - first) * W. Float and double rows are the tensor
+// itself; half-type rows are widened once per block into `scratch`, since widening them at each
+// load would repeat the work for every tap of every size.
+template <typename acc_t>
+struct SourceRows {
+  const acc_t* data;
+  int64_t channel_stride;
+  int64_t first;
+  DDET_INLINE const acc_t* row(const Geometry& geo, int64_t r) const { return data + (r - first) * geo.W; }
+};
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+DDET_INLINE SourceRows<acc_t> source_rows(const Geometry& geo, const scalar_t* tensor, int64_t n, int64_t group,
+                                          int64_t first, int64_t end, std::vector<acc_t>& scratch) {
+  const int64_t hw = plane(geo);
+  const scalar_t* channels = tensor + (n * geo.C + group * geo.channels_per_group) * hw;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return {channels, hw, 0};
+  } else {
+    first = std::max<int64_t>(first, 0);
+    end = std::max(std::min(end, geo.H), first);
+    const int64_t stride = (end - first) * geo.W;
+    scratch.resize(geo.channels_per_group * stride);
+    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
+      const scalar_t* from = channels + c * hw + first * geo.W;
+      acc_t* to = scratch.data() + c * stride;
+      int64_t i = 0;
+      for (; i + Lanes<scalar_t>::kWidth <= stride; i += Lanes<scalar_t>::kWidth) {
+        Lanes<scalar_t>::store(to + i, Lanes<scalar_t>::load(from + i));
+      }
+      for (; i < stride; ++i) to[i] = static_cast<acc_t>(from[i]);
+    }
+    return {scratch.data(), stride, first};
+  }
+}
+
 // Sums, for rows [h0, h1) of every channel of `group`, the contributions of all kernel rows of
-// all sizes into acc (channels_per_group x (h1 - h0) rows of W), then rounds into out. The
+// all sizes into acc (channels_per_group x (h1 - h0) rows of W), then rounds into out. `source`
+// holds rows [h0 - reach, h1 + reach) of x (forward) or grad_y (grad_x). The
 // forward pass and grad_x differ only in which image row each kernel row reads (see
 // add_kernel_row).
 template <bool kGather, typename scalar_t>
 DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                 const scalar_t* __restrict__ source, int64_t n, int64_t group, int64_t h0,
-                                 int64_t h1, at::opmath_type<scalar_t>* __restrict__ acc, scalar_t* __restrict__ out) {
+                                 const SourceRows<at::opmath_type<scalar_t>>& source, int64_t n, int64_t group,
+                                 int64_t h0, int64_t h1, at::opmath_type<scalar_t>* __restrict__ acc,
+                                 scalar_t* __restrict__ out) {
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
   const int64_t rows = h1 - h0;
@@ -464,8 +507,8 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const sca
         // Forward reads the weights at the output row; grad_x at the neighbour's row.
         const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
                                   (kGather ? row : h) * geo.W;
-        add_kernel_row<kGather>(geo, s, weights, source + (n * geo.C + group * cpg) * hw + row * geo.W,
-                                acc + (h - h0) * geo.W, rows * geo.W);
+        add_kernel_row<kGather>(geo, s, weights, source.row(geo, row), source.channel_stride, acc + (h - h0) * geo.W,
+                                rows * geo.W);
       }
     }
   }
@@ -480,9 +523,11 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const sca
 template <typename scalar_t>
 DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
                                   int64_t end, at::opmath_type<scalar_t>* acc) {
+  std::vector<at::opmath_type<scalar_t>> scratch;
   for (int64_t item = begin; item < end; ++item) {
     blocks.visit(a.geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
-      sum_kernel_rows<false>(a.geo, a.kernels, a.x, n, group, h0, h1, acc, a.y);
+      const auto x = source_rows(a.geo, a.x, n, group, h0 - a.geo.reach, h1 + a.geo.reach, scratch);
+      sum_kernel_rows<false>(a.geo, a.kernels, x, n, group, h0, h1, acc, a.y);
     });
   }
   finish_streaming();
@@ -494,12 +539,13 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
                                    int64_t end, at::opmath_type<scalar_t>* acc, at::opmath_type<scalar_t>* gk_buffer) {
   const Geometry& geo = a.geo;
   const int64_t hw = plane(geo);
-  const int64_t cpg = geo.channels_per_group;
+  std::vector<at::opmath_type<scalar_t>> gy_scratch, x_scratch;
   for (int64_t item = begin; item < end; ++item) {
     blocks.visit(geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
-      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, a.grad_y, n, group, h0, h1, acc, a.grad_x);
+      const auto gy = source_rows(geo, a.grad_y, n, group, h0 - geo.reach, h1 + geo.reach, gy_scratch);
+      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, gy, n, group, h0, h1, acc, a.grad_x);
       if (!a.need_kernels) return;
-      const int64_t first = (n * geo.C + group * cpg) * hw;
+      const auto x = source_rows(geo, a.x, n, group, h0 - geo.reach, h1 + geo.reach, x_scratch);
       // Kernel gradients row by row: the row's grad_y and the few x rows it meets stay in L1
       // while all the taps' gradient rows are written.
       for (int64_t h = h0; h < h1; ++h) {
@@ -514,8 +560,8 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
               if (hh < 0 || hh >= geo.H) {
                 for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = 0;
               } else {
-                grad_weight_row(geo, a.grad_y + first + h * geo.W, a.x + first + hh * geo.W,
-                                (j - half) * geo.dilation, gk_buffer);
+                grad_weight_row<scalar_t>(geo, gy.row(geo, h), gy.channel_stride, x.row(geo, hh), x.channel_stride,
+                                          (j - half) * geo.dilation, gk_buffer);
               }
               store_row(gk_row, gk_buffer, geo.W);
             }
