@@ -206,7 +206,8 @@ struct WideningLanes {
       // Normal halves: rebias the exponent and round to nearest-even by hand.
       const Bits normal = (magnitude + ((15u - 127u) << 23) + 0xfffu + ((magnitude >> 13) & 1u)) >> 13;
       const Bits is_special = magnitude >= kOverflow;
-      const Bits special = (magnitude > kInfinity & 0x7e00u) | (~(magnitude > kInfinity) & 0x7c00u);
+      const Bits is_nan = magnitude > kInfinity;
+      const Bits special = (is_nan & 0x7e00u) | (~is_nan & 0x7c00u);
       const Bits is_small = magnitude < kNormal;
       out = (is_special & special) | (~is_special & ((is_small & subnormal) | (~is_small & normal)));
       out |= sign >> 16;
