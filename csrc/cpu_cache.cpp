@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <new>
 #include <string>
 
 #ifdef __linux__
@@ -52,9 +51,10 @@ class BlockCache final : public c10::Allocator {
  public:
   BlockCache() : limit_(limit_from_environment()) {
 #ifdef __linux__
-    // A fork while another thread holds the lock would leave the child's copy locked forever
-    // (DataLoader workers are forked): the child starts with a fresh lock.
-    pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex(); });
+    // A fork while another thread is inside the cache would give the child a locked lock and a
+    // half-updated block list (DataLoader workers are forked): forks wait for the lock.
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
 #endif
   }
 
@@ -127,6 +127,10 @@ class BlockCache final : public c10::Allocator {
   }
 
   void keep(Block* block) {
+    if (block->bytes > limit_) {  // would not fit even in an empty cache: keep the others
+      destroy(block);
+      return;
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     // Make room by dropping the largest cached blocks first: they are the costliest to hold.
     while (!free_.empty() && cached_ + block->bytes > limit_) {
@@ -134,10 +138,6 @@ class BlockCache final : public c10::Allocator {
       cached_ -= largest->first;
       destroy(largest->second);
       free_.erase(largest);
-    }
-    if (cached_ + block->bytes > limit_) {
-      destroy(block);
-      return;
     }
     free_.emplace(block->bytes, block);
     cached_ += block->bytes;

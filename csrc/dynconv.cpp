@@ -50,7 +50,9 @@ Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef siz
   geo.W = x.size(3);
   geo.groups = groups;
   geo.channels_per_group = C / groups;
-  geo.dilation = dilation;
+  // Beyond the image size every off-centre tap is outside the image whatever the dilation, so
+  // clamping changes no result and keeps tap offsets far from int64 overflow.
+  geo.dilation = std::min<int64_t>(dilation, std::max<int64_t>({geo.H, geo.W, 1}));
   geo.num_sizes = static_cast<int>(sizes.size());
   int64_t largest = 1;
   int64_t channel = 0;
@@ -177,12 +179,15 @@ struct WideningLanes {
     if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
       return as_float(bits << 16);
     } else {
-      // Exponent and mantissa moved into float position and rescaled by 2^(127-15): exact for
-      // normal and subnormal halves; infinities and NaNs get the all-ones float exponent.
-      const Bits magnitude = (bits & 0x7fffu) << 13;
-      const Bits special = magnitude >= (0x7c00u << 13);  // lanes of all ones where true
-      const Bits scaled = as_bits(as_float(magnitude) * 0x1p112f) | (special & 0x7f800000u);
-      return as_float(scaled | ((bits & 0x8000u) << 16));
+      // As c10's fp16_ieee_to_fp32_value, with no arithmetic on subnormal floats (which
+      // flush-to-zero modes would zero): normal halves, infinities and NaNs are rebiased by a
+      // multiplication of normal floats; subnormal halves become 0.5 + m * 2^-24, minus 0.5.
+      const Bits twice = bits << 17;  // the half without its sign, at the top of 32 bits
+      const Vec normal = as_float((twice >> 4) + (0xe0u << 23)) * 0x1p-112f;
+      const Vec subnormal = as_float((twice >> 17) | (126u << 23)) - 0.5f;
+      const Bits is_subnormal = twice < (1u << 27);  // lanes of all ones where true
+      const Bits magnitude = (is_subnormal & as_bits(subnormal)) | (~is_subnormal & as_bits(normal));
+      return as_float(magnitude | ((bits & 0x8000u) << 16));
     }
   }
   static DDET_INLINE Vec load_acc(const float* p) { return VectorLanes<float>::load(p); }
