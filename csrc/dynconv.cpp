@@ -65,7 +65,7 @@ Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef siz
     p.channel_offset.push_back(packed ? channel : 0);
     channel += groups * s * s;
   }
-  geo.reach = (largest / 2) * dilation;
+  geo.reach = (largest / 2) * geo.dilation;
 
   for (size_t t = 0; t < kernels.size(); ++t) {
     const at::Tensor& k = kernels[t];

@@ -411,3 +411,14 @@ def test_half_types_convert_exactly_in_the_vector_paths(dtype, flush_denormal):
         torch.set_num_threads(threads)
     torch.testing.assert_close(y, x, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(grad_kernel, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dilation_beyond_the_image_leaves_only_the_centre_tap(dtype):
+    x, kernels = make_inputs(1, 2, 40, 40, (3, 5), 1, dtype=dtype)
+    grad_y = torch.randn_like(x)
+    got = grads(multi_dynconv, x, kernels, grad_y, dilation=2**62)
+    want = grads(reference.multi_dynconv, x.double(), [k.double() for k in kernels], grad_y.double(), dilation=40)
+    tol = {} if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+        torch.testing.assert_close(a.double(), b, **tol)
