@@ -47,6 +47,8 @@ def add_train_arguments(parser):
             parser.add_argument(flag, type=yaml_mapping, help=f"YAML mapping (default {default})")
         elif isinstance(default, list):
             parser.add_argument(flag, nargs="+", help=f"default {' '.join(map(str, default))}")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"default {default}")
         else:
             parser.add_argument(flag, type=type(default), help=f"default {default}")
 

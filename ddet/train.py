@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +58,10 @@ class TrainConfig:
     loss: str = "l1"  # l1 | l2; models with forward_levels (LP-KPN) get it on every pyramid level
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     ema: float = 0.999  # decay of the weight average used for validation and export, 0 = off
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    # none | bf16 | fp16 autocast, on CUDA and on the CPU (bf16 runs several times faster on CPUs
+    # with AVX-512 BF16 or AMX; weights, optimizer and validation stay float32)
+    amp: str = "none"
+    channels_last: bool = False  # NHWC model and batches: faster convolutions in oneDNN and cuDNN
     seed: int = 0
     init: str = ""  # start from these weights (safetensors), e.g. fine-tune ×3 from ×2
     workers: int = 2
@@ -73,7 +75,7 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed; every other one defines the run.
-RESUMABLE_CHANGES = {"workers", "threads", "device", "log_every", "out"}
+RESUMABLE_CHANGES = {"workers", "threads", "channels_last", "device", "log_every", "out"}
 # What a run writes under `out`; --force clears exactly these.
 OUTPUTS = ("checkpoints", "tensorboard", "log.jsonl", "config.yaml", "best.safetensors", "model.safetensors")
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -105,6 +107,8 @@ def _check(config):
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if not isinstance(config.channels_last, bool):
+        raise ValueError(f"channels_last must be true or false, got {config.channels_last!r}")
     if config.scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
     for name in ("patch", "batch", "iterations", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
@@ -296,9 +300,8 @@ def _train(config, env, resume, force):
     device = pick_device(config.device, env)
     if config.threads:
         torch.set_num_threads(config.threads)
-    amp_dtype = AMP_DTYPES.get(config.amp) if device.type == "cuda" else None
-    if config.amp != "none" and amp_dtype is None and env.main:
-        warnings.warn(f"amp {config.amp} applies on CUDA only; training in float32 on {device}", stacklevel=2)
+    amp_dtype = AMP_DTYPES.get(config.amp)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
     latest = latest_checkpoint(out) if out.exists() else None
@@ -323,7 +326,7 @@ def _train(config, env, resume, force):
     model = models.create(config.model, **model_overrides(config))
     if config.init:
         model.load_state_dict(read_weights(config.init)[0])
-    model.to(device)
+    model.to(device, memory_format=memory_format)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     objective = Objective(model, config.loss).to(device)
     if env.world_size > 1:
@@ -346,7 +349,7 @@ def _train(config, env, resume, force):
     result = None
     started = time.perf_counter() - elapsed_before
     while step < config.iterations:
-        lr_batch, hr_batch = (t.to(device, non_blocking=True) for t in next(batches))
+        lr_batch, hr_batch = (t.to(device, non_blocking=True, memory_format=memory_format) for t in next(batches))
         with amp_context():
             loss = objective(lr_batch, hr_batch)
         optimizer.zero_grad(set_to_none=True)

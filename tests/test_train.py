@@ -97,6 +97,18 @@ def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
     assert after < before * 0.8, (before, after)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp_path, amp):
+    config = _config(
+        photos, tmp_path / amp, model="ddet", model_args=TINY["ddet"], data="folder", data_root=str(darkened_pairs),
+        val_root=str(darkened_pairs), iterations=10, checkpoint_every=5, lr=1e-3, amp=amp, channels_last=True,
+    )
+    train(config)
+    weights = _weights(tmp_path / amp / "model.safetensors")
+    assert all(value.dtype == torch.float32 for value in weights.values())
+    assert _batch_loss(config, weights) < _batch_loss(config) * 0.8
+
+
 def test_run_writes_checkpoints_logs_and_weights(photos, tmp_path):
     out = tmp_path / "run"
     train(_config(photos, out, iterations=6, checkpoint_every=2, keep_checkpoints=2, validate_every=3, ema=0.9))
@@ -198,6 +210,8 @@ def test_config_file_and_flags(tmp_path):
         load_config(path)
     with pytest.raises(ValueError, match="loss"):
         load_config(loss="l3")
+    with pytest.raises(ValueError, match="channels_last"):
+        load_config(channels_last="no")
     with pytest.raises(ValueError, match="in_channels"):
         model_overrides(load_config(channels="y", model_args={"in_channels": 3}))
 
@@ -210,3 +224,12 @@ def test_learning_rate_schedules():
     step = load_config(schedule="step", step_size=10, step_gamma=0.5)
     assert [lr_factor(step, s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
     assert math.isclose(lr_factor(load_config(schedule="constant"), 1234), 1.0)
+
+
+def test_boolean_options_have_on_and_off_flags():
+    from ddet.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--channels-last"]).channels_last is True
+    assert parser.parse_args(["train", "--no-channels-last"]).channels_last is False
+    assert parser.parse_args(["train"]).channels_last is None  # the config file decides
