@@ -232,7 +232,10 @@ def run(device: torch.device, names: Optional[Sequence[str]] = None, frame: Opti
 
 
 def stem(device: torch.device, payload: Dict[str, object]) -> str:
-    return f"table3-{device_slug(device)}-{payload['machine']['date'][:10]}"
+    settings = payload["settings"]
+    variant = "" if settings["dtype"] == "float32" else f"-{settings['dtype']}"
+    variant += "-channels-last" if settings["channels_last"] else ""
+    return f"table3-{device_slug(device)}{variant}-{payload['machine']['date'][:10]}"
 
 
 def require_matplotlib() -> None:

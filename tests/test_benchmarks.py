@@ -81,6 +81,15 @@ def test_a_model_over_budget_runs_on_a_reduced_frame_and_is_marked(tmp_path):
     assert row.startswith("| KPN, K = 5") and "16x16 (reduced)" in row
 
 
+def test_autocast_and_channels_last_on_the_cpu_are_saved_under_their_own_name(tmp_path):
+    json_path = tmp_path / "t.json"
+    done = bench("--quick", "--models", "ddet", "--dtype", "bf16", "--channels-last", "--json", str(json_path), "--markdown", str(tmp_path / "t.md"))
+    assert done.returncode == 0, done.stderr
+    assert "bf16, channels_last" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("| DDet")
+    payload = json.loads(json_path.read_text())
+    assert table3.stem(torch.device("cpu"), payload).startswith("table3-cpu-bf16-channels-last-")
+
+
 def test_plot(tmp_path):
     png = tmp_path / "t.png"
     done = bench("--quick", "--models", "kpn5", "ddet", "--no-save", "--plot", str(png))
@@ -93,7 +102,7 @@ def test_plot(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dtype", "bf16"], "CUDA autocast"),
+    (["--dtype", "int8"], "invalid choice"),
     (["--frame", "64"], "HxW"),
     (["--models", "nonet"], "invalid choice"),
     (["--breakdown", "--ops"], "not allowed with"),
