@@ -1,7 +1,7 @@
 #!/bin/sh
 # Trains the bundled weights and stores them as float16 in ddet/weights/:
-# DDet ×2 in four stages (L1, then three more cosine cycles with L2, the last in bfloat16 autocast),
-# then ×3 and ×4 fine-tuned from its fourth stage.
+# DDet ×2 in five stages (L1, then four more cosine cycles with L2, the last two in bfloat16
+# autocast), then ×3 and ×4 fine-tuned from its fourth stage.
 # Safe to re-run after a kill: a finished run is skipped, an unfinished one resumes.
 set -e
 cd "$(dirname "$0")/.."
@@ -18,7 +18,8 @@ run configs/ddet_x2.yaml runs/ddet_x2
 run configs/ddet_x2_stage2.yaml runs/ddet_x2_stage2
 run configs/ddet_x2_stage3.yaml runs/ddet_x2_stage3
 run configs/ddet_x2_stage4.yaml runs/ddet_x2_stage4
-export_bundled runs/ddet_x2_stage4 2
+run configs/ddet_x2_stage5.yaml runs/ddet_x2_stage5
+export_bundled runs/ddet_x2_stage5 2
 for scale in 3 4; do
     run configs/ddet_x$scale.yaml runs/ddet_x$scale
     export_bundled runs/ddet_x$scale $scale
