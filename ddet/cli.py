@@ -128,10 +128,17 @@ def output_paths(inputs, out, scale, suffix):
         return [out]
     if out.exists() and not out.is_dir():
         raise ValueError(f"-o {out}: several inputs need an output folder")
-    return [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
+    targets = [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
+    claimed = {}
+    for path, target in zip(inputs, targets):
+        if target in claimed:
+            raise ValueError(f"{claimed[target]} and {path} would both be written to {target}; upscale them into different folders")
+        claimed[target] = path
+    return targets
 
 
 def command_upscale(args):
+    import numpy as np
     from tqdm import tqdm
 
     from ddet.data.io import write_image
@@ -146,7 +153,7 @@ def command_upscale(args):
     for target in targets:
         _refuse_overwrite(target, args.force)
     for source, target in tqdm(list(zip(args.inputs, targets)), desc="images", disable=len(targets) == 1):
-        image = upscale(source, scale=scale, model=model, tile=args.tile, tile_overlap=args.tile_overlap, device=device, progress=True)
+        image = upscale(source, scale=scale, model=model, tile=args.tile, tile_overlap=args.tile_overlap, device=device, progress=True, dtype=np.uint8)
         write_image(target, image, force=args.force)
         print(f"{source} → {target} ({image.shape[1]}×{image.shape[0]})")
 

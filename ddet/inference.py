@@ -12,11 +12,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ddet import metrics
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
-from ddet.data.degrade import resize
 from ddet.data.io import read_image
 from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
 
@@ -111,49 +111,116 @@ def _ramp(length, fade_before, fade_after, overlap):
     return weights
 
 
-@torch.no_grad()
-def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False):
-    """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles; returns C×H×W on the CPU."""
-    channels, height, width = image.shape
+def _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress=False):
+    """Blend the results of ``run_tile(top, bottom, left, right)`` (C×h×w tensors) over a tiling of
+    an H×W image, and hand finished rows to ``emit_rows(top, rows)`` (C×n×W tensors) from top to
+    bottom. Only one band of tiles is held at a time, so memory grows with ``tile`` × W, not H × W.
+
+    Every (row span, column span) pair is a tile, so the total weight at a pixel is the product of
+    the summed vertical and horizontal ramps: each tile's weight is normalised up front and the
+    bands are simply added."""
     if tile is None or (height <= tile and width <= tile):
-        return model(image[None].to(device)).float()[0].cpu()
+        emit_rows(0, run_tile(0, height, 0, width))
+        return
     if tile < 2 * TILE_ALIGN or not 0 <= overlap <= tile - TILE_ALIGN:
         raise ValueError(f"--tile must be at least {2 * TILE_ALIGN} and --tile-overlap in [0, tile − {TILE_ALIGN}], got tile {tile}, overlap {overlap}")
     rows, cols = _spans(height, tile, overlap), _spans(width, tile, overlap)
-    output = torch.zeros(channels, height, width)
-    total = torch.zeros(1, height, width)
+    vertical = [_ramp(bottom - top, top > 0, bottom < height, overlap) for top, bottom in rows]
+    horizontal = [_ramp(right - left, left > 0, right < width, overlap) for left, right in cols]
+    vertical_total, horizontal_total = np.zeros(height, np.float32), np.zeros(width, np.float32)
+    for (top, bottom), ramp in zip(rows, vertical):
+        vertical_total[top:bottom] += ramp
+    for (left, right), ramp in zip(cols, horizontal):
+        horizontal_total[left:right] += ramp
+    carried = None  # the previous band's sums over rows this band shares with it
     bar = tqdm(total=len(rows) * len(cols), desc="tiles", leave=False, disable=not progress)
-    for top, bottom in rows:
-        for left, right in cols:
-            window = (slice(None), slice(top, bottom), slice(left, right))
-            result = model(image[window][None].to(device)).float()[0].cpu()
-            vertical = _ramp(bottom - top, top > 0, bottom < height, overlap)
-            horizontal = _ramp(right - left, left > 0, right < width, overlap)
-            weight = torch.from_numpy(np.outer(vertical, horizontal))[None]
-            output[window] += result * weight
-            total[window] += weight
+    for index, (top, bottom) in enumerate(rows):
+        band = None
+        row_weight = vertical[index] / vertical_total[top:bottom]
+        for (left, right), ramp in zip(cols, horizontal):
+            result = run_tile(top, bottom, left, right)
+            if band is None:
+                band = torch.zeros(result.shape[0], bottom - top, width)
+            weight = np.outer(row_weight, ramp / horizontal_total[left:right])
+            band[:, :, left:right] += result * torch.from_numpy(weight)
             bar.update()
+        if carried is not None:
+            band[:, : carried.shape[1]] += carried
+        finished = (rows[index + 1][0] if index + 1 < len(rows) else height) - top
+        emit_rows(top, band[:, :finished])
+        carried = band[:, finished:]
     bar.close()
-    return output / total
 
 
-def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=32, device="cpu", progress=False):
+@torch.no_grad()
+def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False):
+    """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles; returns C×H×W on the CPU."""
+    height, width = image.shape[1:]
+    output = torch.empty(0)
+
+    def run_tile(top, bottom, left, right):
+        return model(image[None, :, top:bottom, left:right].to(device)).float()[0].cpu()
+
+    def emit_rows(top, rows):
+        nonlocal output
+        if not output.numel():
+            output = torch.empty(rows.shape[0], height, width)
+        output[:, top : top + rows.shape[1]] = rows
+
+    _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress)
+    return output
+
+
+class _Bicubic:
+    """Windows of the bicubic up-scaling of an RGB image, each equal to the same window of the
+    whole up-scaled image (Pillow's resampling box reads the source pixels around the window)."""
+
+    def __init__(self, rgb, scale):
+        self.planes = [Image.fromarray(np.ascontiguousarray(rgb[..., c]), mode="F") for c in range(3)]
+        self.scale = scale
+
+    def window(self, top, bottom, left, right):
+        box = tuple(edge / self.scale for edge in (left, top, right, bottom))
+        planes = [np.asarray(plane.resize((right - left, bottom - top), Image.BICUBIC, box=box)) for plane in self.planes]
+        return np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
+
+
+@torch.no_grad()
+def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=32, device="cpu", progress=False, dtype=np.float32):
     """Upscale ``image`` (path or array) by ``scale`` (default: 2, or the scale of ``weights``).
 
-    Returns float32 H·s × W·s × 3 in [0, 1]. ``model``: a registry name (``ddet`` uses the bundled
-    weights) or a module; ``weights``: a safetensors file written by ``ddet train``.
+    Returns H·s × W·s × 3: float32 in [0, 1], or with ``dtype=np.uint8`` the rounded 8-bit image
+    (a quarter of the memory). ``model``: a registry name (``ddet`` uses the bundled weights) or a
+    module; ``weights``: a safetensors file written by ``ddet train``. The bicubic input, the
+    network and the colour conversion all run tile by tile, so beyond the input and the returned
+    image the memory grows with ``tile`` × width only.
     """
+    if np.dtype(dtype) not in (np.float32, np.uint8):
+        raise TypeError(f"dtype must be numpy.float32 or numpy.uint8, got {dtype}")
     network, scale, channels, _ = resolve_model(model, weights, scale, device)
     rgb = as_float_rgb(image)
     height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
-    upscaled = np.clip(resize(rgb, height, width), 0.0, 1.0)
-    if channels == "rgb":
-        restored = run_model(network, _tensor(upscaled), tile, tile_overlap, device, progress)
-        return _array(restored).clip(0.0, 1.0)
-    ycbcr = rgb_to_ycbcr(upscaled)
-    luminance = run_model(network, _tensor(ycbcr[..., :1]), tile, tile_overlap, device, progress)
-    ycbcr[..., :1] = _array(luminance)
-    return np.clip(ycbcr_to_rgb(ycbcr), 0.0, 1.0)
+    bicubic = _Bicubic(rgb, scale)
+    del rgb
+    output = np.empty((height, width, 3), dtype)
+
+    def run_tile(top, bottom, left, right):
+        window = bicubic.window(top, bottom, left, right)
+        network_input = window if channels == "rgb" else rgb_to_ycbcr(window)[..., :1]
+        return network(_tensor(network_input)[None].to(device)).float()[0].cpu()
+
+    def emit_rows(top, rows):
+        restored = _array(rows)
+        bottom = top + restored.shape[0]
+        if channels == "y":
+            ycbcr = rgb_to_ycbcr(bicubic.window(top, bottom, 0, width))
+            ycbcr[..., :1] = restored
+            restored = ycbcr_to_rgb(ycbcr)
+        restored = np.clip(restored, 0.0, 1.0)
+        output[top:bottom] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
+
+    _blend_tiles(height, width, tile, tile_overlap, run_tile, emit_rows, progress)
+    return output
 
 
 def _tensor(image):

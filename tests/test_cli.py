@@ -51,6 +51,16 @@ def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights)
     assert Image.open(tmp_path / "single.jpg").format == "JPEG"
 
 
+def test_upscale_refuses_two_inputs_with_one_target_before_writing(tmp_path, photo, weights, capsys):
+    twin = tmp_path / "other" / photo.name
+    twin.parent.mkdir()
+    twin.write_bytes(photo.read_bytes())
+    folder = tmp_path / "results"
+    assert main(["upscale", str(photo), str(twin), "-o", str(folder), "--weights", str(weights)]) == 2
+    assert f"would both be written to {folder / 'photo_x2.png'}" in capsys.readouterr().err
+    assert not folder.exists()
+
+
 def test_upscale_errors_name_the_input(tmp_path, weights, capsys):
     assert main(["upscale", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 2
     assert "absent.png" in capsys.readouterr().err

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +58,38 @@ def test_identity_y_model_gives_bicubic_with_original_chroma(image):
     expected = np.clip(resize(image.astype(np.float32) / 255, 63, 78), 0, 1)
     assert out.shape == (63, 78, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_upscale_in_tiles_equals_upscale_whole(channels):
+    image = np.random.default_rng(1).integers(0, 256, (45, 70, 3)).astype(np.uint8)
+    model = _tiny(in_channels=channels, perturb=0.02)
+    whole = upscale(image, scale=2, model=model, tile=None)
+    tiled = upscale(image, scale=2, model=model, tile=48, tile_overlap=32)
+    assert np.abs(whole - np.clip(resize(image / np.float32(255), 90, 140), 0, 1)).mean() > 0.02
+    assert np.abs(tiled - whole).max() < 1e-2
+    as_bytes = upscale(image, scale=2, model=model, tile=48, tile_overlap=32, dtype=np.uint8)
+    np.testing.assert_array_equal(as_bytes, np.round(tiled * 255).astype(np.uint8))
+
+
+PEAK_MEMORY_SCRIPT = """
+import resource, sys, numpy as np, torch
+from ddet import models
+from ddet.inference import upscale
+model = models.create("ddet", width=16, blocks=1, feature_width=16, branch_width=8).eval()
+upscale(np.zeros((150, 150, 3), np.uint8), scale=2, model=model, tile=256, dtype=np.uint8)  # one tile's working set
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = upscale(np.zeros((800, 1200, 3), np.uint8), scale=2, model=model, tile=256, dtype=np.uint8)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / out.nbytes)
+"""
+
+
+def test_tiled_upscale_memory_grows_with_the_image_not_with_float_copies_of_it():
+    # Input as float32 (1/4 of the output pixels × 3 channels × 4 bytes), the resampling planes
+    # (as much again) and the uint8 output are each one output-size worth of bytes; whole-image
+    # float buffers of the output (12 bytes a pixel each) would add ~4 per copy.
+    growth = float(subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], check=True, capture_output=True, text=True).stdout)
+    assert growth < 4.5, f"peak memory grew by {growth:.1f}× the output's size"
 
 
 def test_y_model_changes_luminance_only():

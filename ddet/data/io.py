@@ -66,13 +66,14 @@ def list_images(folder):
 
 
 def to_pil(image):
-    """float H×W×3 (or H×W) in [0, 1] → 8-bit Pillow image (rounded, clipped)."""
-    array = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return Image.fromarray(array)
+    """float H×W×3 (or H×W) in [0, 1] → 8-bit Pillow image (rounded, clipped); uint8 as it is."""
+    if image.dtype == np.uint8:
+        return Image.fromarray(image)
+    return Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 def write_image(path, image, force=False, quality=95):
-    """Write float H×W×3 in [0, 1] as an 8-bit image, format from the suffix, atomically.
+    """Write float H×W×3 in [0, 1] (or uint8) as an 8-bit image, format from the suffix, atomically.
 
     Refuses to replace an existing file unless ``force``.
     """
