@@ -203,7 +203,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, TypeError, OSError) as error:  # OSError: missing, existing, unreadable files
         print(f"ddet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     return 0

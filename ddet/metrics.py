@@ -1,4 +1,4 @@
-"""The RealSR evaluation protocol (Cai et al., ICCV 2019), as DESIGN.md states it.
+"""The RealSR evaluation protocol (Cai et al., ICCV 2019), as this project fixes it.
 
 Both images are reduced to the Y channel of MATLAB ``rgb2ycbcr`` rounded to uint8, cropped to a
 multiple of 4 (top-left anchored) and optionally shaved by ``border`` pixels; PSNR uses peak 255 and

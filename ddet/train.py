@@ -6,9 +6,10 @@
 
 The run is a function of its configuration: training sample k is drawn from (seed, k) alone, so a
 resumed run and a run on N processes with the same global batch see the same data as one
-uninterrupted process. Rank 0 logs, validates and writes checkpoints; a checkpoint is a folder
-written under a temporary name, fsynced and renamed, then named in ``checkpoints/latest`` (itself
-replaced atomically), so a kill never damages the last good checkpoint.
+uninterrupted process. Rank 0 logs, validates and writes checkpoints, so on several nodes ``out``
+must be a folder every node sees (each rank reads the checkpoint on ``--resume``). A checkpoint is
+a folder written under a temporary name, fsynced and renamed, then named in ``checkpoints/latest``
+(itself replaced atomically), so a kill never damages the last good checkpoint.
 """
 
 import contextlib
@@ -93,13 +94,36 @@ def load_config(path=None, **overrides):
         if not isinstance(values, dict):
             raise ValueError(f"config {path} must be a mapping of option: value")
     values.update({key: value for key, value in overrides.items() if value is not None})
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    defaults = {field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory() for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown training option(s) {unknown}" + (f" in {path}" if path else "") + f"; known: {sorted(known)}")
-    config = TrainConfig(**values)
+        raise ValueError(f"unknown training option(s) {unknown}" + (f" in {path}" if path else "") + f"; known: {sorted(defaults)}")
+    config = TrainConfig(**{name: _typed(name, value, type(defaults[name])) for name, value in values.items()})
     _check(config)
     return config
+
+
+def _typed(name, value, kind):
+    """``value`` as the option's type, or a ValueError naming the option. Numbers may come as
+    text: YAML 1.1 reads ``1e-4`` (no dot) as a string."""
+    if isinstance(value, bool) != (kind is bool):
+        pass  # true/false is no number, and only a switch is true/false
+    elif kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind is int and isinstance(value, (int, float, str)):
+        try:
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+        except ValueError:
+            pass
+    elif isinstance(value, kind):
+        return value
+    expected = {bool: "true or false", float: "a number", int: "a whole number", str: "text", list: "a list", dict: "a mapping"}[kind]
+    raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def _check(config):
@@ -107,8 +131,6 @@ def _check(config):
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
-    if not isinstance(config.channels_last, bool):
-        raise ValueError(f"channels_last must be true or false, got {config.channels_last!r}")
     if config.scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
     for name in ("patch", "batch", "iterations", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
@@ -238,17 +260,28 @@ def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, bes
 def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
     """Load a checkpoint folder into the live objects; returns (step, best, training seconds so far)."""
     state = read_state(folder)
-    model.load_state_dict(read_weights(folder / "model.safetensors")[0])
-    if ema is not None:
-        ema.module.load_state_dict(read_weights(folder / "ema.safetensors")[0])
-        ema.n_averaged.copy_(state["ema_count"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["step"], state["best"], state.get("elapsed_s", 0.0)
+    load_weights_into(model, folder / "model.safetensors")
+    try:
+        if ema is not None:
+            load_weights_into(ema.module, folder / "ema.safetensors")
+            ema.n_averaged.copy_(state["ema_count"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state["step"], state["best"], state.get("elapsed_s", 0.0)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ValueError(f"checkpoint {folder} does not belong to this run: {error!r}") from error
+
+
+def load_weights_into(model, path):
+    """Load a weights file into ``model``; a ValueError naming the file when they do not fit."""
+    try:
+        model.load_state_dict(read_weights(path)[0])
+    except RuntimeError as error:
+        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: {error}") from error
 
 
 def read_state(folder):
@@ -325,7 +358,7 @@ def _train(config, env, resume, force):
     torch.manual_seed(config.seed)
     model = models.create(config.model, **model_overrides(config))
     if config.init:
-        model.load_state_dict(read_weights(config.init)[0])
+        load_weights_into(model, config.init)
     model.to(device, memory_format=memory_format)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     objective = Objective(model, config.loss).to(device)
@@ -366,7 +399,11 @@ def _train(config, env, resume, force):
         progress.update()
 
         if step % config.log_every == 0 or step == config.iterations:
-            loss_value = loss.item()
+            loss_value = loss.detach().float()
+            if env.world_size > 1:  # the loss of the global batch, not of rank 0's share
+                dist.all_reduce(loss_value)
+                loss_value /= env.world_size
+            loss_value = loss_value.item()
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             logger.log(step, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - started})
         at_end = step == config.iterations

@@ -216,6 +216,35 @@ def test_config_file_and_flags(tmp_path):
         model_overrides(load_config(channels="y", model_args={"in_channels": 3}))
 
 
+def test_yaml_values_are_typed_or_refused_by_name(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nbatch: 8.0\nema: 0\n")  # YAML 1.1 reads 1e-4 as text
+    config = load_config(path)
+    assert (config.lr, config.batch, config.ema) == (1e-4, 8, 0.0)
+    assert (type(config.lr), type(config.batch), type(config.ema)) == (float, int, float)
+    for text, option in (("lr: fast\n", "lr must be a number"), ("batch: 2.5\n", "batch must be a whole number"),
+                         ("init:\n", "init must be text"), ("amp: true\n", "amp must be text"),
+                         ("cameras: Canon\n", "cameras must be a list"), ("iterations: true\n", "iterations must be a whole")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=option):
+            load_config(path)
+
+
+def test_weights_and_checkpoints_that_do_not_fit_name_the_file(photos, tmp_path):
+    foreign = tmp_path / "foreign"
+    train(_config(photos, foreign, model="ddet", model_args=TINY["ddet"], iterations=2))
+    with pytest.raises(ValueError, match="foreign/model.safetensors does not fit"):
+        train(_config(photos, tmp_path / "init", init=str(foreign / "model.safetensors")))
+    out = tmp_path / "run"
+    train(_config(photos, out, iterations=2))
+    state_path = out / "checkpoints" / "step-000000002" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, state_path)
+    with pytest.raises(ValueError, match="step-000000002 does not belong to this run.*optimizer"):
+        train(_config(photos, out, iterations=2), resume=True)
+
+
 def test_learning_rate_schedules():
     cosine = load_config(iterations=100, warmup=10)
     assert lr_factor(cosine, 0) == pytest.approx(0.1) and lr_factor(cosine, 9) == pytest.approx(1.0)
