@@ -141,7 +141,7 @@ def command_upscale(args):
     import numpy as np
     from tqdm import tqdm
 
-    from ddet.data.io import write_image
+    from ddet.data.io import writable_format, write_image
     from ddet.inference import resolve_model, upscale
 
     device = _device(args.device)
@@ -151,9 +151,10 @@ def command_upscale(args):
         if not Path(source).is_file():
             raise FileNotFoundError(f"input image not found: {source}")
     for target in targets:
+        writable_format(target)
         _refuse_overwrite(target, args.force)
     for source, target in tqdm(list(zip(args.inputs, targets)), desc="images", disable=len(targets) == 1):
-        image = upscale(source, scale=scale, model=model, tile=args.tile, tile_overlap=args.tile_overlap, device=device, progress=True, dtype=np.uint8)
+        image = upscale(source, scale=scale, model=model, tile=args.tile or None, tile_overlap=args.tile_overlap, device=device, progress=True, dtype=np.uint8)
         write_image(target, image, force=args.force)
         print(f"{source} → {target} ({image.shape[1]}×{image.shape[0]})")
 
@@ -190,7 +191,7 @@ def build_parser():
     up.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
     up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
     up.add_argument("--weights", help="safetensors file from ddet train")
-    up.add_argument("--tile", type=int, default=512, help="tile side in output pixels, bounds the memory (default 512)")
+    up.add_argument("--tile", type=int, default=512, help="tile side in output pixels, bounds the memory (default 512; 0: the whole image at once)")
     up.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default 32)")
     up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")

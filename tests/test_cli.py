@@ -61,6 +61,14 @@ def test_upscale_refuses_two_inputs_with_one_target_before_writing(tmp_path, pho
     assert not folder.exists()
 
 
+def test_upscale_whole_image_with_tile_0_and_refuses_unknown_suffixes(tmp_path, photo, weights, capsys):
+    assert main(["upscale", str(photo), "-o", str(tmp_path / "whole.png"), "--weights", str(weights), "--tile", "0"]) == 0
+    assert read_image(tmp_path / "whole.png").shape == (40, 60, 3)
+    assert main(["upscale", str(photo), "-o", str(tmp_path / "out.xyz"), "--weights", str(weights)]) == 2
+    assert "out.xyz" in capsys.readouterr().err
+    assert not (tmp_path / "out.xyz").exists()
+
+
 def test_upscale_errors_name_the_input(tmp_path, weights, capsys):
     assert main(["upscale", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 2
     assert "absent.png" in capsys.readouterr().err

@@ -80,10 +80,19 @@ def write_image(path, image, force=False, quality=95):
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (pass --force / force=True to overwrite)")
+    image_format = writable_format(path)
     pil = to_pil(image)
-    options = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    options = {"quality": quality} if image_format == "JPEG" else {}
     atomic_write(path, lambda handle: pil.save(handle, format=image_format, **options))
+
+
+def writable_format(path):
+    """Pillow's format for the suffix of ``path``, or a ValueError naming the path."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise ValueError(f"cannot tell an image format Pillow writes from the suffix of {path} (use .png, .jpg, .tif, .webp, ...)")
+    return image_format
 
 
 def atomic_write(path, write):
