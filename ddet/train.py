@@ -47,6 +47,9 @@ class TrainConfig:
     data_root: str = ""
     val_root: str = ""
     realsr_version: int = 2
+    # realsr/folder data: keep the training images decoded here (memory-mapped .npy files), so a
+    # patch reads its window instead of decoding two whole images; "" decodes for every patch
+    decode_cache: str = ""
     cameras: list = dataclasses.field(default_factory=lambda: ["Canon", "Nikon"])
     patch: int = 64  # HR patch side
     batch: int = 16  # global batch, split over the processes
@@ -131,6 +134,8 @@ def _check(config):
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    if config.decode_cache and config.data == "synthetic":
+        raise ValueError("decode_cache is for realsr and folder data (synthetic pairs decode their photos once already)")
     if config.scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
     for name in ("patch", "batch", "iterations", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
@@ -372,7 +377,7 @@ def _train(config, env, resume, force):
     if resume:
         step, best, elapsed_before = read_checkpoint(latest, model, ema, optimizer, scheduler, scaler)
 
-    train_source, val_source = make_sources(config.data, config.scale, config.data_root or None, config.val_root or None, config.realsr_version, tuple(config.cameras))
+    train_source, val_source = make_sources(config.data, config.scale, config.data_root or None, config.val_root or None, config.realsr_version, tuple(config.cameras), config.decode_cache or None)
     patches = TrainingPatches(train_source, config.patch, config.channels, config.seed, num_samples=(config.iterations - step) * config.batch, first_sample=step * config.batch)
     batches = iter(training_loader(patches, config.batch, config.workers, env.rank, env.world_size))
     val_images = WholeImages(val_source, config.channels) if val_source is not None and env.main else None

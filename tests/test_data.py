@@ -9,6 +9,7 @@ from ddet.data import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
     Degradation,
+    DecodedCache,
     SyntheticPairs,
     TrainingPatches,
     WholeImages,
@@ -21,6 +22,7 @@ from ddet.data import (
     training_loader,
     write_image,
 )
+from ddet.data import sources
 from ddet.data.degrade import _misalign
 
 
@@ -186,6 +188,49 @@ def test_distributed_batches_partition_the_single_process_batch(photos):
         assert torch.equal(merged, batch)
     with pytest.raises(ValueError, match="divisible"):
         training_loader(dataset, global_batch=3, world_size=2)
+
+
+def test_decoded_cache_gives_the_same_patches_and_decodes_each_file_once(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    root = tmp_path / "pairs"
+    _save_rgb(root / "hr" / "same.png", _random_uint8(rng, 24, 32))
+    _save_rgb(root / "lr" / "same.png", _random_uint8(rng, 24, 32))
+    _save_rgb(root / "hr" / "small.png", _random_uint8(rng, 24, 32))
+    _save_rgb(root / "lr" / "small.png", _random_uint8(rng, 12, 16))
+    _png16(root / "hr" / "deep.png", rng.integers(0, 65536, (24, 32, 3)).astype(np.uint16))
+    _png16(root / "lr" / "deep.png", rng.integers(0, 65536, (24, 32, 3)).astype(np.uint16))
+    plain, cached = paired_folder(root), paired_folder(root, DecodedCache(tmp_path / "cache"))
+    region = (3, 5, 16, 20)
+    for index, name in enumerate(plain.names):
+        for expected, got in zip(plain.pair(index, region=region), cached.pair(index, region=region)):
+            assert got.dtype == np.float32 and got.shape == (16, 20, 3)
+            if name == "small":  # the resized LR is stored at 16 bits
+                np.testing.assert_allclose(got, expected, rtol=0, atol=0.5 / 65535 + 1e-7)
+            else:
+                np.testing.assert_array_equal(got, expected)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 6
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(sources, "read_integer_image", no_decoding)
+    again = paired_folder(root, DecodedCache(tmp_path / "cache"))  # e.g. a worker or a later run
+    np.testing.assert_array_equal(again.pair(0)[1], plain.pair(0)[1])
+    monkeypatch.undo()
+    _save_rgb(root / "hr" / "deep.png", _random_uint8(rng, 24, 32))  # an edited file is decoded afresh
+    np.testing.assert_array_equal(again.pair(0)[1], read_image(root / "hr" / "deep.png"))
+
+
+def test_decoded_cache_refusals_name_the_problem(tmp_path):
+    rng = np.random.default_rng(5)
+    _save_rgb(tmp_path / "hr" / "a.png", _random_uint8(rng, 8, 8))
+    _save_rgb(tmp_path / "lr" / "a.png", _random_uint8(rng, 16, 16))
+    with pytest.raises(ValueError, match="lr/a.png .* is larger than its HR image"):
+        paired_folder(tmp_path, DecodedCache(tmp_path / "cache")).pair(0)
+    from ddet.train import load_config
+
+    with pytest.raises(ValueError, match="decode_cache is for realsr and folder data"):
+        load_config(data="synthetic", decode_cache=str(tmp_path / "cache"))
 
 
 def test_loader_with_workers_equals_in_process(photos):

@@ -30,6 +30,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_image(path):
+    """The image file as float32 H×W×3 in [0, 1]."""
+    pixels, peak = read_integer_image(path)
+    return pixels.astype(np.float32) / peak
+
+
+def read_integer_image(path):
+    """(H×W×3 integer array as stored — uint8, or uint16 for 16-bit files —, its peak value 255 or
+    65535), EXIF orientation applied; a ValueError naming the file when it cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -39,20 +47,14 @@ def read_image(path):
                 deep = read_png16(path.read_bytes())
                 if deep is not None:
                     oriented = EXIF_ORIENTATIONS.get(image.getexif().get(ORIENTATION_TAG, 1), lambda a: a)(deep)
-                    return np.ascontiguousarray(oriented[..., :3], dtype=np.float32) / 65535.0
+                    return np.ascontiguousarray(oriented[..., :3], dtype=np.uint16), 65535.0
             image = ImageOps.exif_transpose(image)
-            return to_float_rgb(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                grey = np.asarray(image).astype(np.uint16)
+                return np.repeat(grey[..., None], 3, axis=2), 65535.0
+            return np.asarray(image.convert("RGB")), 255.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
-
-
-def to_float_rgb(image):
-    """Pillow image → float32 H×W×3 in [0, 1]."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(image, dtype=np.float32) / 65535.0
-        return np.repeat(grey[..., None], 3, axis=2)
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return array
 
 
 def list_images(folder):

@@ -6,13 +6,14 @@ same size. File sources ignore ``rng``; the synthetic source draws a fresh degra
 (synthetic pairs degrade just that window, so training never pays for whole photos).
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddet.data.degrade import Degradation, degrade, resize
-from ddet.data.io import list_images, read_image
+from ddet.data.io import atomic_write, list_images, read_image, read_integer_image
 
 # Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
 # `cat` = `chelsea`); validation photos are held out by name.
@@ -25,12 +26,12 @@ REALSR_CAMERAS = ("Canon", "Nikon")
 ORIENTATION_TAG = 0x0112
 
 
-def _bicubic_to(lr, hr, path):
-    if lr.shape == hr.shape:
+def _bicubic_to(lr, shape, path):
+    if lr.shape[:2] == tuple(shape):
         return lr
-    if lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
-        raise ValueError(f"LR image {path} ({lr.shape[0]}×{lr.shape[1]}) is larger than its HR image ({hr.shape[0]}×{hr.shape[1]})")
-    return np.clip(resize(lr, hr.shape[0], hr.shape[1]), 0.0, 1.0)
+    if lr.shape[0] > shape[0] or lr.shape[1] > shape[1]:
+        raise ValueError(f"LR image {path} ({lr.shape[0]}×{lr.shape[1]}) is larger than its HR image ({shape[0]}×{shape[1]})")
+    return np.clip(resize(lr, shape[0], shape[1]), 0.0, 1.0)
 
 
 def _window(image, region):
@@ -40,26 +41,74 @@ def _window(image, region):
     return image[top : top + height, left : left + width]
 
 
-class FilePairs:
-    """Pairs stored as files; LR images smaller than their HR image are bicubic-resized to its size."""
+class DecodedCache:
+    """Decoded images kept in ``folder`` as uncompressed .npy files and read by memory map, so a
+    training patch reads its window only, where a file source would decode both whole images for
+    every patch (~0.1 s a PNG of two megapixels). Worker processes share the files through the page
+    cache. Entries are keyed by the file's absolute path, size and modification time, so an edited
+    image is decoded afresh. Pixels stay as stored (uint8 or uint16); an LR image resized to its HR
+    image's size is stored as uint16, within 1/65535 of the float resize."""
 
-    def __init__(self, pairs):
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mapped = {}
+
+    def __getstate__(self):  # worker processes map the files themselves
+        return {"folder": self.folder, "mapped": {}}
+
+    def pixels(self, path, shape=None):
+        """(integer H×W×3 array, peak value) of the image at ``path``, resized to ``shape`` when given."""
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{shape}".encode()).hexdigest()
+        if key not in self.mapped:
+            file = self.folder / f"{key}.npy"
+            if not file.is_file():
+                pixels, peak = read_integer_image(path)
+                if shape is not None and pixels.shape[:2] != tuple(shape):
+                    resized = _bicubic_to(pixels.astype(np.float32) / peak, shape, path)
+                    pixels = np.round(resized * 65535.0).astype(np.uint16)
+                atomic_write(file, lambda handle: np.save(handle, pixels))
+            pixels = np.load(file, mmap_mode="r")
+            self.mapped[key] = (pixels, 255.0 if pixels.dtype == np.uint8 else 65535.0)
+        return self.mapped[key]
+
+
+class FilePairs:
+    """Pairs stored as files; LR images smaller than their HR image are bicubic-resized to its size.
+    With ``cache`` (a DecodedCache) each file is decoded once, not once for every patch."""
+
+    def __init__(self, pairs, cache=None):
         if not pairs:
             raise ValueError("no image pairs found")
         self.paths = list(pairs)
         self.names = [hr.stem for hr, _ in self.paths]
+        self.cache = cache
+        self.sizes = {}
 
     def __len__(self):
         return len(self.paths)
 
     def pair(self, index, rng=None, region=None):
         hr_path, lr_path = self.paths[index]
-        hr, lr = read_image(hr_path), read_image(lr_path)
-        lr = _bicubic_to(lr, hr, lr_path)
-        return _window(lr, region), _window(hr, region)
+        if self.cache is None:
+            hr = read_image(hr_path)
+            lr = _bicubic_to(read_image(lr_path), hr.shape[:2], lr_path)
+            return _window(lr, region), _window(hr, region)
+        hr, hr_peak = self.cache.pixels(hr_path)
+        lr, lr_peak = self.cache.pixels(lr_path, hr.shape[:2])
+        return _window(lr, region).astype(np.float32) / lr_peak, _window(hr, region).astype(np.float32) / hr_peak
 
     def size(self, index):
-        path = self.paths[index][0]
+        # Remembered: Pillow decodes a whole PNG to find its EXIF orientation.
+        if index not in self.sizes:
+            self.sizes[index] = self._size(self.paths[index][0])
+        return self.sizes[index]
+
+    def _size(self, path):
+        if self.cache is not None:
+            return self.cache.pixels(path)[0].shape[:2]
         try:
             with Image.open(path) as image:
                 # EXIF orientations 5-8 swap the axes once `read_image` applies them.
@@ -69,7 +118,7 @@ class FilePairs:
             raise ValueError(f"cannot read image {path}: {error}") from error
 
 
-def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2):
+def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2, cache=None):
     """RealSR (Cai et al. 2019) v2 or v3: ``root/{Canon,Nikon}/{Train,Test}/{2,3,4}/<Cam>_<id>_HR.png``
     beside ``_LR{scale}.png``. Version 2 LR images are already at HR size; version 3 ones are smaller
     and are resized with bicubic. Both are read the same way."""
@@ -90,10 +139,10 @@ def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2):
             pairs.append((hr_path, lr_path))
     if not pairs:
         raise ValueError(f"no *_HR.png images under {root} for cameras {list(cameras)}, split {split}, scale {scale}")
-    return FilePairs(pairs)
+    return FilePairs(pairs, cache)
 
 
-def paired_folder(root):
+def paired_folder(root, cache=None):
     """``root/hr/`` and ``root/lr/`` with images matched by file name (the stem; suffixes may differ)."""
     root = Path(root)
     hr_files = list_images(root / "hr")
@@ -101,7 +150,7 @@ def paired_folder(root):
     missing = [path.name for path in hr_files if path.stem not in lr_by_stem]
     if missing:
         raise FileNotFoundError(f"no LR image in {root / 'lr'} for: {', '.join(missing[:5])}")
-    return FilePairs([(path, lr_by_stem[path.stem]) for path in hr_files])
+    return FilePairs([(path, lr_by_stem[path.stem]) for path in hr_files], cache)
 
 
 def skimage_photos(names):
