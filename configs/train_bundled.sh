@@ -1,8 +1,10 @@
 #!/bin/sh
 # Trains the bundled weights and stores them as float16 in ddet/weights/:
-# DDet ×2 in five stages (L1, then four more cosine cycles with L2, the last two in bfloat16
-# autocast), then ×3 and ×4 fine-tuned from its fourth stage.
-# Safe to re-run after a kill: a finished run is skipped, an unfinished one resumes.
+# DDet ×2 in six stages (L1, then five more cosine cycles with L2, the last three in bfloat16
+# autocast; the sixth on a wider set of photographs), then ×3 and ×4 fine-tuned from stage 6.
+# Stage 6 and ×3/×4 need Debian's opencv-doc package (apt-get install opencv-doc) for
+# tools/training_photos.py. Safe to re-run after a kill: a finished run is skipped, an
+# unfinished one resumes.
 set -e
 cd "$(dirname "$0")/.."
 run() {  # run CONFIG OUT
@@ -19,7 +21,9 @@ run configs/ddet_x2_stage2.yaml runs/ddet_x2_stage2
 run configs/ddet_x2_stage3.yaml runs/ddet_x2_stage3
 run configs/ddet_x2_stage4.yaml runs/ddet_x2_stage4
 run configs/ddet_x2_stage5.yaml runs/ddet_x2_stage5
-export_bundled runs/ddet_x2_stage5 2
+[ -d runs/photos ] || python tools/training_photos.py runs/photos
+run configs/ddet_x2_stage6.yaml runs/ddet_x2_stage6
+export_bundled runs/ddet_x2_stage6 2
 for scale in 3 4; do
     run configs/ddet_x$scale.yaml runs/ddet_x$scale
     export_bundled runs/ddet_x$scale $scale
