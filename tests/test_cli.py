@@ -108,6 +108,10 @@ def test_train_flags_reach_the_config(tmp_path, capsys):
     assert "config.yaml" in capsys.readouterr().err
 
 
+# PSNR gains over bicubic that docs/MODEL_CARD.md states for the bundled weights, less 0.01 dB.
+BUNDLED_GAINS_DB = {2: 0.74, 3: 0.78, 4: 0.87}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
@@ -122,5 +126,5 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     rows = evaluate_images(model, WholeImages(make_sources("synthetic", scale)[1], "y"))
     ours = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
-    assert ours["psnr"] > bicubic["psnr"] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
+    assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
     assert upscale(np.zeros((20, 30, 3), np.uint8), scale=scale).shape == (20 * scale, 30 * scale, 3)
