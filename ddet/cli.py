@@ -8,6 +8,7 @@
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -107,7 +108,19 @@ def command_eval(args):
             "mean": mean,
             "bicubic_mean": bicubic,
         }
-        atomic_write(Path(args.json), lambda handle: handle.write(json.dumps(report, indent=2).encode()))
+        text = json.dumps(_finite_or_null(report), indent=2, allow_nan=False)
+        atomic_write(Path(args.json), lambda handle: handle.write(text.encode()))
+
+
+def _finite_or_null(value):
+    """The report with infinite scores (PSNR of identical images) as null: JSON has no Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def _required(value, flag):

@@ -101,6 +101,20 @@ def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, weights, ca
     assert json.loads(report.read_text())["protocol"]["patch"] == 16
 
 
+def test_eval_json_stays_standard_when_a_psnr_is_infinite(tmp_path, weights):
+    for folder in ("hr", "lr"):
+        (tmp_path / "pairs" / folder).mkdir(parents=True)
+        Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(tmp_path / "pairs" / folder / "flat.png")
+    report = tmp_path / "report.json"
+    assert main(["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(tmp_path / "pairs"), "--json", str(report)]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    result = json.loads(report.read_text(), parse_constant=refuse)
+    assert result["images"][0]["bicubic_psnr"] is None and result["images"][0]["bicubic_ssim"] == pytest.approx(1.0)
+
+
 def test_train_flags_reach_the_config(tmp_path, capsys):
     assert main(["train", "--model", "nonexistent", "--out", str(tmp_path / "r"), "--iterations", "1"]) == 2
     assert "nonexistent" in capsys.readouterr().err
