@@ -156,15 +156,12 @@ def _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress=Fal
 def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False):
     """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles; returns C×H×W on the CPU."""
     height, width = image.shape[1:]
-    output = torch.empty(0)
+    output = torch.empty(image.shape)  # same-size networks: as many channels out as in
 
     def run_tile(top, bottom, left, right):
         return model(image[None, :, top:bottom, left:right].to(device)).float()[0].cpu()
 
     def emit_rows(top, rows):
-        nonlocal output
-        if not output.numel():
-            output = torch.empty(rows.shape[0], height, width)
         output[:, top : top + rows.shape[1]] = rows
 
     _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress)

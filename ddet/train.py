@@ -34,7 +34,7 @@ from ddet import metrics, models
 from ddet.data import TrainingPatches, WholeImages, make_sources, training_loader
 from ddet.data.io import atomic_write, fsync_directory
 from ddet.inference import evaluate_images
-from ddet.weights import read_weights, save_weights
+from ddet.weights import load_weights_into, save_weights
 
 
 @dataclasses.dataclass
@@ -279,14 +279,6 @@ def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
         return state["step"], state["best"], state.get("elapsed_s", 0.0)
     except (KeyError, TypeError, RuntimeError) as error:
         raise ValueError(f"checkpoint {folder} does not belong to this run: {error!r}") from error
-
-
-def load_weights_into(model, path):
-    """Load a weights file into ``model``; a ValueError naming the file when they do not fit."""
-    try:
-        model.load_state_dict(read_weights(path)[0])
-    except RuntimeError as error:
-        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: {error}") from error
 
 
 def read_state(folder):

@@ -65,11 +65,22 @@ def load_model(path, device="cpu"):
     tensors, metadata = read_weights(path)
     metadata = dict(metadata, scale=int(metadata["scale"]), model_args=json.loads(metadata["model_args"]))
     model = models.create(metadata["model"], **metadata["model_args"])
+    load_state(model, tensors, path)
+    return model.to(device).eval(), metadata
+
+
+def load_weights_into(model, path):
+    """Load the weights file ``path`` into ``model`` (e.g. to start training from it)."""
+    load_state(model, read_weights(path)[0], path)
+
+
+def load_state(model, tensors, path):
+    """``model.load_state_dict(tensors)``, with a ValueError naming the file they came from when
+    they do not fit."""
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
-        raise ValueError(f"weights file {path} does not fit model {metadata['model']!r}: {error}") from error
-    return model.to(device).eval(), metadata
+        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: {error}") from error
 
 
 def load_bundled(scale, device="cpu"):
