@@ -172,3 +172,9 @@ def test_quick_ops_benchmark_still_runs():
     done = bench("--ops", "--quick", "--skip", "compiled", "--no-save")
     assert done.returncode == 0, done.stderr
     assert "| ddet_ops |" in done.stdout
+
+
+def test_data_benchmark_runs_quick():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--quick"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "DecodedCache, warm" in done.stdout and "wrote" not in done.stdout
