@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT
 
 
 def _device(choice):
@@ -39,8 +40,10 @@ def add_train_arguments(parser):
     from ddet.train import TrainConfig
 
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (with a larger --iterations: train it longer)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over in a non-empty --out (its outputs are cleared once the new settings are checked)")
     for field in dataclasses.fields(TrainConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         flag = "--" + field.name.replace("_", "-")
@@ -220,6 +223,9 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as error:  # OSError: missing, existing, unreadable files
         print(f"ddet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as interrupt:  # files are written atomically: finished ones stay, none is torn
+        print(f"ddet {args.command}: {str(interrupt) or 'interrupted; no partial file was written'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

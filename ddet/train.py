@@ -12,6 +12,8 @@ a folder written under a temporary name, fsynced and renamed, then named in ``ch
 (itself replaced atomically), so a kill never damages the last good checkpoint.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import json
@@ -31,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ddet import metrics, models
-from ddet.data import TrainingPatches, WholeImages, make_sources, training_loader
+from ddet.data import DATA_KINDS, TrainingPatches, WholeImages, make_sources, training_loader
 from ddet.data.io import atomic_write, fsync_directory
 from ddet.inference import evaluate_images
 from ddet.weights import load_weights_into, save_weights
@@ -79,7 +81,8 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed; every other one defines the run.
-RESUMABLE_CHANGES = {"workers", "threads", "channels_last", "device", "log_every", "out"}
+# A longer `iterations` extends a run (a finished one too); the schedule stretches to the new length.
+RESUMABLE_CHANGES = {"iterations", "workers", "threads", "channels_last", "device", "log_every", "out"}
 # What a run writes under `out`; --force clears exactly these.
 OUTPUTS = ("checkpoints", "tensorboard", "log.jsonl", "config.yaml", "best.safetensors", "model.safetensors")
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
@@ -138,9 +141,33 @@ def _check(config):
         raise ValueError("decode_cache is for realsr and folder data (synthetic pairs decode their photos once already)")
     if config.scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
-    for name in ("patch", "batch", "iterations", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
+    if config.model not in models.names():
+        raise ValueError(f"model must be a registered name ({', '.join(models.names())}), got {config.model!r}")
+    if config.data not in DATA_KINDS:
+        raise ValueError(f"data must be one of {DATA_KINDS}, got {config.data!r}")
+    if config.realsr_version not in (2, 3):
+        raise ValueError(f"realsr_version must be 2 or 3, got {config.realsr_version}")
+    for name in ("patch", "batch", "iterations", "step_size", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("warmup", "workers", "threads", "seed"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}")
+    _check_range("lr", config.lr, low=0.0, low_open=True)
+    _check_range("step_gamma", config.step_gamma, low=0.0, low_open=True)
+    _check_range("grad_clip", config.grad_clip, low=0.0)
+    _check_range("ema", config.ema, low=0.0, high=1.0)
+    for name in ("init", "data_root", "val_root"):
+        if getattr(config, name) and not Path(getattr(config, name)).exists():
+            raise ValueError(f"{name} {getattr(config, name)} does not exist")
+
+
+def _check_range(name, value, low, high=math.inf, low_open=False):
+    """A ValueError naming the option unless ``value`` is finite and in [low, high) (or (low, high))."""
+    too_low = value <= low if low_open else value < low
+    if not math.isfinite(value) or too_low or value >= high:
+        bounds = f"{'above' if low_open else 'at least'} {low:g}" + (f" and below {high:g}" if high < math.inf else "")
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
 
 
 def model_overrides(config):
@@ -230,24 +257,24 @@ def latest_checkpoint(out):
     return folder
 
 
-def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best, elapsed_s):
+def write_checkpoint(config, run, elapsed_s):
     root = checkpoint_dir(config.out)
-    name = f"step-{step:09d}"
+    name = f"step-{run.step:09d}"
     staging = root / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    export = dict(model=config.model, model_args=model_overrides(config), scale=config.scale, channels=config.channels, extra={"step": step})
-    save_weights(staging / "model.safetensors", model.state_dict(), **export)
-    if ema is not None:
-        save_weights(staging / "ema.safetensors", ema.module.state_dict(), **export)
+    export = dict(model=config.model, model_args=model_overrides(config), scale=config.scale, channels=config.channels, extra={"step": run.step})
+    save_weights(staging / "model.safetensors", run.model.state_dict(), **export)
+    if run.ema is not None:
+        save_weights(staging / "ema.safetensors", run.ema.module.state_dict(), **export)
     state = {
-        "step": step,
+        "step": run.step,
         "config": dataclasses.asdict(config),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "ema_count": None if ema is None else ema.n_averaged.clone(),
-        "best": best,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "ema_count": None if run.ema is None else run.ema.n_averaged.clone(),
+        "best": run.best,
         "elapsed_s": elapsed_s,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -262,17 +289,17 @@ def write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, bes
         shutil.rmtree(old)
 
 
-def read_checkpoint(folder, model, ema, optimizer, scheduler, scaler):
-    """Load a checkpoint folder into the live objects; returns (step, best, training seconds so far)."""
+def read_checkpoint(folder, run):
+    """Load a checkpoint folder into the live objects of ``run``; returns (step, best, training seconds so far)."""
     state = read_state(folder)
-    load_weights_into(model, folder / "model.safetensors")
+    load_weights_into(run.model, folder / "model.safetensors")
     try:
-        if ema is not None:
-            load_weights_into(ema.module, folder / "ema.safetensors")
-            ema.n_averaged.copy_(state["ema_count"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if run.ema is not None:
+            load_weights_into(run.ema.module, folder / "ema.safetensors")
+            run.ema.n_averaged.copy_(state["ema_count"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -325,33 +352,36 @@ def train(config, resume=False, force=False):
             dist.destroy_process_group()
 
 
-def _train(config, env, resume, force):
-    out = Path(config.out)
-    device = pick_device(config.device, env)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    amp_dtype = AMP_DTYPES.get(config.amp)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with a message saying what was kept and how to go on."""
 
+
+@dataclasses.dataclass
+class Run:
+    """The live objects of a run, built and checked in full before anything under ``out`` changes."""
+
+    model: nn.Module
+    ema: AveragedModel | None
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    best: dict = dataclasses.field(default_factory=lambda: {"psnr": -math.inf, "step": 0})
+    elapsed_before: float = 0.0
+
+
+def _refuse_unsafe_start(out, resume, force):
+    """The checkpoint to resume from (or None), refusing before anything is built or changed."""
     latest = latest_checkpoint(out) if out.exists() else None
     if resume and latest is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir(out)}")
     if not resume and out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"output folder {out} is not empty: pass --resume to continue it or --force to start over")
-    if resume:
-        check_resumable(config, latest)
+    return latest
 
-    if env.world_size > 1:
-        dist.barrier()  # every rank has inspected `out` before rank 0 changes it
-    if env.main and not resume:
-        for name in OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
 
+def _build_run(config, env, device, memory_format, amp_dtype):
     torch.manual_seed(config.seed)
     model = models.create(config.model, **model_overrides(config))
     if config.init:
@@ -364,62 +394,146 @@ def _train(config, env, resume, force):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return Run(model, ema, objective, optimizer, scheduler, scaler)
 
-    step, best, elapsed_before = 0, {"psnr": -math.inf, "step": 0}, 0.0
+
+def _clear_outputs(out):
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _train(config, env, resume, force):
+    out = Path(config.out)
+    device = pick_device(config.device, env)
+    latest = _refuse_unsafe_start(out, resume, force)
     if resume:
-        step, best, elapsed_before = read_checkpoint(latest, model, ema, optimizer, scheduler, scaler)
+        check_resumable(config, latest)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    amp_dtype = AMP_DTYPES.get(config.amp)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    run = _build_run(config, env, device, memory_format, amp_dtype)
+    if resume:
+        run.step, run.best, run.elapsed_before = read_checkpoint(latest, run)
+        if run.step >= config.iterations:
+            print(f"{out}: the run is complete at step {run.step} (iterations {config.iterations}); "
+                  f"to train longer, resume with --iterations N greater than {run.step}")
+            return None
 
-    train_source, val_source = make_sources(config.data, config.scale, config.data_root or None, config.val_root or None, config.realsr_version, tuple(config.cameras), config.decode_cache or None)
-    patches = TrainingPatches(train_source, config.patch, config.channels, config.seed, num_samples=(config.iterations - step) * config.batch, first_sample=step * config.batch)
+    train_source, val_source = make_sources(
+        config.data, config.scale, config.data_root or None, config.val_root or None,
+        config.realsr_version, tuple(config.cameras), config.decode_cache or None,
+    )
+    patches = TrainingPatches(train_source, config.patch, config.channels, config.seed,
+                              num_samples=(config.iterations - run.step) * config.batch, first_sample=run.step * config.batch)
     batches = iter(training_loader(patches, config.batch, config.workers, env.rank, env.world_size))
     val_images = WholeImages(val_source, config.channels) if val_source is not None and env.main else None
 
-    logger = RunLogger(out, config, env.main, step)
-    progress = tqdm(total=config.iterations, initial=step, desc=f"train {config.model} ×{config.scale}", disable=not env.main, dynamic_ncols=True)
-    result = None
-    started = time.perf_counter() - elapsed_before
-    while step < config.iterations:
-        lr_batch, hr_batch = (t.to(device, non_blocking=True, memory_format=memory_format) for t in next(batches))
-        with amp_context():
-            loss = objective(lr_batch, hr_batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        step += 1
-        progress.update()
+    # Everything above is what --force needs to know is good before the old run's outputs go.
+    if env.world_size > 1:
+        dist.barrier()  # every rank has inspected `out` before rank 0 changes it
+    if env.main and not resume:
+        _clear_outputs(out)
+    amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    try:
+        return _loop(config, env, run, batches, val_images, device, memory_format, amp_context)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted_message(out, run.step)) from None
 
-        if step % config.log_every == 0 or step == config.iterations:
-            loss_value = loss.detach().float()
-            if env.world_size > 1:  # the loss of the global batch, not of rank 0's share
-                dist.all_reduce(loss_value)
-                loss_value /= env.world_size
-            loss_value = loss_value.item()
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            logger.log(step, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "elapsed_s": time.perf_counter() - started})
-        at_end = step == config.iterations
-        if val_images is not None and (step % config.validate_every == 0 or at_end):
-            evaluated = ema.module if ema is not None else model
-            result, bicubic = validate(evaluated, val_images, device)
-            logger.log(step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
-            progress.write(f"step {step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} (bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
-            if result["psnr"] > best["psnr"]:
-                best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": step}
-                logger.export(out / "best.safetensors", evaluated, step)
-        if env.main and (step % config.checkpoint_every == 0 or at_end):
-            write_checkpoint(config, step, model, ema, optimizer, scheduler, scaler, best, time.perf_counter() - started)
-        if env.world_size > 1 and (step % config.validate_every == 0 or step % config.checkpoint_every == 0 or at_end):
-            dist.barrier()  # the others wait while rank 0 validates and writes
-    progress.close()
-    logger.export(out / "model.safetensors", ema.module if ema is not None else model, step)
-    logger.close()
-    return result
+
+def _interrupted_message(out, step):
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return f"interrupted at step {step}, before the first checkpoint: nothing to resume in {out}"
+    return f"interrupted at step {step}; checkpoint {latest.name} is kept: continue with ddet train --out {out} --resume"
+
+
+def _optimizer_step(config, run, loss):
+    """Backward and update; the schedule advances only with the optimiser (float16's loss scaler
+    skips the update when the gradients overflowed)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if config.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    scale_before = run.scaler.get_scale() if run.scaler.is_enabled() else None
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if scale_before is None or run.scaler.get_scale() >= scale_before:
+        run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+
+
+def _loop(config, env, run, batches, val_images, device, memory_format, amp_context):
+    out = Path(config.out)
+    logger = RunLogger(out, config, env.main, run.step)
+    with tqdm(total=config.iterations, initial=run.step, desc=f"train {config.model} ×{config.scale}", disable=not env.main, dynamic_ncols=True) as progress:
+        evaluated = run.ema.module if run.ema is not None else run.model
+        result = None
+        started = time.perf_counter() - run.elapsed_before
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # read only at logs and checkpoints: no sync per step
+        checked_step = run.step
+        while run.step < config.iterations:
+            lr_batch, hr_batch = (t.to(device, non_blocking=True, memory_format=memory_format) for t in next(batches))
+            with amp_context():
+                loss = run.objective(lr_batch, hr_batch)
+            nonfinite |= ~torch.isfinite(loss.detach())
+            _optimizer_step(config, run, loss)
+            run.step += 1
+            progress.update()
+
+            at_end = run.step == config.iterations
+            logging, validating = run.step % config.log_every == 0 or at_end, val_images is not None and (run.step % config.validate_every == 0 or at_end)
+            checkpointing = run.step % config.checkpoint_every == 0 or at_end
+            if not (logging or validating or checkpointing):
+                continue
+            _refuse_nonfinite_loss(env, nonfinite, checked_step, run.step, out)
+            checked_step = run.step
+            if logging:
+                _log_loss(env, run, loss, logger, progress, time.perf_counter() - started)
+            if validating:
+                result, bicubic = validate(evaluated, val_images, device)
+                logger.log(run.step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
+                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} (bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
+                if result["psnr"] > run.best["psnr"]:
+                    run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
+                    logger.export(out / "best.safetensors", evaluated, run.step)
+            if env.main and checkpointing:
+                write_checkpoint(config, run, time.perf_counter() - started)
+            if env.world_size > 1 and (validating or checkpointing):
+                dist.barrier()  # the others wait while rank 0 validates and writes
+        logger.export(out / "model.safetensors", evaluated, run.step)
+        logger.close()
+        return result
+
+
+def _refuse_nonfinite_loss(env, nonfinite, since, step, out):
+    if env.world_size > 1:  # every rank stops together, or the others would wait at the next barrier
+        nonfinite = nonfinite.to(torch.int32)
+        dist.all_reduce(nonfinite)
+    if not nonfinite.item():
+        return
+    latest = latest_checkpoint(out)
+    kept = f"the last good checkpoint, {latest.name}, is kept" if latest is not None else "no checkpoint had been written"
+    when = f"at step {step}" if since + 1 == step else f"between steps {since + 1} and {step}"
+    raise ValueError(f"the training loss became NaN or infinite {when}; stopped ({kept}). "
+                     "Lower lr, or set grad_clip")
+
+
+def _log_loss(env, run, loss, logger, progress, elapsed_s):
+    loss_value = loss.detach().float()
+    if env.world_size > 1:  # the loss of the global batch, not of rank 0's share
+        dist.all_reduce(loss_value)
+        loss_value /= env.world_size
+    loss_value = loss_value.item()
+    lr = run.scheduler.get_last_lr()[0]
+    progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    logger.log(run.step, {"loss": loss_value, "lr": lr, "elapsed_s": elapsed_s})
 
 
 def _logged_step(line):

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -317,3 +319,29 @@ def test_exif_orientations_match_pillow(orientation):
     image.info["exif"] = exif.tobytes()
     expected = np.asarray(ImageOps.exif_transpose(image))
     np.testing.assert_array_equal(EXIF_ORIENTATIONS[orientation](array), expected)
+
+
+def test_decompression_bombs_are_refused_by_name(tmp_path, monkeypatch):
+    Image.new("1", (100, 100)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses beyond twice this
+    with pytest.raises(ValueError, match="refusing to decode image .*bomb.png"):
+        read_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and sets an address-space limit")
+def test_an_image_larger_than_memory_is_refused_before_decoding(tmp_path):
+    # 81 megapixels in a 10 KB file: 1.2 GB once decoded, under an address-space limit of 1 GB more
+    # than the process uses already.
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")
+    code = (
+        "import resource, sys\n"
+        "from ddet.cli import main\n"
+        "from ddet.data.io import _proc_field\n"
+        "limit = int(_proc_field('/proc/self/status', 'VmSize:')) + 1_000_000_000\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        f"sys.exit(main(['upscale', {str(tmp_path / 'huge.png')!r}, '-o', {str(tmp_path / 'out.png')!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "huge.png is 9000×9000, 81.0 megapixels: decoding it needs about 1.22 GB" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.png").exists()

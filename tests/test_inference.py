@@ -135,3 +135,26 @@ def test_weights_files_describe_their_model(tmp_path):
         resolve_model(weights=tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         resolve_model(weights=tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("scale", "0", "scale must be one of 2, 3, 4"), ("scale", "5", "scale must be one of"),
+    ("channels", "rgba", "channels must be one of"), ("model_args", "[1]", "model_args must be a JSON mapping"),
+])
+def test_weights_metadata_is_checked_by_name(tmp_path, field, value, message):
+    metadata = {"model": "ddet", "model_args": '{"in_channels": 1}', "scale": "2", "channels": "y", field: value}
+    path = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(_tiny().state_dict(), path, metadata=metadata)
+    with pytest.raises(ValueError, match=f"w.safetensors.*{message}"):
+        resolve_model(weights=path)
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    state = _tiny().state_dict()
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_weights(tmp_path / "nan.safetensors", state, "ddet", {**TINY_DDET, "in_channels": 1}, 2, "y")
+    with pytest.raises(ValueError, match=f"nan.safetensors holds non-finite values.*{name}"):
+        resolve_model(weights=tmp_path / "nan.safetensors")

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,10 @@ def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp
         photos, tmp_path / amp, model="ddet", model_args=TINY["ddet"], data="folder", data_root=str(darkened_pairs),
         val_root=str(darkened_pairs), iterations=10, checkpoint_every=5, lr=1e-3, amp=amp, channels_last=True,
     )
-    train(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]  # the schedule follows real steps
     weights = _weights(tmp_path / amp / "model.safetensors")
     assert all(value.dtype == torch.float32 for value in weights.values())
     assert _batch_loss(config, weights) < _batch_loss(config) * 0.8
@@ -157,6 +161,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     stopped_at = int(latest.read_text().split("-")[1])
     assert 5 <= stopped_at < 30, "the kill came too late to test resuming"
     assert not (killed / "model.safetensors").exists()
+    before_kill = [line for line in (killed / "log.jsonl").read_text().splitlines() if yaml.safe_load(line)["step"] <= stopped_at]
 
     resumed = _run_cli(_cli_args(config_path, killed, "--resume"))
     output = resumed.communicate(timeout=300)[0].decode()
@@ -166,6 +171,9 @@ def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
         assert all(torch.equal(expected[k], actual[k]) for k in expected), name
     records = [yaml.safe_load(line) for line in (killed / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 31))  # work after the checkpoint is redone once
+    # The steps up to the checkpoint were not run again: their records (with their timings) stand as written.
+    assert (killed / "log.jsonl").read_text().splitlines()[: len(before_kill)] == before_kill
+    assert f"| {stopped_at}/30 " in output and "| 0/30 " not in output
 
 
 @pytest.mark.slow
@@ -262,3 +270,66 @@ def test_boolean_options_have_on_and_off_flags():
     assert parser.parse_args(["train", "--channels-last"]).channels_last is True
     assert parser.parse_args(["train", "--no-channels-last"]).channels_last is False
     assert parser.parse_args(["train"]).channels_last is None  # the config file decides
+
+
+@pytest.mark.parametrize("bad", [
+    ["--model", "nope"], ["--lr", "-1"], ["--lr", "nan"], ["--ema", "2.0"], ["--grad-clip", "-1"],
+    ["--model-args", "{width: 16, blocks: -1, feature_width: 16}"], ["--init", "missing.safetensors"],
+    ["--data-root", "missing-folder"], ["--workers", "-1"], ["--schedule", "step", "--step-size", "0"],
+])
+def test_force_keeps_the_old_run_when_the_new_settings_are_bad(photos, tmp_path, capsys, bad):
+    out = tmp_path / "run"
+    config_path = _write_config(_config(photos, out, iterations=2), tmp_path / "config.yaml")
+    from ddet.cli import main
+
+    assert main(_cli_args(config_path, out)) == 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert main([*_cli_args(config_path, out, "--force"), *bad]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_a_loss_that_turns_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(photos, tmp_path):
+    out = tmp_path / "run"
+    # Adam's first update moves every weight by ~lr: the second loss overflows float32.
+    config = _config(photos, out, iterations=6, lr=1e30, loss="l2", checkpoint_every=1, log_every=2)
+    with pytest.raises(ValueError, match=r"NaN or infinite at step 2.*step-000000001, is kept"):
+        train(config)
+    assert (out / "checkpoints" / "latest").read_text() == "step-000000001"
+    assert not (out / "model.safetensors").exists()
+
+
+def test_resume_extends_a_finished_run(photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_config(photos, out, iterations=2))
+    capsys.readouterr()
+    assert train(_config(photos, out, iterations=2), resume=True) is None
+    assert "complete at step 2" in capsys.readouterr().out
+    train(_config(photos, out, iterations=4), resume=True)
+    assert (out / "checkpoints" / "latest").read_text() == "step-000000004"
+    records = [yaml.safe_load(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert read_weights(out / "model.safetensors")[1]["step"] == "4"
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(photos, tmp_path, capsys, monkeypatch):
+    from ddet import train as training
+    from ddet.cli import main
+
+    real_step, calls = training._optimizer_step, []
+
+    def interrupted_at_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_step(*args)
+
+    monkeypatch.setattr(training, "_optimizer_step", interrupted_at_third_step)
+    out = tmp_path / "run"
+    config_path = _write_config(_config(photos, out, iterations=6, checkpoint_every=2), tmp_path / "config.yaml")
+    assert main(_cli_args(config_path, out)) == 130
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.endswith("\n")
+    assert error.splitlines()[-1] == f"ddet train: interrupted at step 2; checkpoint step-000000002 is kept: continue with ddet train --out {out} --resume"

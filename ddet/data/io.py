@@ -5,6 +5,7 @@ repeated to three channels, alpha dropped. Pillow decodes 16-bit colour PNGs at 
 are decoded by ``ddet.data.png16`` at full precision.
 """
 
+import math
 import os
 import tempfile
 import zlib
@@ -12,6 +13,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 from ddet.data.png16 import read_png16
 
@@ -43,7 +49,8 @@ def read_integer_image(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            if image.format == "PNG" and image.mode in ("RGB", "RGBA") and image.tile and image.tile[0][3].endswith(";16B"):
+            _refuse_beyond_memory(image, path)
+            if _is_png16_colour(image):
                 deep = read_png16(path.read_bytes())
                 if deep is not None:
                     oriented = EXIF_ORIENTATIONS.get(image.getexif().get(ORIENTATION_TAG, 1), lambda a: a)(deep)
@@ -53,8 +60,61 @@ def read_integer_image(path):
                 grey = np.asarray(image).astype(np.uint16)
                 return np.repeat(grey[..., None], 3, axis=2), 65535.0
             return np.asarray(image.convert("RGB")), 255.0
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"refusing to decode image {path}: {error}") from None
+    except MemoryError:
+        raise ValueError(f"not enough memory to decode image {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _is_png16_colour(image):
+    """A 16-bit colour PNG, which Pillow would decode at 8 bits."""
+    return image.format == "PNG" and image.mode in ("RGB", "RGBA") and bool(image.tile) and image.tile[0][3].endswith(";16B")
+
+
+class ImageTooLarge(ValueError):
+    """An image whose decoded pixels would not fit in memory."""
+
+
+def _describe(size):
+    width, height = size
+    return f"{width}×{height}, {width * height / 1e6:.1f} megapixels"
+
+
+def _refuse_beyond_memory(image, path):
+    """Refuse, before decoding, an image whose pixels would not fit in the memory this process may
+    still use: a small compressed file can expand a thousandfold."""
+    width, height = image.size
+    sample_bytes = 2 if image.mode.startswith("I") or _is_png16_colour(image) else 1
+    needed = width * height * 3 * (sample_bytes + 4)  # the stored samples, then read_image's float32 copy
+    available = available_memory()
+    if needed > available:
+        raise ImageTooLarge(
+            f"image {path} is {_describe(image.size)}: decoding it needs about {needed / 1e9:.2f} GB, "
+            f"more than the {available / 1e9:.2f} GB of memory available"
+        )
+
+
+def available_memory():
+    """Bytes this process can still allocate: the system's available memory, or less under an
+    address-space limit (ulimit -v); unbounded where neither can be read."""
+    limits = [_proc_field("/proc/meminfo", "MemAvailable:")]
+    if resource is not None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft_limit != resource.RLIM_INFINITY:
+            limits.append(max(0.0, soft_limit - _proc_field("/proc/self/status", "VmSize:", missing=0.0)))
+    return min(limits)
+
+
+def _proc_field(path, field, missing=math.inf):
+    """A kB figure of a /proc file in bytes, or ``missing`` where there is none (not Linux)."""
+    try:
+        return int(Path(path).read_text().split(field)[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return missing
 
 
 def list_images(folder):

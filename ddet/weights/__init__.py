@@ -18,6 +18,8 @@ from ddet.data.io import atomic_write
 BUNDLED_DIR = Path(__file__).resolve().parent
 BUNDLED_MODEL = "ddet"
 METADATA_KEYS = ("model", "model_args", "scale", "channels")
+SCALES = ("2", "3", "4")  # as stored: safetensors metadata values are text
+CHANNELS = ("y", "rgb")
 
 
 def bundled_path(scale):
@@ -50,7 +52,25 @@ def read_weights(path):
     missing = [key for key in METADATA_KEYS if key not in metadata]
     if missing:
         raise ValueError(f"weights file {path} lacks ddet metadata {missing} (not written by ddet?)")
+    _check_metadata(metadata, path)
+    broken = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise ValueError(f"weights file {path} holds non-finite values (NaN or infinity) in {', '.join(broken[:3])}")
     return tensors, metadata
+
+
+def _check_metadata(metadata, path):
+    """A ValueError naming the file and the field when the metadata cannot describe a ddet model."""
+    if metadata["scale"] not in SCALES:
+        raise ValueError(f"weights file {path}: scale must be one of {', '.join(SCALES)}, got {metadata['scale']!r}")
+    if metadata["channels"] not in CHANNELS:
+        raise ValueError(f"weights file {path}: channels must be one of {CHANNELS}, got {metadata['channels']!r}")
+    try:
+        model_args = json.loads(metadata["model_args"])
+    except json.JSONDecodeError:
+        model_args = None
+    if not isinstance(model_args, dict):
+        raise ValueError(f"weights file {path}: model_args must be a JSON mapping, got {metadata['model_args']!r}")
 
 
 def _metadata(payload):
