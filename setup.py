@@ -24,16 +24,10 @@ ROOT = Path(__file__).parent
 CSRC = "csrc"
 
 
-def build_info() -> None:
-    """Record the torch this build compiles against; ddet_ops refuses to load under another."""
-    (ROOT / "ddet_ops" / "_build_info.py").write_text(
-        "# Written by setup.py: the torch ddet_ops._C was compiled against.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-    )
-
-
 def extension():
     sources = [f"{CSRC}/dynconv.cpp", f"{CSRC}/cpu_cache.cpp", f"{CSRC}/pixel_harness.cpp", f"{CSRC}/python_module.cpp"]
+    # The torch this build compiles against, kept inside the built library (see python_module.cpp).
+    built_against = [("DDET_OPS_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx = ["-O3", "-fno-math-errno"]
     link = []
     if sys.platform.startswith("linux"):
@@ -44,19 +38,19 @@ def extension():
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if not with_cuda:
         return CppExtension(
-            "ddet_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link, py_limited_api=False
+            "ddet_ops._C", sources, define_macros=built_against, extra_compile_args={"cxx": cxx}, extra_link_args=link,
+            py_limited_api=False,
         )
     sources.append(f"{CSRC}/cuda/dynconv.cu")
     return CUDAExtension(
         "ddet_ops._C",
         sources,
-        define_macros=[("DDET_WITH_CUDA", None)],
+        define_macros=[*built_against, ("DDET_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=link,
     )
 
 
-build_info()
 setup(
     packages=find_packages(include=["ddet_ops", "ddet_ops.*", "ddet", "ddet.*"]),
     package_data={"ddet.weights": ["*.safetensors"]},

@@ -2,7 +2,7 @@
 files for every patch against reading them from a ``DecodedCache`` (cold: filling it; warm: a later
 run or a loader worker), on the CPU.
 
-    python benchmarks/bench_data.py                # writes benchmarks/results/data-cpu-<date>.*
+    python benchmarks/bench_data.py --out DIR      # also writes DIR/data-cpu-<date>.{json,md}
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def patches_per_second(root: Path, cache, samples: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small images, for a smoke test (nothing saved)")
-    parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--quick", action="store_true", help="small images, for a smoke test")
+    parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
     args = parser.parse_args(argv)
     size, samples = ((96, 128), 32) if args.quick else ((1200, 1500), 64)
 
@@ -61,10 +61,8 @@ def main(argv=None) -> int:
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(torch.device("cpu")).items()),
     ])
     payload = {"machine": machine(torch.device("cpu")), "pair_size": size, "patches_per_s": {"decode": decoding, "cache_cold": cold, "cache_warm": warm}}
-    if not (args.quick or args.no_save):
-        stem = f"data-cpu-{_dt.date.today().isoformat()}"
-        for path in write_results(stem, payload, markdown):
-            print(f"  wrote {path}")
+    for path in write_results(f"data-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
+        print(f"  wrote {path}")
     print(markdown)
     return 0
 

@@ -6,9 +6,9 @@
     python benchmarks/bench_dynconv.py --breakdown           # DDet's time shares; ddet_ops vs the unfold reference
     python benchmarks/bench_dynconv.py --ops                 # operator vs bandwidth floor and peers
 
-Results go to benchmarks/results/<kind>-<device>-<date>.{json,md} (--json/--markdown choose other
-paths, --no-save none; --quick saves only where --json/--markdown point). The markdown table is
-printed last.
+The markdown table is printed last. --out DIR also writes <kind>-<device>-<date>.{json,md} into DIR
+(--json/--markdown: exact paths); the project's committed results are made with
+--out benchmarks/results.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny frame, one repeat, one thread: for the test suite")
     parser.add_argument("--skip", nargs="*", default=[], choices=["unfold", "compiled"],
                         help="peers to leave out of the operator benchmark")
-    parser.add_argument("--json", help="where to write the JSON results (default: benchmarks/results/)")
-    parser.add_argument("--markdown", help="where to write the markdown results (default: benchmarks/results/)")
-    parser.add_argument("--no-save", action="store_true", help="print only; write no result files")
+    parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
+    parser.add_argument("--json", help="write the JSON results to this file")
+    parser.add_argument("--markdown", help="write the markdown results to this file")
     args = parser.parse_args(argv)
     for flag in ("repeats", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -80,9 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def save_and_print(stem: str, payload: dict, markdown: str, args: argparse.Namespace) -> None:
-    if not args.no_save and (not args.quick or args.json or args.markdown):
-        for path in write_results(stem, payload, markdown, args.json, args.markdown):
-            print(f"  wrote {path}")
+    for path in write_results(stem, payload, markdown, args.out, args.json, args.markdown):
+        print(f"  wrote {path}")
     print(markdown)
 
 
@@ -94,8 +93,8 @@ def main(argv=None) -> int:
     if args.threads or args.quick:
         torch.set_num_threads(args.threads or 1)
     if args.ops:
-        ops.run(device, ops.QUICK_CASES if args.quick else None, skip=args.skip, json_path=args.json,
-                markdown_path=args.markdown, save=not args.no_save)
+        ops.run(device, ops.QUICK_CASES if args.quick else None, skip=args.skip, out_dir=args.out,
+                json_path=args.json, markdown_path=args.markdown)
         return 0
     if args.breakdown:
         payload = breakdown.run(device, args.frame, quick=args.quick, repeats=args.repeats)

@@ -14,7 +14,6 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def synchronize(device: torch.device) -> None:
@@ -120,12 +119,16 @@ def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(stem: str, payload: Dict[str, object], markdown: str, json_path: Optional[str] = None,
-                  markdown_path: Optional[str] = None) -> List[Path]:
-    """Writes JSON and markdown (default: benchmarks/results/<stem>.{json,md}); returns the paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_file = Path(json_path) if json_path else RESULTS / f"{stem}.json"
-    md_file = Path(markdown_path) if markdown_path else RESULTS / f"{stem}.md"
-    json_file.write_text(json.dumps(payload, indent=2) + "\n")
-    md_file.write_text(markdown + "\n")
-    return [json_file, md_file]
+def write_results(stem: str, payload: Dict[str, object], markdown: str, out_dir: Optional[str] = None,
+                  json_path: Optional[str] = None, markdown_path: Optional[str] = None) -> List[Path]:
+    """Writes JSON and markdown as ``out_dir/<stem>.{json,md}`` and/or to the paths given; returns the
+    paths written (none when no destination is given: a run writes only where its user asks)."""
+    json_file = Path(json_path) if json_path else Path(out_dir) / f"{stem}.json" if out_dir else None
+    md_file = Path(markdown_path) if markdown_path else Path(out_dir) / f"{stem}.md" if out_dir else None
+    written = []
+    for path, text in ((json_file, json.dumps(payload, indent=2) + "\n"), (md_file, markdown + "\n")):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written

@@ -150,8 +150,8 @@ def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str
 
 
 def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence[str] = (),
-        json_path: Optional[str] = None, markdown_path: Optional[str] = None, save: bool = True) -> str:
-    """Runs the cases, prints and writes the results; returns the markdown table.
+        out_dir: Optional[str] = None, json_path: Optional[str] = None, markdown_path: Optional[str] = None) -> str:
+    """Runs the cases, prints the results and writes them where asked; returns the markdown table.
 
     The files are rewritten after every case, so a run stopped by a time limit keeps what it measured."""
     if cases is None:
@@ -163,10 +163,9 @@ def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence
     for case in cases:
         print(f"  measuring {case.name} ...", flush=True)
         all_results.append(measure_case(case, device, bandwidth, skip))
-        if save:
-            payload = {"machine": info, "bandwidth_bytes_per_s": bandwidth, "results": all_results}
-            paths = write_results(stem, payload, report(info, bandwidth, all_results), json_path, markdown_path)
-    if save:
+        payload = {"machine": info, "bandwidth_bytes_per_s": bandwidth, "results": all_results}
+        paths = write_results(stem, payload, report(info, bandwidth, all_results), out_dir, json_path, markdown_path)
+    if paths:
         print("  wrote " + ", ".join(str(path) for path in paths))
     markdown = report(info, bandwidth, all_results)
     print(markdown)

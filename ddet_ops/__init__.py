@@ -7,7 +7,7 @@
 
 from ._extension import cuda_compiled, load as _load
 
-_load()
+_load(__path__)
 
 from . import reference  # noqa: E402
 from .memory import cpu_cache_bytes, empty_cpu_cache  # noqa: E402

@@ -75,7 +75,7 @@ def test_frame_within_budget():
 
 
 def test_a_model_over_budget_runs_on_a_reduced_frame_and_is_marked(tmp_path):
-    done = bench("--quick", "--models", "kpn5", "--frame", "64x64", "--budget", "1e-6", "--no-save")
+    done = bench("--quick", "--models", "kpn5", "--frame", "64x64", "--budget", "1e-6")
     assert done.returncode == 0, done.stderr
     row = done.stdout.rstrip().splitlines()[-1]
     assert row.startswith("| KPN, K = 5") and "16x16 (reduced)" in row
@@ -92,7 +92,7 @@ def test_autocast_and_channels_last_on_the_cpu_are_saved_under_their_own_name(tm
 
 def test_plot(tmp_path):
     png = tmp_path / "t.png"
-    done = bench("--quick", "--models", "kpn5", "ddet", "--no-save", "--plot", str(png))
+    done = bench("--quick", "--models", "kpn5", "ddet", "--plot", str(png))
     if importlib.util.find_spec("matplotlib") is None:
         assert done.returncode != 0 and "pip install matplotlib" in done.stderr
         assert not png.exists()
@@ -115,7 +115,7 @@ def test_bad_arguments_are_refused_with_a_message(args, message, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_cuda_without_a_gpu_fails_clearly():
-    done = bench("--quick", "--device", "cuda", "--no-save")
+    done = bench("--quick", "--device", "cuda")
     assert done.returncode != 0 and "no CUDA device" in done.stderr
 
 
@@ -169,12 +169,16 @@ def test_unfold_reference_refuses_a_measurement_that_never_reached_it():
 
 
 def test_quick_ops_benchmark_still_runs():
-    done = bench("--ops", "--quick", "--skip", "compiled", "--no-save")
+    committed = sorted((ROOT / "benchmarks" / "results").iterdir())
+    done = bench("--ops", "--quick", "--skip", "compiled")
     assert done.returncode == 0, done.stderr
     assert "| ddet_ops |" in done.stdout
+    assert "wrote" not in done.stdout and sorted((ROOT / "benchmarks" / "results").iterdir()) == committed
 
 
-def test_data_benchmark_runs_quick():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--quick"], capture_output=True, text=True, timeout=120)
+def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
+    script = str(ROOT / "benchmarks" / "bench_data.py")
+    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "DecodedCache, warm" in done.stdout and "wrote" not in done.stdout
+    assert "DecodedCache, warm" in done.stdout
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
