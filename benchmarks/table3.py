@@ -20,6 +20,7 @@ import torch
 
 from ddet import models
 
+from . import paper
 from .common import device_slug, machine, markdown_table, median_time
 
 Frame = Tuple[int, int]
@@ -27,44 +28,27 @@ Frame = Tuple[int, int]
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of the paper's Table III; ``None`` where the figure could not be read from a source."""
+    """One row of the paper's Table III (from benchmarks/paper.py); ``None`` where the paper has no figure."""
 
     label: str
     mb: float
     seconds_per_frame: Optional[float] = None
     psnr_x3: Optional[float] = None
     note: str = ""
-    # The x3 PSNR (Y, RealSR version 2) published by the LP-KPN authors, who trained KPN and
-    # LP-KPN on RealSR (RELATED_PSNR_SOURCE); not Table III's column.
-    related_psnr_x3: Optional[float] = None
 
 
-PAPER_SOURCE = (
-    "Shi et al., 'DDet: Dual-path Dynamic Enhancement Network for Real-World Image Super-Resolution', "
-    "IEEE SPL 2020 (arXiv 2002.11079), Table III"
-)
-RELATED_PSNR_SOURCE = (
-    "Cai et al., 'Toward Real-World Single Image Super-Resolution: A New Benchmark and a New Model', ICCV 2019: "
-    "RealSR version 2 results in the README of github.com/csjcai/RealSR"
-)
-# The MB column is Table III's. Its time-per-frame and x3 PSNR columns are left empty: the stored
-# copies of the paper that could be searched (ar5iv 2002.11079, the ykshi/DDet and csjcai/RealSR
-# READMEs) give its text only up to the introduction, and no figure is entered from memory.
-PAPER_TABLE3: Dict[str, PaperRow] = {
-    "srresnet": PaperRow("SRResNet", 4.9),
-    "edsr": PaperRow("EDSR", 153.5),
-    "rcan": PaperRow("RCAN", 54.8, note="published configuration; no configuration of its code gives Table III's MB"),
-    "edrn": PaperRow("EDRN", 131.9, note="published configuration; no configuration of its code gives Table III's MB"),
-    "kpn5": PaperRow("KPN, K = 5", 5.1, related_psnr_x3=30.47),
-    "kpn7": PaperRow("KPN, K = 7", 5.2, related_psnr_x3=30.49),
-    "kpn13": PaperRow("KPN, K = 13", 5.5, related_psnr_x3=30.52),
-    "kpn19": PaperRow("KPN, K = 19", 5.9, related_psnr_x3=30.57),
-    "lpkpn": PaperRow("LP-KPN", 5.7, related_psnr_x3=30.60),
-    "ddet": PaperRow("DDet", 5.7),
-    "ddet-released": PaperRow(
-        "DDet (released x3)", 5.7,
-        note="released x3/x4 layout; Table III's 5.7 MB is the x2 file (feature_width=64: 5.72 MB)"),
+PAPER_SOURCE = f"{paper.SOURCE}, Table III"
+_NOTES = {
+    "rcan": "published configuration; no configuration of its code gives Table III's MB",
+    "edrn": "published configuration; no configuration of its code gives Table III's MB",
 }
+PAPER_TABLE3: Dict[str, PaperRow] = {
+    name: PaperRow(row.label, row.mb, row.seconds_per_frame, row.psnr_x3, _NOTES.get(name, ""))
+    for name, row in paper.TABLE3.items()
+}
+PAPER_TABLE3["ddet-released"] = PaperRow(
+    "DDet (released x3)", 5.7,
+    note="released x3/x4 layout, not a row of Table III; its 5.7 MB is the x2 file (feature_width=64: 5.72 MB)")
 # Models whose architecture is the paper's own: their MB must be within 3% of Table III.
 PAPER_ARCHITECTURES = ("srresnet", "edsr", "kpn5", "kpn7", "kpn13", "kpn19", "lpkpn", "ddet")
 MB_TOLERANCE = 0.03
@@ -160,7 +144,7 @@ def _or_na(value: Optional[float], fmt: str, scale: float = 1.0, suffix: str = "
 
 
 HEADERS = ["model", "frame", "ms / frame", "ms / Mpixel", "MB", "paper MB", "MB vs paper",
-           "paper s / frame", "ours / paper time", "paper x3 PSNR (dB)", "LP-KPN authors' x3 PSNR (dB)"]
+           "paper s / frame", "ours / paper time", "paper x3 PSNR (dB)"]
 
 
 def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
@@ -174,7 +158,7 @@ def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
             f"{row['mb']:.2f}", _or_na(paper.get("mb"), ".1f"),
             _or_na(row["mb_deviation"], "+.1f", 100, "%"),
             _or_na(paper.get("seconds_per_frame"), ".3f"), _or_na(row["time_vs_paper"], ".2f"),
-            _or_na(paper.get("psnr_x3"), ".2f"), _or_na(paper.get("related_psnr_x3"), ".2f"),
+            _or_na(paper.get("psnr_x3"), ".2f"),
         ])
     return out
 
@@ -195,9 +179,9 @@ def markdown(payload: Dict[str, object]) -> str:
         f"Frame {frame} (Y, 1 channel), {settings['dtype']}{', channels_last' if settings['channels_last'] else ''}; "
         f"forward in eval mode without gradients, median of {settings['repeats']} run(s) after a warm-up. "
         f"Whole run: {payload['wall_seconds']:.0f} s.",
-        f"Paper figures: {PAPER_SOURCE} (n/a: not available from a source, see benchmarks/table3.py). "
-        f"'ours / paper time' scales our time per pixel to the paper's {PAPER_FRAME[0]}x{PAPER_FRAME[1]} frame. "
-        f"LP-KPN authors' x3 PSNR: {RELATED_PSNR_SOURCE}.",
+        f"Paper figures: {PAPER_SOURCE} (n/a: not a row of the paper's table). The paper names neither its GPU "
+        f"nor its frame size; 'ours / paper time' scales our time per pixel to a {PAPER_FRAME[0]}x{PAPER_FRAME[1]} "
+        "frame, the input size of the authors' released networks.",
         *notes,
         "",
         markdown_table(HEADERS, table_rows(payload["rows"])),
@@ -224,8 +208,7 @@ def run(device: torch.device, names: Optional[Sequence[str]] = None, frame: Opti
     return {
         "machine": machine(device),
         "settings": {"frame": list(frame), "dtype": dtype, "channels_last": channels_last, "repeats": repeats,
-                     "budget_s": budget_s, "paper_frame": list(PAPER_FRAME), "paper_source": PAPER_SOURCE,
-                     "related_psnr_source": RELATED_PSNR_SOURCE},
+                     "budget_s": budget_s, "paper_frame": list(PAPER_FRAME), "paper_source": PAPER_SOURCE},
         "wall_seconds": time.perf_counter() - start,
         "rows": rows,
     }

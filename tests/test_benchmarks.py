@@ -21,7 +21,7 @@ SCRIPT = ROOT / "benchmarks" / "bench_dynconv.py"
 # does) so that the installed ddet_ops still wins over the source folder of that name.
 sys.path.append(str(ROOT))
 
-from benchmarks import bench_dynconv, breakdown, table3  # noqa: E402
+from benchmarks import bench_dynconv, breakdown, paper, table3  # noqa: E402
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -61,8 +61,17 @@ def test_paper_figures_are_only_those_of_a_source():
         assert name in models.names()
         assert row.mb > 0
         # Figures left out are None, never a placeholder number.
-        assert row.seconds_per_frame is None or row.seconds_per_frame > 0
-        assert row.psnr_x3 is None or 20 < row.psnr_x3 < 40
+        assert (row.seconds_per_frame is None) == (row.psnr_x3 is None) == (name not in paper.TABLE3)
+
+
+def test_the_papers_tables_agree_with_each_other():
+    """Table III's x3 PSNR column is Table I's, and Table II's last rung is DDet of Table I: a figure
+    mistyped in one place shows up against the other."""
+    assert set(paper.TABLE3) == set(paper.TABLE1) and set(paper.TABLE2_X2_PSNR) <= set(models.names())
+    for name, row in paper.TABLE3.items():
+        assert row.psnr_x3 == paper.TABLE1[name][3].psnr, name
+    assert paper.TABLE2_X2_PSNR["ddet"] == paper.TABLE1["ddet"][2].psnr
+    assert list(paper.TABLE2_X2_PSNR.values()) == sorted(paper.TABLE2_X2_PSNR.values())  # each rung adds
 
 
 def test_frame_within_budget():
