@@ -21,7 +21,7 @@ SCRIPT = ROOT / "benchmarks" / "bench_dynconv.py"
 # does) so that the installed ddet_ops still wins over the source folder of that name.
 sys.path.append(str(ROOT))
 
-from benchmarks import bench_dynconv, breakdown, paper, table3  # noqa: E402
+from benchmarks import bench_dynconv, breakdown, paper, reproduce, table3  # noqa: E402
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -191,3 +191,21 @@ def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "DecodedCache, warm" in done.stdout
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+
+
+def test_reproduction_quick_run_writes_tables_and_figure_and_resumes(tmp_path):
+    script = str(ROOT / "benchmarks" / "reproduce.py")
+    command = [sys.executable, script, "--runs", str(tmp_path / "runs"), "--quick", "--threads", "1", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(next((tmp_path / "out").glob("reproduce-*.json")).read_text())
+    assert set(payload["scores"]) == set(reproduce.MODELS) and len(payload["claims"]) == len(reproduce.CLAIMS)
+    for claim in payload["claims"]:
+        assert claim["holds"] == (claim["our_gap_db"] > 0)
+    assert next((tmp_path / "out").glob("reproduce-*.png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = next((tmp_path / "out").glob("reproduce-*.md")).read_text()
+    assert "34.37" in markdown and "33.43" in markdown  # the paper's Table I and II figures beside ours
+    logs = {name: (tmp_path / "runs" / name / "log.jsonl").read_text() for name in reproduce.MODELS}
+    again = subprocess.run(command[:-2], capture_output=True, text=True, timeout=300)  # finished runs are not retrained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: (tmp_path / "runs" / name / "log.jsonl").read_text() for name in reproduce.MODELS} == logs
