@@ -1,6 +1,6 @@
 """Do the paper's comparisons hold on the synthetic cross-camera pairs? Tables I and II at one budget.
 
-    python benchmarks/reproduce.py --runs runs/reproduce --out benchmarks/results   # the full run
+    python benchmarks/reproduce.py --runs runs/reproduce --out benchmarks/results   # the full run, 2.5 h
     python benchmarks/reproduce.py --runs /tmp/r --quick                            # a smoke test
 
 Every model of the paper's Table II ablation (plain KPN K = 7, + post-refinement, + CDM, + MDA =
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime as _dt
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet.data import SKIMAGE_VALIDATION_PHOTOS, make_sources, skimage_photos, write_image  # noqa: E402
-from ddet.train import check_resumable, latest_checkpoint, load_config, train  # noqa: E402
+from ddet import models  # noqa: E402
+from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
 
 TABLE2_RUNGS = ("ddet-plain", "ddet-pr", "ddet-cdm", "ddet")
 TABLE1_ROWS = ("kpn5", "kpn7", "kpn13", "kpn19", "lpkpn", "srresnet", "ddet")
@@ -68,7 +70,7 @@ def native_bf16() -> bool:
 
 
 FAST_CPU_PRECISION = {"amp": "bf16", "channels_last": True} if native_bf16() else {"amp": "none", "channels_last": False}
-FULL = Budget(steps=4000, **FAST_CPU_PRECISION)
+FULL = Budget(steps=0, **FAST_CPU_PRECISION)  # steps: from --steps, or calibrated to --hours
 QUICK = Budget(steps=2, batch=2, patch=32, warmup=0, ema=0.0, amp="none", channels_last=False, frame=(32, 32), val_crop=64)
 
 
@@ -227,16 +229,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", required=True, metavar="DIR", help="one training run per model under this folder")
     parser.add_argument("--out", metavar="DIR", help="write the tables (markdown, JSON) and the figure (PNG) here")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
-    parser.add_argument("--steps", type=int, help=f"training steps per model (default {FULL.steps}; a new --runs folder per budget)")
+    parser.add_argument("--hours", type=float, default=2.5,
+                        help="wall-clock budget of the whole run: sets the steps per model from a short timing of each (default 2.5)")
+    parser.add_argument("--steps", type=int, help="training steps per model, instead of --hours")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} tiny steps per model: a smoke test")
     args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error("--steps must be at least 1")
+    if (args.steps is not None and args.steps < 1) or args.hours <= 0:
+        parser.error("--steps and --hours must be positive")
     if args.out:
         table3.require_matplotlib()  # before hours of training, not after
-    budget = dataclasses.replace(QUICK if args.quick else FULL, **({"steps": args.steps} if args.steps else {}))
-    payload = reproduce(budget, args.scale, Path(args.runs), args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = Path(args.runs)
+    budget = settled_budget(runs, QUICK if args.quick else FULL, args.steps, args.hours, args.scale)
+    payload = reproduce(budget, args.scale, runs, args.threads)
     markdown = report(payload)
     stem = f"reproduce-x{args.scale}-{'quick-' if args.quick else ''}{_dt.date.today().isoformat()}"
     for path in write_results(stem, payload, markdown, args.out):
@@ -246,6 +253,63 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  wrote {Path(args.out) / f'{stem}.png'}")
     print(markdown)
     return 0
+
+
+def settled_budget(runs: Path, base: Budget, steps: Optional[int], hours: float, scale: int) -> Budget:
+    """The budget of ``runs``: the one it was started with (kept in budget.json, so that a resumed
+    reproduction continues the same runs), else ``base`` with the steps given or calibrated."""
+    record = runs / "budget.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        budget = Budget(**{**saved, "frame": tuple(saved["frame"])})
+        if steps is not None and steps != budget.steps:
+            raise SystemExit(f"reproduce: {runs} was started with {budget.steps} steps per model; use another --runs for {steps}")
+        print(f"reproduce: continuing {runs} at its budget of {budget.steps} steps per model")
+        return budget
+    if steps is None and base.steps == 0:
+        steps = calibrated_steps(base, hours, scale)
+    budget = dataclasses.replace(base, steps=steps or base.steps)
+    runs.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(dataclasses.asdict(budget), indent=2) + "\n")
+    return budget
+
+
+# Share of --hours left for what is not training: validation, checkpoints, timing, start-up.
+NON_TRAINING_SHARE = 0.15
+
+
+def calibrated_steps(budget: Budget, hours: float, scale: int) -> int:
+    """Steps per model such that every model's training fits ``hours`` together, from the median of a
+    few timed training steps of each (after one warm-up step)."""
+    total = 0.0
+    for name in tqdm(MODELS, desc="timing a training step", unit="model", dynamic_ncols=True):
+        total += seconds_per_step(name, budget, scale)
+    steps = int(hours * 3600 * (1 - NON_TRAINING_SHARE) / total)
+    print(f"reproduce: one step of every model takes {total:.1f} s here: {steps} steps per model fit {hours:g} h")
+    if steps < 1:
+        raise SystemExit(f"reproduce: not even one step per model fits {hours:g} h on this machine")
+    return steps
+
+
+def seconds_per_step(name: str, budget: Budget, scale: int, repeats: int = 3) -> float:
+    torch.manual_seed(budget.seed)
+    model = models.create(name)
+    memory_format = torch.channels_last if budget.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    objective, optimizer = Objective(model, "l1"), torch.optim.Adam(model.parameters(), lr=budget.lr)
+    lr_batch, hr_batch = (torch.rand(budget.batch, 1, budget.patch, budget.patch).contiguous(memory_format=memory_format)
+                          for _ in range(2))
+    autocast_dtype = table3.AUTOCAST_DTYPES["float32" if budget.amp == "none" else budget.amp]
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = objective(lr_batch, hr_batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
 
 
 def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> Dict[str, object]:

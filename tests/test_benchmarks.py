@@ -3,6 +3,7 @@ run end to end with --quick on the CPU, and the pieces they are built from."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -209,3 +210,18 @@ def test_reproduction_quick_run_writes_tables_and_figure_and_resumes(tmp_path):
     again = subprocess.run(command[:-2], capture_output=True, text=True, timeout=300)  # finished runs are not retrained
     assert again.returncode == 0, again.stderr[-3000:]
     assert {name: (tmp_path / "runs" / name / "log.jsonl").read_text() for name in reproduce.MODELS} == logs
+
+
+def test_reproduction_budget_is_calibrated_once_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "seconds_per_step", lambda name, budget, scale: 0.5)
+    base = dataclasses.replace(reproduce.QUICK, steps=0)
+    budget = reproduce.settled_budget(tmp_path, base, None, hours=1.0, scale=2)
+    assert budget.steps == int(3600 * (1 - reproduce.NON_TRAINING_SHARE) / (0.5 * len(reproduce.MODELS)))
+    monkeypatch.setattr(reproduce, "seconds_per_step", lambda name, budget, scale: 5.0)
+    assert reproduce.settled_budget(tmp_path, base, None, hours=1.0, scale=2) == budget  # a resumed run keeps it
+    with pytest.raises(SystemExit, match=f"started with {budget.steps} steps"):
+        reproduce.settled_budget(tmp_path, base, budget.steps + 1, hours=1.0, scale=2)
+
+
+def test_one_training_step_is_timed():
+    assert 0 < reproduce.seconds_per_step("kpn5", reproduce.QUICK, 2) < 60
