@@ -15,7 +15,9 @@ forward + backward.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -75,10 +77,10 @@ CUDA_CASES = [
 QUICK_CASES = [Case("quick 1x3x64x64", (1, 3, 64, 64)), Case("quick 2x4x32x32 g4", (2, 4, 32, 32), groups=4)]
 
 
-def implementations(case: Case) -> Dict[str, Callable]:
+def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable]:
     native = dict(sizes=case.sizes, groups=case.groups, compute_dtype=case.torch_dtype)
     compiled = torch.compile(functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True,
-                             dynamic=False)
+                             dynamic=False, backend=backend)
     return {
         "ddet_ops": functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups),
         "unfold": functools.partial(reference.multi_dynconv, **native),
@@ -170,3 +172,171 @@ def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence
     markdown = report(info, bandwidth, all_results)
     print(markdown)
     return markdown
+
+
+# Op-only kernel timings (tools/gpu_check.sh): the raw ops, no autograd, CUDA events, on the
+# cases of the GPU targets. grad_x and the kernel gradients are timed apart and together.
+KERNEL_CASES = [
+    Case(f"{shape_name} {dtype}", shape, groups=groups, dtype=dtype)
+    for dtype in ("float32", "bfloat16", "float16")
+    for shape_name, shape, groups in [
+        ("1x3x1024x1024 g1", (1, 3, 1024, 1024), 1),
+        ("1x64x256x256 g64", (1, 64, 256, 256), 64),
+        ("1x64x256x256 g1", (1, 64, 256, 256), 1),
+    ]
+]
+DRY_RUN_CASES = [Case("dry 1x3x16x20 float32", (1, 3, 16, 20)), Case("dry 1x4x8x8 g4 bfloat16", (1, 4, 8, 8), 4,
+                                                                    "bfloat16")]
+PASSES = {"forward": (None, None), "grad_x": (True, False), "grad_k": (False, True), "grad_both": (True, True)}
+
+
+def read_bandwidth(device: torch.device, nbytes: int = 512 * 2**20) -> float:
+    """Bytes per second of a reduction over a large tensor: what reading alone can reach."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    return nbytes / median_time(lambda: src.sum(), device, min_repeats=7, budget_s=2.0, warmup=2)
+
+
+def case_inputs(case: Case, device: torch.device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, c, h, w = case.shape
+    x = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
+    kernels = (torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10).to(case.torch_dtype)
+    grad_y = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
+    return x, kernels, grad_y
+
+
+def time_kernels(case: Case, device: torch.device, repeats: int) -> Dict[str, float]:
+    """Median seconds of each pass of the raw ops (no autograd) on one case."""
+    x, kernels, grad_y = case_inputs(case, device)
+    args = ([kernels], list(case.sizes), case.groups, 1)
+    op = torch.ops.ddet_ops
+    times = {}
+    for name, (need_x, need_k) in PASSES.items():
+        if need_x is None:
+            fn = functools.partial(op.multi_dynconv, x, *args)
+        else:
+            fn = functools.partial(op.multi_dynconv_backward, grad_y, x, *args, need_x, need_k)
+        times[name] = median_time(fn, device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0, warmup=3)
+    return times
+
+
+def kernel_bytes(case: Case) -> Dict[str, int]:
+    """The fewest bytes each pass must move: each input read once, each output written once."""
+    n, c, h, w = case.shape
+    elem = torch.empty((), dtype=case.torch_dtype).element_size()
+    taps, pixels = case.kernel_channels(), n * h * w
+    return {"forward": elem * pixels * (taps + 2 * c), "grad_x": elem * pixels * (taps + 2 * c),
+            "grad_k": elem * pixels * (taps + 2 * c), "grad_both": elem * pixels * (2 * taps + 3 * c)}
+
+
+def run_kernel_timings(device: torch.device, cases: List[Case], repeats: int, json_path: str, variant: str) -> None:
+    """Times every case, rewriting json_path after each so a stopped run keeps what it measured."""
+    payload: Dict[str, object] = {"machine": machine(device), "variant": variant,
+                                  "copy_bytes_per_s": copy_bandwidth(device),
+                                  "read_bytes_per_s": read_bandwidth(device), "repeats": repeats, "results": []}
+    for case in cases:
+        times = time_kernels(case, device, repeats)
+        payload["results"].append({"case": asdict(case), "seconds": times, "bytes": kernel_bytes(case)})
+        write_json(json_path, payload)
+        print(f"  {variant} {case.name}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in times.items()), flush=True)
+
+
+def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> Dict[str, Dict[str, float]]:
+    """Forward and backward (grads of x and the kernels) of ddet_ops and the two peers, inputs
+    requiring grad throughout so that torch.compile compiles one graph pair per dtype."""
+    x, kernels, grad_y = case_inputs(case, device)
+    x.requires_grad_(True)
+    kernels.requires_grad_(True)
+    out = {}
+    for name, fn in implementations(case, backend).items():
+        forward = median_time(lambda: fn(x, kernels), device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+        y = fn(x, kernels)
+        backward = median_time(lambda: torch.autograd.grad(y, (x, kernels), grad_y, retain_graph=True), device,
+                               min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+        del y
+        out[name] = {"forward": forward, "backward": backward}
+        print(f"  peers {case.name} {name}: forward {forward * 1e3:.3f} ms, backward {backward * 1e3:.3f} ms",
+              flush=True)
+    return out
+
+
+def run_peers(device: torch.device, cases: List[Case], repeats: int, json_path: str, backend: str = "inductor") -> None:
+    payload: Dict[str, object] = {"machine": machine(device), "compile_backend": backend, "results": []}
+    for case in cases:
+        payload["results"].append({"case": asdict(case), "seconds": time_peers(case, device, repeats, backend)})
+        write_json(json_path, payload)
+
+
+def write_json(path: str, payload: Dict[str, object]) -> None:
+    """Atomic: a reader (or a run stopped mid-write) never sees half a file."""
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.replace(target)
+
+
+def _efficiency(result: Dict[str, object], name: str, copy: float) -> float:
+    """The pass's floor bytes per second as a fraction of the copy bandwidth."""
+    return result["bytes"][name] / result["seconds"][name] / copy
+
+
+def kernel_table(v1: Dict[str, object], v2: Optional[Dict[str, object]]) -> str:
+    copy = (v2 or v1)["copy_bytes_per_s"]
+    rows = []
+    for index, old in enumerate(v1["results"]):
+        new = v2["results"][index] if v2 and index < len(v2["results"]) else None
+        for name in PASSES:
+            cells = [old["case"]["name"], name, _ms(old["seconds"][name]), f"{_efficiency(old, name, copy):.0%}"]
+            if new:
+                cells += [_ms(new["seconds"][name]), f"{_efficiency(new, name, copy):.0%}",
+                          f"{old['seconds'][name] / new['seconds'][name]:.2f}x"]
+            rows.append(cells)
+    headers = ["case", "pass", "v1 ms", "v1 % of copy", "v2 ms", "v2 % of copy", "v2 speed-up"]
+    return markdown_table(headers[: len(rows[0])] if rows else headers, rows)
+
+
+def targets(v1: Dict[str, object], v2: Dict[str, object], peers: Optional[Dict[str, object]]) -> List[List[str]]:
+    """The GPU targets, each with what was measured and PASS or FAIL."""
+    copy, checks = v2["copy_bytes_per_s"], []
+
+    def check(what: str, value: float, goal: float, text: str, at_most: bool = False) -> None:
+        checks.append([what, text, "PASS" if (value <= goal if at_most else value >= goal) else "FAIL"])
+
+    for old, new in zip(v1["results"], v2["results"]):
+        name, dtype = new["case"]["name"], new["case"]["dtype"]
+        if new["case"]["groups"] == 1 and new["case"]["shape"][1] >= 8:
+            ratio = new["seconds"]["forward"] / (new["bytes"]["forward"] / copy)
+            check(f"{name}: forward <= 2x floor", ratio, 2.0, f"{ratio:.2f}x", at_most=True)
+            continue
+        fwd, bwd = _efficiency(new, "forward", copy), _efficiency(new, "grad_both", copy)
+        check(f"{name}: forward >= 80% of copy", fwd, 0.80, f"{fwd:.0%}")
+        goal = 0.65 if dtype in ("float32", "float64") else 0.60
+        check(f"{name}: backward >= {goal:.0%} of copy", bwd, goal, f"{bwd:.0%}")
+        speedup = old["seconds"]["forward"] / new["seconds"]["forward"]
+        check(f"{name}: v2 forward >= 1.5x v1", speedup, 1.5, f"{speedup:.2f}x")
+    for entry in (peers or {}).get("results", []):
+        ours = entry["seconds"]["ddet_ops"]
+        for peer, goal in (("compiled", 1.5), ("unfold", 8.0)):
+            for pass_name in ("forward", "backward"):
+                if peer in entry["seconds"]:
+                    ratio = entry["seconds"][peer][pass_name] / ours[pass_name]
+                    check(f"{entry['case']['name']}: {pass_name} >= {goal}x {peer}", ratio, goal, f"{ratio:.1f}x")
+    return checks
+
+
+def kernel_report(v1: Dict[str, object], v2: Optional[Dict[str, object]], peers: Optional[Dict[str, object]]) -> str:
+    info = (v2 or v1)["machine"]
+    text = (f"ddet_ops kernels on {info.get('gpu', info['cpu'])}, torch {info['torch']}, commit {info['commit']}, "
+            f"{info['date']}. Copy {(v2 or v1)['copy_bytes_per_s'] / 1e9:.0f} GB/s, read "
+            f"{(v2 or v1)['read_bytes_per_s'] / 1e9:.0f} GB/s; medians of {v1['repeats']} "
+            f"{'CUDA-event' if info['device'].startswith('cuda') else 'wall-clock'} timings of the raw ops; "
+            f"% of copy = the pass's floor bytes / time / copy bandwidth.\n\n")
+    text += kernel_table(v1, v2) + "\n"
+    if v2:
+        text += "\n" + markdown_table(["target", "measured", "result"], targets(v1, v2, peers)) + "\n"
+    return text
+
+
+def kernel_variant(device: torch.device) -> str:
+    """Which CUDA kernels this process runs (DDET_OPS_CUDA_KERNELS, read once by the extension)."""
+    return ddet_ops.cuda_kernels() if device.type == "cuda" else "cpu"

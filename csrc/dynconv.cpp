@@ -1,39 +1,68 @@
-// The ddet_ops operator schemas, argument checks, and the fused CPU kernels.
-//
-// Memory is the bottleneck: per pixel the op reads sum(groups*s^2) kernel weights and only a
-// few values of x. Both passes work on blocks of output rows of one image and group (parallel
-// over blocks): for each kernel row, the s weight planes stream through the block sequentially
-// (prefetched) while the block's accumulators and the rows of x / grad_y it touches stay in
-// cache; finished rows go out with non-temporal stores. Inside a row, the columns where all taps
-// of a kernel row stay inside the image run in vector strips, each weight loaded once for all
-// the channels of the group; the border columns run one by one.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+// The ddet_ops operator schemas and the argument checks every implementation shares (the CPU
+// kernels, the CUDA kernels and the test harness all start from prepare / prepare_backward).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <type_traits>
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
+#include <cstdlib>
 
 #include "dynconv.h"
 
 namespace ddet_ops {
+namespace {
 
-Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-                int64_t dilation) {
+void check_x_and_scalars(const at::Tensor& x, int64_t groups, int64_t dilation) {
   TORCH_CHECK(x.dim() == 4, "ddet_ops: x must be 4-D (N, C, H, W), got shape ", x.sizes());
   const auto dtype = x.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
               "ddet_ops: x must be float32, float64, float16 or bfloat16, got ", dtype);
   TORCH_CHECK(groups >= 1, "ddet_ops: groups must be >= 1, got ", groups);
   TORCH_CHECK(dilation >= 1, "ddet_ops: dilation must be >= 1, got ", dilation);
-  const int64_t C = x.size(1);
-  TORCH_CHECK(C % groups == 0, "ddet_ops: groups=", groups, " does not divide the ", C, " channels of x");
+  TORCH_CHECK(x.size(1) % groups == 0, "ddet_ops: groups=", groups, " does not divide the ", x.size(1),
+              " channels of x");
+}
+
+// Records each size in geo and where its kernels live; returns the channels of a packed tensor.
+// Sizes are bounded before any product is formed, so no channel count can wrap around.
+int64_t place_sizes(Problem& p, at::IntArrayRef sizes, bool packed) {
+  Geometry& geo = p.geo;
+  geo.num_sizes = static_cast<int>(sizes.size());
+  int64_t channel = 0;
+  for (int k = 0; k < geo.num_sizes; ++k) {
+    const int64_t s = sizes[k];
+    TORCH_CHECK(s >= 1 && s % 2 == 1, "ddet_ops: kernel sizes must be odd and >= 1, got ", s);
+    TORCH_CHECK(s <= kMaxKernelSize, "ddet_ops: kernel size ", s, " is too large (at most ", kMaxKernelSize,
+                ", so that s*s taps are countable)");
+    int64_t taps = 0;
+    TORCH_CHECK(!__builtin_mul_overflow(geo.groups, s * s, &taps) &&
+                    !__builtin_add_overflow(channel, taps, &channel),
+                "ddet_ops: groups=", geo.groups, " times the kernel taps overflows a channel count");
+    geo.size[k] = static_cast<int>(s);
+    p.tensor_of.push_back(packed ? 0 : k);
+    p.channel_offset.push_back(packed ? channel - taps : 0);
+  }
+  const int64_t largest = *std::max_element(sizes.begin(), sizes.end());
+  geo.reach = (largest / 2) * geo.dilation;
+  return channel;
+}
+
+void check_kernel(const at::Tensor& x, const at::Tensor& k, size_t t, int64_t expected, bool packed) {
+  TORCH_CHECK(k.dim() == 4, "ddet_ops: kernels[", t, "] must be 4-D, got shape ", k.sizes());
+  TORCH_CHECK(k.size(1) == expected, "ddet_ops: kernels[", t, "] has ", k.size(1), " channels, expected ", expected,
+              packed ? " (groups * sum of s^2 over sizes)" : " (groups * s^2)");
+  TORCH_CHECK(k.size(0) == x.size(0) && k.size(2) == x.size(2) && k.size(3) == x.size(3), "ddet_ops: kernels[", t,
+              "] has shape ", k.sizes(), ", whose batch and spatial sizes differ from x's ", x.sizes());
+  TORCH_CHECK(k.scalar_type() == x.scalar_type(), "ddet_ops: kernels[", t, "] has dtype ", k.scalar_type(),
+              ", but x has ", x.scalar_type());
+  TORCH_CHECK(k.device() == x.device(), "ddet_ops: kernels[", t, "] is on ", k.device(), ", but x is on ",
+              x.device());
+}
+
+}  // namespace
+
+Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+                int64_t dilation) {
+  check_x_and_scalars(x, groups, dilation);
   TORCH_CHECK(!sizes.empty(), "ddet_ops: sizes must name at least one kernel size");
   TORCH_CHECK(static_cast<int64_t>(sizes.size()) <= kMaxSizes, "ddet_ops: at most ", kMaxSizes,
               " kernel sizes per call, got ", sizes.size());
@@ -45,41 +74,18 @@ Problem prepare(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef siz
   Problem p;
   Geometry& geo = p.geo;
   geo.N = x.size(0);
-  geo.C = C;
+  geo.C = x.size(1);
   geo.H = x.size(2);
   geo.W = x.size(3);
   geo.groups = groups;
-  geo.channels_per_group = C / groups;
+  geo.channels_per_group = geo.C / groups;
   // Beyond the image size every off-centre tap is outside the image whatever the dilation, so
   // clamping changes no result and keeps tap offsets far from int64 overflow.
   geo.dilation = std::min<int64_t>(dilation, std::max<int64_t>({geo.H, geo.W, 1}));
-  geo.num_sizes = static_cast<int>(sizes.size());
-  int64_t largest = 1;
-  int64_t channel = 0;
-  for (int k = 0; k < geo.num_sizes; ++k) {
-    const int64_t s = sizes[k];
-    TORCH_CHECK(s >= 1 && s % 2 == 1, "ddet_ops: kernel sizes must be odd and >= 1, got ", s);
-    geo.size[k] = static_cast<int>(s);
-    largest = std::max(largest, s);
-    p.tensor_of.push_back(packed ? 0 : k);
-    p.channel_offset.push_back(packed ? channel : 0);
-    channel += groups * s * s;
-  }
-  geo.reach = (largest / 2) * geo.dilation;
-
+  const int64_t packed_channels = place_sizes(p, sizes, packed);
   for (size_t t = 0; t < kernels.size(); ++t) {
-    const at::Tensor& k = kernels[t];
-    TORCH_CHECK(k.dim() == 4, "ddet_ops: kernels[", t, "] must be 4-D, got shape ", k.sizes());
-    const int64_t expected = packed ? channel : groups * sizes[t] * sizes[t];
-    TORCH_CHECK(k.size(1) == expected, "ddet_ops: kernels[", t, "] has ", k.size(1), " channels, expected ",
-                expected, packed ? " (groups * sum of s^2 over sizes)" : " (groups * s^2)");
-    TORCH_CHECK(k.size(0) == geo.N && k.size(2) == geo.H && k.size(3) == geo.W, "ddet_ops: kernels[", t,
-                "] has shape ", k.sizes(), ", whose batch and spatial sizes differ from x's ", x.sizes());
-    TORCH_CHECK(k.scalar_type() == dtype, "ddet_ops: kernels[", t, "] has dtype ", k.scalar_type(),
-                ", but x has ", dtype);
-    TORCH_CHECK(k.device() == x.device(), "ddet_ops: kernels[", t, "] is on ", k.device(), ", but x is on ",
-                x.device());
-    p.kernels.push_back(k.contiguous());
+    check_kernel(x, kernels[t], t, packed ? packed_channels : groups * sizes[t] * sizes[t], packed);
+    p.kernels.push_back(kernels[t].contiguous());
   }
   p.x = x.contiguous();
   return p;
@@ -100,9 +106,11 @@ std::vector<at::Tensor> empty_like_all(const std::vector<at::Tensor>& like) {
 Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels,
                           at::IntArrayRef sizes, int64_t groups, int64_t dilation, bool need_x, bool need_kernels) {
   Problem p = prepare(x, kernels, sizes, groups, dilation);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
-                  grad_y.device() == x.device(),
-              "ddet_ops: grad_y must match x in shape, dtype and device");
+  TORCH_CHECK(grad_y.sizes() == x.sizes(), "ddet_ops: grad_y has shape ", grad_y.sizes(), ", but x has ", x.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), "ddet_ops: grad_y has dtype ", grad_y.scalar_type(),
+              ", but x has ", x.scalar_type());
+  TORCH_CHECK(grad_y.device() == x.device(), "ddet_ops: grad_y is on ", grad_y.device(), ", but x is on ",
+              x.device());
   at::Tensor grad_x = need_x ? empty_output(p.x.sizes(), p.x.options()) : at::empty({0}, p.x.options());
   std::vector<at::Tensor> grad_kernels = need_kernels ? empty_like_all(p.kernels) : std::vector<at::Tensor>{};
   const bool ready = is_empty(p.geo) || !(need_x || need_kernels);
@@ -112,526 +120,22 @@ Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::Ten
   return {std::move(p), grad_y.contiguous(), std::move(grad_x), std::move(grad_kernels), ready};
 }
 
-namespace {
-
-// The CPU row functions are compiled three times, for x86-64-v4 (AVX-512's 32 vector registers),
-// x86-64-v3 (AVX2 + FMA) and the baseline, the right one picked when the library loads.
-// Everything they call is inlined into them.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define DDET_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DDET_CPU_CLONES
-#endif
-#define DDET_INLINE inline __attribute__((always_inline))
-#define DDET_INLINE_LAMBDA __attribute__((always_inline))
-// Loops over register-resident sums must be unrolled for the sums to stay in registers.
-#define DDET_UNROLL _Pragma("GCC unroll 16")
-
-// The lanes below load scalar_t (load) or acc_t (load_acc) and hold acc_t (at::opmath_type):
-// sums, accumulator rows, source rows (SourceRows) and the kernel-gradient row buffer are acc_t,
-// converted to scalar_t only when a row is stored.
-
-// One lane per column: the remainder columns.
-template <typename scalar_t>
-struct ScalarLanes {
-  using acc_t = at::opmath_type<scalar_t>;
-  using Vec = acc_t;
-  static constexpr int kWidth = 1;
-  static DDET_INLINE Vec zero() { return Vec(0); }
-  static DDET_INLINE Vec load(const scalar_t* p) { return static_cast<acc_t>(*p); }
-  static DDET_INLINE Vec load_acc(const acc_t* p) { return *p; }
-  static DDET_INLINE void store(acc_t* p, Vec v) { *p = v; }
-  static DDET_INLINE void add_to(acc_t* p, Vec v) { *p += v; }
-};
-
-// 32 bytes of float or double: one AVX register, or two SSE registers in the baseline clone.
-// Its functions are always inlined, so the calling-convention change GCC warns about
-// (-Wpsabi, AVX vectors passed by value without AVX) never reaches a real call.
-#pragma GCC diagnostic ignored "-Wpsabi"
-template <typename scalar_t>
-struct VectorLanes {
-  typedef scalar_t Vec __attribute__((vector_size(32)));
-  static constexpr int kWidth = 32 / sizeof(scalar_t);
-  static DDET_INLINE Vec zero() { return Vec{}; }
-  static DDET_INLINE Vec load(const scalar_t* p) {
-    Vec v;
-    __builtin_memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static DDET_INLINE Vec load_acc(const scalar_t* p) { return load(p); }
-  static DDET_INLINE void store(scalar_t* p, const Vec& v) { __builtin_memcpy(p, &v, sizeof(v)); }
-  static DDET_INLINE void add_to(scalar_t* p, const Vec& v) { store(p, load(p) + v); }
-};
-
-// Eight bfloat16 or float16 values widened to float in registers (integer and float vector
-// operations only, so every clone vectorises them; F16C would exist only in some clones).
-template <typename scalar_t>
-struct WideningLanes {
-  using Vec = VectorLanes<float>::Vec;
-  typedef uint32_t Bits __attribute__((vector_size(32)));
-  typedef uint16_t Halves __attribute__((vector_size(16)));
-  static constexpr int kWidth = 8;
-  static DDET_INLINE Vec zero() { return Vec{}; }
-  static DDET_INLINE Vec load(const scalar_t* p) {
-    Halves halves;
-    __builtin_memcpy(&halves, p, sizeof(halves));
-    const Bits bits = __builtin_convertvector(halves, Bits);
-    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-      return as_float(bits << 16);
-    } else {
-      // As c10's fp16_ieee_to_fp32_value, with no arithmetic on subnormal floats (which
-      // flush-to-zero modes would zero): normal halves, infinities and NaNs are rebiased by a
-      // multiplication of normal floats; subnormal halves become 0.5 + m * 2^-24, minus 0.5.
-      const Bits twice = bits << 17;  // the half without its sign, at the top of 32 bits
-      const Vec normal = as_float((twice >> 4) + (0xe0u << 23)) * 0x1p-112f;
-      const Vec subnormal = as_float((twice >> 17) | (126u << 23)) - 0.5f;
-      const Bits is_subnormal = twice < (1u << 27);  // lanes of all ones where true
-      const Bits magnitude = (is_subnormal & as_bits(subnormal)) | (~is_subnormal & as_bits(normal));
-      return as_float(magnitude | ((bits & 0x8000u) << 16));
-    }
-  }
-  static DDET_INLINE Vec load_acc(const float* p) { return VectorLanes<float>::load(p); }
-  static DDET_INLINE void store(float* p, const Vec& v) { VectorLanes<float>::store(p, v); }
-  static DDET_INLINE void add_to(float* p, const Vec& v) { VectorLanes<float>::add_to(p, v); }
-
-  // Eight floats rounded to nearest-even scalar_t, as c10's conversions round (NaN stays NaN).
-  static DDET_INLINE Halves narrow(const Vec& v) {
-    const Bits bits = as_bits(v);
-    Bits out;
-    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
-      const Bits is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
-      out = ((bits + (((bits >> 16) & 1u) + 0x7fffu)) >> 16 & ~is_nan) | (is_nan & 0x7fc0u);
-    } else {
-      const Bits sign = bits & 0x80000000u;
-      const Bits magnitude = bits ^ sign;
-      constexpr uint32_t kInfinity = 255u << 23, kOverflow = (127u + 16) << 23, kNormal = 113u << 23;
-      constexpr uint32_t kSubnormalMagic = ((127u - 15) + (23 - 10) + 1) << 23;
-      // Halves too small to be normal: adding the magic float lets the FPU round the mantissa.
-      const Bits subnormal = as_bits(as_float(magnitude) + as_float(Bits{} + kSubnormalMagic)) - kSubnormalMagic;
-      // Normal halves: rebias the exponent and round to nearest-even by hand.
-      const Bits normal = (magnitude + ((15u - 127u) << 23) + 0xfffu + ((magnitude >> 13) & 1u)) >> 13;
-      const Bits is_special = magnitude >= kOverflow;
-      const Bits is_nan = magnitude > kInfinity;
-      const Bits special = (is_nan & 0x7e00u) | (~is_nan & 0x7c00u);
-      const Bits is_small = magnitude < kNormal;
-      out = (is_special & special) | (~is_special & ((is_small & subnormal) | (~is_small & normal)));
-      out |= sign >> 16;
-    }
-    return __builtin_convertvector(out, Halves);
-  }
-
- private:
-  static DDET_INLINE Vec as_float(const Bits& b) {
-    Vec v;
-    __builtin_memcpy(&v, &b, sizeof(v));
-    return v;
-  }
-  static DDET_INLINE Bits as_bits(const Vec& v) {
-    Bits b;
-    __builtin_memcpy(&b, &v, sizeof(b));
-    return b;
-  }
-};
-
-template <typename scalar_t>
-struct Lanes;
-template <>
-struct Lanes<float> : VectorLanes<float> {};
-template <>
-struct Lanes<double> : VectorLanes<double> {};
-template <>
-struct Lanes<at::BFloat16> : WideningLanes<at::BFloat16> {};
-template <>
-struct Lanes<at::Half> : WideningLanes<at::Half> {};
-
-// Up to 11 weight rows stream at once (more than the hardware prefetchers follow); asking for
-// each one 512 bytes ahead made the forward pass ~15% faster on a 2-core Xeon.
-constexpr int64_t kPrefetchBytes = 512;
-
-// Strips of kVecs vectors keep their sums in registers across the taps of one kernel row.
-constexpr int kVecs = 2;
-
-// Calls strip(lanes, vector count, w) over columns [begin, end) in wide strips, then single
-// vectors, then single columns.
-template <typename scalar_t, typename Strip>
-DDET_INLINE void walk_strips(int64_t begin, int64_t end, const Strip& strip) {
-  using L = Lanes<scalar_t>;
-  int64_t w = begin;
-  for (; w + kVecs * L::kWidth <= end; w += kVecs * L::kWidth) strip(L{}, std::integral_constant<int, kVecs>{}, w);
-  for (; w + L::kWidth <= end; w += L::kWidth) strip(L{}, std::integral_constant<int, 1>{}, w);
-  for (; w < end; ++w) strip(ScalarLanes<scalar_t>{}, std::integral_constant<int, 1>{}, w);
+const std::string& cuda_kernels() {
+  static const std::string version = [] {
+    const char* text = std::getenv("DDET_OPS_CUDA_KERNELS");
+    const std::string value = text == nullptr || *text == '\0' ? "v2" : text;
+    TORCH_CHECK(value == "v1" || value == "v2", "ddet_ops: DDET_OPS_CUDA_KERNELS must be v1 or v2, got '", value, "'");
+    return value;
+  }();
+  return version;
 }
-
-// Calls f(c, channel count as a compile-time constant) over the channels [0, cpg) in blocks of
-// up to four, so a block's sums fit in registers.
-template <typename F>
-DDET_INLINE void for_channel_blocks(int64_t cpg, const F& f) {
-  int64_t c = 0;
-  for (; c + 4 <= cpg; c += 4) f(c, std::integral_constant<int, 4>{});
-  switch (cpg - c) {
-    case 3: f(c, std::integral_constant<int, 3>{}); break;
-    case 2: f(c, std::integral_constant<int, 2>{}); break;
-    case 1: f(c, std::integral_constant<int, 1>{}); break;
-    default: break;
-  }
-}
-
-// Adds the s taps of one kernel row to the accumulator rows of every channel of a group
-// (channel c's row at acc + c * acc_stride, its source row at source + c * source_stride):
-//   acc[c][w] += sum_j weights[j*hw + w + weight_shift_j] * source[c][w + shift_j],
-// shift_j = sign*(j - s/2)*d, weight_shift_j = shift_j if kGather else 0. The forward pass reads
-// the weights at the output pixel and x at the tap (kGather = false, sign = +1); grad_x gathers
-// both the weights and grad_y from the neighbour that the tap came from (kGather = true,
-// sign = -1). Each weight is loaded once for all the channels; taps that leave the image are
-// skipped. The s weight rows stream through once; the sources stay in cache.
-template <bool kGather, typename scalar_t>
-DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __restrict__ weights,
-                                const at::opmath_type<scalar_t>* __restrict__ source, int64_t source_stride,
-                                at::opmath_type<scalar_t>* __restrict__ acc, int64_t acc_stride) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t hw = plane(geo);
-  const int64_t half = s / 2;
-  const int64_t step = kGather ? -geo.dilation : geo.dilation;
-  const int64_t reach = half * geo.dilation;
-  const int64_t begin = std::min(reach, geo.W);
-  const int64_t end = std::max(geo.W - reach, begin);
-  // Channel blocks outside the strips: one block's source and accumulator rows and the s weight
-  // rows fit in L1 together, and the blocks after the first find the weight rows in cache.
-  for_channel_blocks(geo.channels_per_group, [&](int64_t c0, auto channels) DDET_INLINE_LAMBDA {
-    constexpr int kC = decltype(channels)::value;
-    walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
-      using L = decltype(lanes);
-      constexpr int kN = decltype(vecs)::value;
-      typename L::Vec sums[kC][kN];
-      DDET_UNROLL
-      for (int c = 0; c < kC; ++c)
-        DDET_UNROLL
-        for (int u = 0; u < kN; ++u) sums[c][u] = L::zero();
-      for (int j = 0; j < s; ++j) {
-        const int64_t shift = (j - half) * step;
-        const scalar_t* wp = weights + j * hw + w + (kGather ? shift : 0);
-        const acc_t* sp = source + c0 * source_stride + w + shift;
-        if (c0 == 0) __builtin_prefetch(wp + kPrefetchBytes / sizeof(scalar_t));
-        typename L::Vec weight[kN];
-        DDET_UNROLL
-        for (int u = 0; u < kN; ++u) weight[u] = L::load(wp + u * L::kWidth);
-        DDET_UNROLL
-        for (int c = 0; c < kC; ++c)
-          DDET_UNROLL
-          for (int u = 0; u < kN; ++u) sums[c][u] += weight[u] * L::load_acc(sp + c * source_stride + u * L::kWidth);
-      }
-      DDET_UNROLL
-      for (int c = 0; c < kC; ++c)
-        DDET_UNROLL
-        for (int u = 0; u < kN; ++u) L::add_to(acc + (c0 + c) * acc_stride + w + u * L::kWidth, sums[c][u]);
-    });
-  });
-  auto border = [&](int64_t w) {
-    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-      acc_t sum = 0;
-      for (int j = 0; j < s; ++j) {
-        const int64_t shift = (j - half) * step;
-        if (w + shift < 0 || w + shift >= geo.W) continue;
-        sum += static_cast<acc_t>(weights[j * hw + w + (kGather ? shift : 0)]) * source[c * source_stride + w + shift];
-      }
-      acc[c * acc_stride + w] += sum;
-    }
-  };
-  for (int64_t w = 0; w < begin; ++w) border(w);
-  for (int64_t w = end; w < geo.W; ++w) border(w);
-}
-
-// Copies a finished row to its output tensor. Output rows are written once and not read again
-// here, so they bypass the cache (non-temporal stores): no read-for-ownership of the destination,
-// which for the large kernel gradients is a third of the traffic. Half types are rounded in
-// vectors (WideningLanes::narrow).
-template <typename scalar_t, typename acc_t>
-DDET_INLINE void store_row(scalar_t* __restrict__ dst, const acc_t* __restrict__ src, int64_t n) {
-  int64_t i = 0;
-#if defined(__SSE2__)
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-  } else if constexpr (std::is_same_v<scalar_t, double> && std::is_same_v<acc_t, double>) {
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-    for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
-  } else if constexpr (std::is_same_v<acc_t, float> && sizeof(scalar_t) == 2) {
-    using L = WideningLanes<scalar_t>;
-    for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-    for (; i + 8 <= n; i += 8) {
-      const typename L::Halves halves = L::narrow(VectorLanes<float>::load(src + i));
-      __m128i packed;
-      __builtin_memcpy(&packed, &halves, sizeof(packed));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), packed);
-    }
-  }
-#endif
-  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-}
-
-// Makes the non-temporal stores of this thread visible before the parallel region ends.
-DDET_INLINE void finish_streaming() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-// The gradient of one tap's weights along a row: gk[w] = sum_c grad_y[c, w] * x[c, w + shift],
-// zero where the tap leaves the image (gk, grad_y and x in acc_t, channel c's row of grad_y / x
-// at c * gy_stride / c * x_stride).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-DDET_INLINE void grad_weight_row(const Geometry& geo, const acc_t* __restrict__ gy_row, int64_t gy_stride,
-                                 const acc_t* __restrict__ x_row, int64_t x_stride, int64_t shift,
-                                 acc_t* __restrict__ gk_row) {
-  const int64_t begin = std::min(std::max<int64_t>(0, -shift), geo.W);
-  const int64_t end = std::max(std::min(geo.W, geo.W - shift), begin);
-  walk_strips<scalar_t>(begin, end, [&](auto lanes, auto vecs, int64_t w) DDET_INLINE_LAMBDA {
-    using L = decltype(lanes);
-    constexpr int kN = decltype(vecs)::value;
-    typename L::Vec acc[kN];
-    DDET_UNROLL
-    for (int u = 0; u < kN; ++u) acc[u] = L::zero();
-    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-      const acc_t* gr = gy_row + c * gy_stride + w;
-      const acc_t* xr = x_row + c * x_stride + w + shift;
-      DDET_UNROLL
-      for (int u = 0; u < kN; ++u) acc[u] += L::load_acc(gr + u * L::kWidth) * L::load_acc(xr + u * L::kWidth);
-    }
-    DDET_UNROLL
-    for (int u = 0; u < kN; ++u) L::store(gk_row + w + u * L::kWidth, acc[u]);
-  });
-  for (int64_t w = 0; w < begin; ++w) gk_row[w] = 0;
-  for (int64_t w = end; w < geo.W; ++w) gk_row[w] = 0;
-}
-
-template <typename scalar_t>
-struct ForwardArgs {
-  Geometry geo;
-  KernelBank<const scalar_t> kernels;
-  const scalar_t* x;
-  scalar_t* y;
-};
-
-template <typename scalar_t>
-struct BackwardArgs {
-  Geometry geo;
-  KernelBank<const scalar_t> kernels;
-  KernelBank<scalar_t> grad_kernels;  // unused when need_kernels is false
-  bool need_kernels;
-  const scalar_t* x;
-  const scalar_t* grad_y;
-  scalar_t* grad_x;  // null when not needed
-};
-
-// Output rows are processed in blocks: for each tap, the kernel rows of a block are contiguous
-// in memory, so every weight plane streams sequentially through a block, while the block's
-// accumulators (about 128 KiB) stay in the L2 cache. Work items are (n, group, block), with
-// blocks made smaller when there would be too few items to keep every thread busy.
-struct RowBlocks {
-  int64_t rows;       // rows per block
-  int64_t per_image;  // blocks per image and group
-
-  explicit RowBlocks(const Geometry& geo) {
-    rows = std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 64);
-    const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
-    const int64_t planes = std::max<int64_t>(1, geo.N * geo.groups);
-    if (planes * ((geo.H + rows - 1) / rows) < wanted) {
-      rows = std::max<int64_t>(1, geo.H / ((wanted + planes - 1) / planes));
-    }
-    per_image = (geo.H + rows - 1) / rows;
-  }
-  int64_t count(const Geometry& geo) const { return geo.N * geo.groups * per_image; }
-  int64_t accumulators(const Geometry& geo) const { return geo.channels_per_group * rows * geo.W; }
-
-  // Calls f(n, group, h0, h1) for the work item `item`.
-  template <typename F>
-  DDET_INLINE void visit(const Geometry& geo, int64_t item, const F& f) const {
-    const int64_t h0 = item % per_image * rows;
-    const int64_t image_group = item / per_image;
-    f(image_group / geo.groups, image_group % geo.groups, h0, std::min(h0 + rows, geo.H));
-  }
-};
-
-// Rows [first, end) of the channels of one image and group of x or grad_y, as acc_t: row r of
-// channel c at data + c * channel_stride + (r - first) * W. Float and double rows are the tensor
-// itself; half-type rows are widened once per block into `scratch`, since widening them at each
-// load would repeat the work for every tap of every size.
-template <typename acc_t>
-struct SourceRows {
-  const acc_t* data;
-  int64_t channel_stride;
-  int64_t first;
-  DDET_INLINE const acc_t* row(const Geometry& geo, int64_t r) const { return data + (r - first) * geo.W; }
-};
-
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-DDET_INLINE SourceRows<acc_t> source_rows(const Geometry& geo, const scalar_t* tensor, int64_t n, int64_t group,
-                                          int64_t first, int64_t end, std::vector<acc_t>& scratch) {
-  const int64_t hw = plane(geo);
-  const scalar_t* channels = tensor + (n * geo.C + group * geo.channels_per_group) * hw;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return {channels, hw, 0};
-  } else {
-    first = std::max<int64_t>(first, 0);
-    end = std::max(std::min(end, geo.H), first);
-    const int64_t stride = (end - first) * geo.W;
-    scratch.resize(geo.channels_per_group * stride);
-    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-      const scalar_t* from = channels + c * hw + first * geo.W;
-      acc_t* to = scratch.data() + c * stride;
-      int64_t i = 0;
-      for (; i + Lanes<scalar_t>::kWidth <= stride; i += Lanes<scalar_t>::kWidth) {
-        Lanes<scalar_t>::store(to + i, Lanes<scalar_t>::load(from + i));
-      }
-      for (; i < stride; ++i) to[i] = static_cast<acc_t>(from[i]);
-    }
-    return {scratch.data(), stride, first};
-  }
-}
-
-// Sums, for rows [h0, h1) of every channel of `group`, the contributions of all kernel rows of
-// all sizes into acc (channels_per_group x (h1 - h0) rows of W), then rounds into out. `source`
-// holds rows [h0 - reach, h1 + reach) of x (forward) or grad_y (grad_x). The
-// forward pass and grad_x differ only in which image row each kernel row reads (see
-// add_kernel_row).
-template <bool kGather, typename scalar_t>
-DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                 const SourceRows<at::opmath_type<scalar_t>>& source, int64_t n, int64_t group,
-                                 int64_t h0, int64_t h1, at::opmath_type<scalar_t>* __restrict__ acc,
-                                 scalar_t* __restrict__ out) {
-  const int64_t hw = plane(geo);
-  const int64_t cpg = geo.channels_per_group;
-  const int64_t rows = h1 - h0;
-  for (int64_t i = 0; i < cpg * rows * geo.W; ++i) acc[i] = 0;
-  for (int k = 0; k < geo.num_sizes; ++k) {
-    const int s = geo.size[k];
-    const int64_t half = s / 2;
-    for (int i = 0; i < s; ++i) {
-      for (int64_t h = h0; h < h1; ++h) {
-        const int64_t row = kGather ? h - (i - half) * geo.dilation : h + (i - half) * geo.dilation;
-        if (row < 0 || row >= geo.H) continue;
-        // Forward reads the weights at the output row; grad_x at the neighbour's row.
-        const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + (group * s * s + i * s) * hw +
-                                  (kGather ? row : h) * geo.W;
-        add_kernel_row<kGather>(geo, s, weights, source.row(geo, row), source.channel_stride, acc + (h - h0) * geo.W,
-                                rows * geo.W);
-      }
-    }
-  }
-  for (int64_t c = 0; c < cpg; ++c) {
-    for (int64_t h = h0; h < h1; ++h) {
-      store_row(out + (n * geo.C + group * cpg + c) * hw + h * geo.W, acc + (c * rows + h - h0) * geo.W, geo.W);
-    }
-  }
-}
-
-// Row blocks [begin, end) (see RowBlocks); acc holds RowBlocks::accumulators values.
-template <typename scalar_t>
-DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
-                                  int64_t end, at::opmath_type<scalar_t>* acc) {
-  std::vector<at::opmath_type<scalar_t>> scratch;
-  for (int64_t item = begin; item < end; ++item) {
-    blocks.visit(a.geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
-      const auto x = source_rows(a.geo, a.x, n, group, h0 - a.geo.reach, h1 + a.geo.reach, scratch);
-      sum_kernel_rows<false>(a.geo, a.kernels, x, n, group, h0, h1, acc, a.y);
-    });
-  }
-  finish_streaming();
-}
-
-// gk_buffer holds one row of W values, in acc_t.
-template <typename scalar_t>
-DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
-                                   int64_t end, at::opmath_type<scalar_t>* acc, at::opmath_type<scalar_t>* gk_buffer) {
-  const Geometry& geo = a.geo;
-  const int64_t hw = plane(geo);
-  std::vector<at::opmath_type<scalar_t>> gy_scratch, x_scratch;
-  for (int64_t item = begin; item < end; ++item) {
-    blocks.visit(geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
-      const auto gy = source_rows(geo, a.grad_y, n, group, h0 - geo.reach, h1 + geo.reach, gy_scratch);
-      if (a.grad_x != nullptr) sum_kernel_rows<true>(geo, a.kernels, gy, n, group, h0, h1, acc, a.grad_x);
-      if (!a.need_kernels) return;
-      const auto x = source_rows(geo, a.x, n, group, h0 - geo.reach, h1 + geo.reach, x_scratch);
-      // Kernel gradients row by row: the row's grad_y and the few x rows it meets stay in L1
-      // while all the taps' gradient rows are written.
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int k = 0; k < geo.num_sizes; ++k) {
-          const int s = geo.size[k];
-          const int64_t half = s / 2;
-          for (int i = 0; i < s; ++i) {
-            const int64_t hh = h + (i - half) * geo.dilation;
-            for (int j = 0; j < s; ++j) {
-              scalar_t* gk_row = a.grad_kernels.data[k] + n * a.grad_kernels.batch_stride[k] +
-                                 (group * s * s + i * s + j) * hw + h * geo.W;
-              if (hh < 0 || hh >= geo.H) {
-                for (int64_t w = 0; w < geo.W; ++w) gk_buffer[w] = 0;
-              } else {
-                grad_weight_row<scalar_t>(geo, gy.row(geo, h), gy.channel_stride, x.row(geo, hh), x.channel_stride,
-                                          (j - half) * geo.dilation, gk_buffer);
-              }
-              store_row(gk_row, gk_buffer, geo.W);
-            }
-          }
-        }
-      }
-    });
-  }
-  finish_streaming();
-}
-
-at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-                             int64_t dilation) {
-  const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  at::Tensor y = empty_output(p.x.sizes(), p.x.options());
-  if (is_empty(p.geo)) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cpu", [&] {
-    const ForwardArgs<scalar_t> args{p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
-                                     y.mutable_data_ptr<scalar_t>()};
-    const RowBlocks blocks(p.geo);
-    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
-      forward_rows<scalar_t>(args, blocks, begin, end, acc.data());
-    });
-  });
-  return y;
-}
-
-std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-    int64_t dilation, bool need_x, bool need_kernels) {
-  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
-  if (b.ready) return {b.grad_x, b.grad_kernels};
-  const Problem& p = b.p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cpu", [&] {
-    const BackwardArgs<scalar_t> args{p.geo,
-                                      make_bank<const scalar_t>(p, p.kernels),
-                                      need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{},
-                                      need_kernels,
-                                      p.x.const_data_ptr<scalar_t>(),
-                                      b.grad_y.const_data_ptr<scalar_t>(),
-                                      need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr};
-    const RowBlocks blocks(p.geo);
-    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
-      std::vector<at::opmath_type<scalar_t>> gk_buffer(p.geo.W);
-      backward_rows<scalar_t>(args, blocks, begin, end, acc.data(), gk_buffer.data());
-    });
-  });
-  return {b.grad_x, b.grad_kernels};
-}
-
-}  // namespace
 
 TORCH_LIBRARY(ddet_ops, m) {
   m.def("multi_dynconv(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation) -> Tensor");
   m.def(
       "multi_dynconv_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, "
       "bool need_x, bool need_kernels) -> (Tensor, Tensor[])");
-}
-
-TORCH_LIBRARY_IMPL(ddet_ops, CPU, m) {
-  m.impl("multi_dynconv", &multi_dynconv_cpu);
-  m.impl("multi_dynconv_backward", &multi_dynconv_backward_cpu);
+  m.def("cuda_kernels() -> str", [] { return cuda_kernels(); });
 }
 
 }  // namespace ddet_ops

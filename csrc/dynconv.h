@@ -1,13 +1,14 @@
-// PyTorch glue shared by the CPU and CUDA implementations: argument checks, layout
-// normalisation and the description of where each kernel size lives.
+// PyTorch glue shared by the CPU and CUDA implementations (dynconv.cpp): the argument checks,
+// layout normalisation and the description of where each kernel size lives.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <string>
 #include <vector>
 
-#include "pixel.h"
+#include "geometry.h"
 
 namespace ddet_ops {
 
@@ -41,13 +42,17 @@ struct Backward {
 Backward prepare_backward(const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels,
                           at::IntArrayRef sizes, int64_t groups, int64_t dilation, bool need_x, bool need_kernels);
 
+// The CUDA kernel version this process runs: "v2" (the default) or "v1", from the environment
+// variable DDET_OPS_CUDA_KERNELS, read at the first call; any other value is refused.
+const std::string& cuda_kernels();
+
 inline bool is_empty(const Geometry& geo) { return geo.N * geo.C * geo.H * geo.W == 0; }
 
 // A contiguous uninitialised output tensor; on the CPU from the cache of freed blocks
-// (cpu_cache.cpp).
+// (cpu/cpu_cache.cpp).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// A contiguous uninitialised CPU tensor; large ones reuse freed blocks (cpu_cache.cpp).
+// A contiguous uninitialised CPU tensor; large ones reuse freed blocks (cpu/cpu_cache.cpp).
 at::Tensor empty_cpu_output(at::IntArrayRef sizes, at::ScalarType dtype);
 
 // Outputs shaped like `like` (one per entry), contiguous, for the kernel gradients.

@@ -1,45 +1,14 @@
-// The per-pixel arithmetic of the operator, written once for the host and the device.
+// The per-pixel arithmetic of the v1 CUDA kernels, written once for the host and the device.
 //
-// The CUDA kernels run forward_thread / backward_thread for every thread index. A test-only
-// CPU entry point (pixel_harness.cpp) runs the same functions over every index so that the
-// indexing of the device path is checked against the reference on machines with no GPU. The
-// CPU kernels (dynconv.cpp) are organised by rows instead, to stream memory and vectorise.
+// The v1 CUDA kernels run forward_thread / backward_thread for every thread index. A test-only
+// CPU entry point (testing/pixel_harness.cpp) runs the same functions over every index so that
+// the indexing of the device path is checked against the reference on machines with no GPU. The
+// CPU kernels (cpu/dynconv_cpu.cpp) are organised by rows instead, to stream memory and vectorise.
 #pragma once
 
-#include <cstdint>
-
-#if defined(__CUDACC__)
-#define DDET_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define DDET_HOST_DEVICE inline
-#endif
+#include "geometry.h"
 
 namespace ddet_ops {
-
-// More sizes than this in one call is refused with a clear error; the paper uses three.
-constexpr int kMaxSizes = 16;
-
-// Shape of one call. x, y, grad_y and grad_x are contiguous (N, C, H, W); every kernel plane
-// (H, W) is contiguous, and the planes of one size's block are H*W apart.
-struct Geometry {
-  int64_t N, C, H, W;
-  int64_t groups;
-  int64_t channels_per_group;
-  int64_t dilation;
-  int num_sizes;
-  int size[kMaxSizes];
-  // Furthest horizontal or vertical offset of any tap: (max size / 2) * dilation.
-  int64_t reach;
-};
-
-// Where the kernels of each size live: data[k] is channel 0 of size k's block in batch 0.
-template <typename T>
-struct KernelBank {
-  T* data[kMaxSizes];
-  int64_t batch_stride[kMaxSizes];
-};
-
-DDET_HOST_DEVICE int64_t plane(const Geometry& g) { return g.H * g.W; }
 
 // The sum over the taps of every size for `count` (<= kBlock) consecutive channels of one group
 // at pixel (n, h, w), each weight loaded once for all the channels:

@@ -5,7 +5,7 @@
 >>> y = multi_dynconv(x, packed, sizes=(3, 5, 7))    # or one packed tensor
 """
 
-from ._extension import cuda_compiled, load as _load
+from ._extension import cuda_compiled, cuda_kernels, load as _load
 
 _load(__path__)
 
@@ -20,6 +20,7 @@ __all__ = [
     "MultiDynConv",
     "reference",
     "cuda_compiled",
+    "cuda_kernels",
     "empty_cpu_cache",
     "cpu_cache_bytes",
 ]

@@ -13,12 +13,19 @@ import torch
 
 KernelsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
 
+# More kernel sizes than this in one call are refused, as by the C++ kernels.
+MAX_SIZES = 16
+# The largest odd size whose s*s taps index in 32 bits, as the C++ kernels require.
+MAX_KERNEL_SIZE = 46339
+
 
 def _check_size(size: int) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
         raise ValueError(f"kernel sizes must be ints, got {size!r}")
     if size < 1 or size % 2 == 0:
         raise ValueError(f"kernel sizes must be odd and >= 1, got {size}")
+    if size > MAX_KERNEL_SIZE:
+        raise ValueError(f"kernel size {size} is too large (at most {MAX_KERNEL_SIZE}, so that s*s taps are countable)")
     return size
 
 
@@ -80,7 +87,38 @@ def normalize(
                     )
         for i, (k, s) in enumerate(zip(kernel_list, sizes)):
             _check_kernel(x, k, f"kernels[{i}]", groups * s * s, f"groups*s^2 = {groups}*{s * s}")
+    if len(sizes) > MAX_SIZES:
+        raise ValueError(f"at most {MAX_SIZES} kernel sizes per call, got {len(sizes)}")
     return kernel_list, sizes
+
+
+def check_op_args(
+    x: torch.Tensor, kernels: Sequence[torch.Tensor], sizes: Sequence[int], groups: int, dilation: int
+) -> None:
+    """The checks of the raw ``torch.ops.ddet_ops`` arguments (a list of kernel tensors, one per
+    size or one packed), as the C++ kernels make them; the fake kernels run them so that a call
+    dispatched to them (meta tensors, tracing) is refused exactly when the real one would be."""
+    kernels = list(kernels)
+    if not kernels:
+        raise ValueError("kernels is an empty list: give at least one kernel tensor")
+    if len(kernels) != len(sizes) and len(kernels) != 1:
+        raise ValueError(
+            f"got {len(kernels)} kernel tensors for {len(sizes)} sizes: pass one tensor per size, or one packed tensor"
+        )
+    packed = len(kernels) != len(sizes)
+    normalize(x, kernels[0] if packed else kernels, sizes, groups, dilation)
+
+
+def check_grad_y(grad_y: torch.Tensor, x: torch.Tensor) -> None:
+    """grad_y of the backward op must be shaped, typed and placed as x."""
+    if not isinstance(grad_y, torch.Tensor):
+        raise ValueError(f"grad_y must be a tensor, got {type(grad_y).__name__}")
+    if grad_y.shape != x.shape:
+        raise ValueError(f"grad_y has shape {tuple(grad_y.shape)}, but x has {tuple(x.shape)}")
+    if grad_y.dtype != x.dtype:
+        raise ValueError(f"grad_y has dtype {grad_y.dtype}, but x has dtype {x.dtype}")
+    if grad_y.device != x.device:
+        raise ValueError(f"grad_y is on {grad_y.device}, but x is on {x.device}")
 
 
 def _infer_size(k: torch.Tensor, groups: int, name: str) -> int:

@@ -73,3 +73,10 @@ def _built_against(library: Path) -> str:
 def cuda_compiled() -> bool:
     """Whether this build of the extension holds CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("ddet_ops::multi_dynconv", "CUDA")
+
+
+def cuda_kernels() -> str:
+    """The CUDA kernel version this process runs: ``"v2"`` (the default) or ``"v1"``, chosen by
+    the environment variable ``DDET_OPS_CUDA_KERNELS`` when the first op call reads it (any other
+    value is refused there). v1 is the first design, kept to be timed against v2."""
+    return str(torch.ops.ddet_ops.cuda_kernels())

@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ._checks import KernelsArg, normalize
+from ._checks import KernelsArg, check_grad_y, check_op_args, normalize
 
 __all__ = ["multi_dynconv", "dynconv"]
 
@@ -63,12 +63,14 @@ def dynconv(x: torch.Tensor, kernel: torch.Tensor, *, groups: int = 1, dilation:
 
 @torch.library.register_fake("ddet_ops::multi_dynconv")
 def _multi_dynconv_fake(x, kernels, sizes, groups, dilation):
-    normalize(x, kernels if len(kernels) == len(sizes) else kernels[0], sizes, groups, dilation)
+    check_op_args(x, kernels, sizes, groups, dilation)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("ddet_ops::multi_dynconv_backward")
 def _multi_dynconv_backward_fake(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels):
+    check_op_args(x, kernels, sizes, groups, dilation)
+    check_grad_y(grad_y, x)
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty((0,))
     grad_kernels: List[torch.Tensor] = (
         [torch.empty_like(k, memory_format=torch.contiguous_format) for k in kernels] if need_kernels else []

@@ -71,20 +71,88 @@ def test_forward_and_backward_match_reference(case, packed):
 
 
 @pytest.mark.parametrize("case", CASES[:6] + CASES[8:], ids=lambda c: "x".join(map(str, c[:4])) + f"-g{c[5]}-d{c[6]}")
-def test_device_code_path_matches_reference(case):
-    """The CUDA kernels' per-thread functions, run serially on the CPU."""
+def test_v1_device_code_path_matches_reference(case):
+    """The v1 CUDA kernels' per-thread functions, run serially on the CPU."""
     n, c, h, w, sizes, groups, dilation = case
     x, kernels = make_inputs(n, c, h, w, sizes, groups)
     packed = torch.cat(kernels, dim=1)
     grad_y = torch.randn_like(x)
-    y = torch.ops.ddet_ops._pixelwise_multi_dynconv(x, [packed], list(sizes), groups, dilation)
-    gx, (gk,) = torch.ops.ddet_ops._pixelwise_multi_dynconv_backward(
+    y = torch.ops.ddet_ops_testing.pixelwise_v1_forward(x, [packed], list(sizes), groups, dilation)
+    gx, (gk,) = torch.ops.ddet_ops_testing.pixelwise_v1_backward(
         grad_y, x, [packed], list(sizes), groups, dilation, True, True
     )
     y_ref, gx_ref, (gk_ref,) = grads(reference.multi_dynconv, x, packed, grad_y, sizes=sizes, groups=groups, dilation=dilation)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(gx, gx_ref)
     torch.testing.assert_close(gk, gk_ref)
+
+
+# The v2 strip harness: rows that are and are not a multiple of every strip width (4 float, 8
+# half, 2 double), strips inside the image and across its borders, channel blocks with tails,
+# groups, and sizes/dilations off the specialised paths.
+STRIP_CASES = [
+    (1, 3, 11, 32, (1, 3, 5, 7), 1, 1),
+    (2, 5, 10, 35, (3, 7, 1, 5), 1, 1),
+    (1, 4, 9, 16, (3, 5), 4, 1),
+    (1, 2, 7, 13, (3, 9), 2, 2),
+    (1, 1, 1, 1, (3, 5, 7), 1, 1),
+    (1, 9, 12, 24, (5, 3), 1, 1),
+]
+# Relative error (max abs error / max abs value) against float64 on the same rounded inputs.
+STRIP_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def _relative_error(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def _strip_case(case, dtype):
+    n, c, h, w, sizes, groups, dilation = case
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    packed, grad_y = torch.cat(kernels, dim=1), torch.randn_like(x)
+    x, packed, grad_y = x.to(dtype), packed.to(dtype), grad_y.to(dtype)
+    args = ([packed], list(sizes), groups, dilation)
+    y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
+    gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
+    want = grads(reference.multi_dynconv, x.double(), packed.double(), grad_y.double(), sizes=sizes, groups=groups,
+                 dilation=dilation)
+    for name, got, ref in [("y", y, want[0]), ("grad_x", gx, want[1]), ("grad_k", gk, want[2][0])]:
+        assert got.dtype == dtype
+        assert _relative_error(got, ref) < STRIP_TOLERANCE[dtype], (name, case)
+    return set(forward_paths) | set(backward_paths)
+
+
+@pytest.mark.parametrize("dtype", list(STRIP_TOLERANCE), ids=str)
+def test_v2_strip_code_matches_reference_on_every_path(dtype):
+    """The v2 CUDA kernels' per-thread functions, run serially on the CPU over every strip; the
+    cases together must take every path the kernels have (each specialised size inside and on
+    the border, vector and scalar weights, the generic path) for every dtype."""
+    seen = set()
+    for case in STRIP_CASES:
+        seen |= _strip_case(case, dtype)
+    everything = set(torch.ops.ddet_ops_testing.strip_paths())
+    assert everything - seen == set(), "paths the harness never ran"
+    assert seen <= everything
+
+
+@pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["grad_x", "grad_k"])
+def test_v2_backward_halves_run_alone(need):
+    x, kernels = make_inputs(1, 3, 9, 16, (3, 5), 1)
+    grad_y = torch.randn_like(x)
+    both = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, kernels, [3, 5], 1, 1, True, True)
+    gx, gk, _ = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, kernels, [3, 5], 1, 1, *need)
+    if need[0]:
+        assert gk == [] and torch.equal(gx, both[0])
+    else:
+        assert gx.numel() == 0 and all(torch.equal(a, b) for a, b in zip(gk, both[1]))
+
+
+def test_test_only_ops_are_not_in_the_production_namespace():
+    names = torch._C._dispatch_get_all_op_names()
+    production = {name for name in names if name.startswith("ddet_ops::")}
+    assert {"ddet_ops::multi_dynconv", "ddet_ops::multi_dynconv_backward"} <= production
+    assert not {name for name in production if "pixelwise" in name or "strip" in name}
+    assert "ddet_ops_testing::strip_forward" in names
 
 
 def test_shift_add_reference_agrees_with_unfold_reference():
@@ -291,6 +359,14 @@ BAD_DIRECT_CALLS = [
     ((torch.zeros(1, 1, 4, 4, dtype=torch.int32), [torch.zeros(1, 9, 4, 4, dtype=torch.int32)], [3], 1, 1), "float"),
     ((torch.zeros(1, 1, 4, 4), [], [3], 1, 1), "empty"),
     ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)], [], 1, 1), "at least one"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)], [-3], 1, 1), "odd"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)], [3], -1, 1), "groups"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 9, 4, 4)] * 2, [3, 3, 3], 1, 1), "one tensor per size"),
+    ((torch.zeros(1, 1, 4, 4), [torch.zeros(1, 17, 4, 4)], [1] * 17, 1, 1), "at most 16"),
+    # (2^63 - 1)^2 wraps to 1 in 64 bits: 1 + 9 channels would pass a wrapped count.
+    ((torch.zeros(1, 1, 8, 8), [torch.zeros(1, 10, 8, 8)], [3, 2**63 - 1], 1, 3), "too large"),
+    ((torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8), torch.zeros(1, 1, 8, 8)], [3, 2**63 - 1], 1, 1), "too large"),
+    ((torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [2**32 + 3], 1, 1), "too large"),
 ]
 
 
@@ -299,6 +375,67 @@ def test_direct_op_calls_check_their_arguments(args, fragment):
     """The C++ op guards itself too: torch.ops.ddet_ops is reachable without the Python face."""
     with pytest.raises(RuntimeError, match=fragment):
         torch.ops.ddet_ops.multi_dynconv(*args)
+
+
+@pytest.mark.parametrize("args,fragment", BAD_DIRECT_CALLS)
+def test_direct_backward_calls_check_what_the_forward_checks(args, fragment):
+    x = args[0]
+    with pytest.raises(RuntimeError, match=fragment):
+        torch.ops.ddet_ops.multi_dynconv_backward(torch.zeros_like(x), *args, True, True)
+
+
+def test_a_size_whose_square_wraps_is_refused_in_every_dtype_without_a_crash():
+    # In a subprocess: before the size bound, half types at dilation 3 read far out of bounds.
+    code = (
+        "import torch, ddet_ops\n"
+        "for dtype in (torch.bfloat16, torch.float16, torch.float32):\n"
+        "    x, k = torch.zeros(1, 1, 8, 8, dtype=dtype), torch.zeros(1, 10, 8, 8, dtype=dtype)\n"
+        "    for call in (lambda: torch.ops.ddet_ops.multi_dynconv(x, [k], [3, 2**63 - 1], 1, 3),\n"
+        "                 lambda: torch.ops.ddet_ops.multi_dynconv_backward(x, x, [k], [3, 2**63 - 1], 1, 3, True, True)):\n"
+        "        try:\n"
+        "            call()\n"
+        "            print('accepted')\n"
+        "        except RuntimeError as error:\n"
+        "            print('refused' if 'too large' in str(error) else error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["refused"] * 6
+
+
+META_BACKWARD_CALLS = [
+    # (grad_y, x, kernels, sizes, groups, dilation, fragment): one of them on the meta device.
+    (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8, device="meta")], [3], 1, 1, "meta"),
+    (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8, device="meta")], [2], -1, 0,
+     "groups"),
+    (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [3], 1, 1, "meta"),
+    (torch.zeros(1, 1, 8, 7, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"),
+     [torch.zeros(1, 9, 8, 8, device="meta")], [3], 1, 1, "grad_y has shape"),
+    (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"),
+     [torch.zeros(1, 25, 8, 8, device="meta")], [3], 1, 1, "channels"),
+    (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"), [], [3], 1, 1, "empty"),
+]
+
+
+@pytest.mark.parametrize("grad_y,x,kernels,sizes,groups,dilation,fragment", META_BACKWARD_CALLS)
+def test_backward_on_meta_tensors_checks_its_arguments(grad_y, x, kernels, sizes, groups, dilation, fragment):
+    with pytest.raises((ValueError, RuntimeError), match=fragment):
+        torch.ops.ddet_ops.multi_dynconv_backward(grad_y, x, kernels, sizes, groups, dilation, True, True)
+
+
+def test_forward_on_meta_tensors_with_no_kernels_names_the_problem():
+    with pytest.raises(ValueError, match="empty"):
+        torch.ops.ddet_ops.multi_dynconv(torch.zeros(1, 1, 8, 8, device="meta"), [], [3], 1, 1)
+
+
+@pytest.mark.parametrize("grad_y,fragment", [
+    (torch.zeros(1, 1, 8, 7), "grad_y has shape"),
+    (torch.zeros(1, 1, 8, 8, dtype=torch.float64), "grad_y has dtype"),
+])
+def test_backward_names_what_is_wrong_with_grad_y(grad_y, fragment):
+    with pytest.raises(RuntimeError, match=fragment):
+        torch.ops.ddet_ops.multi_dynconv_backward(grad_y, torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [3], 1,
+                                                  1, True, True)
 
 
 @settings(max_examples=40, deadline=None)
@@ -363,6 +500,13 @@ def test_cpu_cache_size_comes_from_the_environment():
     assert bad.returncode != 0 and "DDET_OPS_CPU_CACHE_MB" in bad.stderr
 
 
+@pytest.mark.parametrize("value", [str(2**44), "99999999999999999999"])
+def test_cpu_cache_sizes_past_the_address_space_are_refused(value):
+    # 2^44 MB is 2^64 bytes, which wrapped to a cache of 0 (off); the other saturated strtoll.
+    bad = _cache_probe(value)
+    assert bad.returncode != 0 and "DDET_OPS_CPU_CACHE_MB" in bad.stderr
+
+
 SPECIAL_VALUES = [float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 65504.0, 1e-7, -1e-7, 6e-5, 1.0]
 
 
@@ -405,3 +549,16 @@ def test_dilation_beyond_the_image_leaves_only_the_centre_tap(dtype):
     tol = {} if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
     for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
         torch.testing.assert_close(a.double(), b, **tol)
+
+
+def _kernel_version_probe(value):
+    env = dict(os.environ, DDET_OPS_CUDA_KERNELS=value)
+    return subprocess.run([sys.executable, "-c", "import ddet_ops; print(ddet_ops.cuda_kernels())"], env=env,
+                          capture_output=True, text=True)
+
+
+def test_cuda_kernel_version_comes_from_the_environment():
+    assert _kernel_version_probe("").stdout.split() == ["v2"]
+    assert _kernel_version_probe("v1").stdout.split() == ["v1"]
+    bad = _kernel_version_probe("v3")
+    assert bad.returncode != 0 and "DDET_OPS_CUDA_KERNELS" in bad.stderr

@@ -167,3 +167,36 @@ def test_more_than_2_to_the_31_kernel_elements():
     # grad_x at a pixel gathers from neighbours within reach, whose grad_y lies within the crop.
     torch.testing.assert_close(x.grad[..., -crop + 6:, -crop + 6:].cpu().double(), xc.grad[..., 6:, 6:],
                                rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_versions_agree(tmp_path):
+    """v1 (DDET_OPS_CUDA_KERNELS=v1, in a subprocess: the variable is read once) against this
+    process's kernels, every dtype, on cases that take the specialised and generic paths."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, ddet_ops\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_ops_cuda import CASES, inputs, forward_backward, TOLERANCE\n"
+        "out = {}\n"
+        "for dtype in TOLERANCE:\n"
+        "    for i, case in enumerate(CASES):\n"
+        "        x, kernels, grad_y = inputs(case, dtype)\n"
+        "        out[(str(dtype), i)] = [t.cpu() for t in forward_backward(x, kernels, grad_y, case[5], case[6])]\n"
+        "torch.save(out, sys.argv[1])\n"
+        "print(ddet_ops.cuda_kernels())\n"
+    )
+    path = tmp_path / "v1.pt"
+    env = dict(os.environ, DDET_OPS_CUDA_KERNELS="v1")
+    done = subprocess.run([sys.executable, "-c", script, str(path), os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["v1"], done.stderr
+    v1 = torch.load(path)
+    for dtype, tolerance in TOLERANCE.items():
+        for i, case in enumerate(CASES):
+            x, kernels, grad_y = inputs(case, dtype)
+            ours = forward_backward(x, kernels, grad_y, case[5], case[6])
+            for a, b in zip(ours, v1[(str(dtype), i)]):
+                assert relative_error(a.cpu(), b) < 2 * tolerance

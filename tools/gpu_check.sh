@@ -1,56 +1,101 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: build, CUDA tests, compute-sanitizer, operator benchmark, Table III and
-# DDet's breakdown on CUDA. Run from the repository root on a machine with an NVIDIA GPU, torch
-# and nvcc (no network needed). Results go to $OUT (default: ./gpu-check-out); a summary table is printed last.
-# Each step has its own time limit; a normal run ends within 7 minutes.
+# The short GPU check, at most 6 minutes on a fresh machine with an NVIDIA GPU, torch and nvcc (no
+# network): build for this GPU only -> a correctness subset of the CUDA tests -> raw-op timings of
+# the v1 and v2 CUDA kernels with CUDA events -> the unfold and torch.compile peers on the headline
+# case -> ncu on the v2 kernels where its counters can be read. Each step has a time limit (cut to
+# what is left of the whole budget), writes under $OUT (default ./gpu-check-out) as it goes, and
+# a summary comes last. tools/gpu_check_full.sh is the longer second run (Table III, full suite).
+#   tools/gpu_check.sh            on the GPU machine, from the repository root
+#   tools/gpu_check.sh --dry-run  anywhere: runs the steps that need no GPU on the CPU, skips the rest
 set -uo pipefail
-OUT=${OUT:-$PWD/gpu-check-out}
-PY=${PYTHON:-python3}  # the interpreter that holds torch (python3 on the lent GPU machines)
+cd "$(dirname "$0")/.."
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: tools/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+REPO=$PWD
+OUT=${OUT:-$REPO/gpu-check-out}
+PY=${PYTHON:-python3}  # the interpreter that holds torch
+BUDGET_S=${GPU_CHECK_BUDGET_S:-360}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 LOG="$OUT/gpu_check.log"
+: > "$LOG"
 status=0
-step() {  # step NAME SECONDS COMMAND...: run, log, remember failure
+SUMMARY=()
+START=$SECONDS
+
+# step NAME LIMIT COMMAND...: runs it under min(LIMIT, budget left), logs it, remembers failure.
+# The last 20 s of the budget are kept for the summary.
+step() {
   local name=$1 limit=$2; shift 2
+  local left=$((BUDGET_S - 20 - (SECONDS - START)))
+  [ "$name" != summary ] || left=$((left + 20))
+  if [ "$left" -lt 5 ]; then skip "$name" "out of the ${BUDGET_S}s budget"; status=1; return; fi
+  [ "$limit" -le "$left" ] || limit=$left
   echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local begin=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
-  echo "=== $name: exit $rc after $((SECONDS - start))s" | tee -a "$LOG"
-  SUMMARY+=("| $name | $rc | $((SECONDS - start)) s |")
+  echo "=== $name: exit $rc after $((SECONDS - begin))s" | tee -a "$LOG"
+  SUMMARY+=("| $name | $([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)") | $((SECONDS - begin)) s |")
   [ "$rc" -eq 0 ] || status=1
 }
-SUMMARY=()
+skip() { echo "=== $1: skipped ($2)" | tee -a "$LOG"; SUMMARY+=("| $1 | skipped: $2 | - |"); }
+gpu_step() { if [ "$DRY" -eq 1 ]; then skip "$1" "dry run, needs a GPU"; else step "$@"; fi; }
 
-nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv | tee -a "$LOG"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG"
-
-# Builds for the GPU in this machine (torch reads its compute capability when the list is unset).
-step build 120 "$PY" -m pip install --no-build-isolation --no-deps -v .
-cd /tmp  # import the installed package, not the source folder
-REPO=$OLDPWD
-step cuda-tests 100 "$PY" -m pytest "$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider \
-  --junitxml="$OUT/cuda-tests.xml"
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
-if [ -n "$SANITIZER" ]; then
-  step sanitizer 45 "$SANITIZER" --tool memcheck --error-exitcode 1 --log-file "$OUT/sanitizer.log" \
-    "$PY" "$REPO/tools/sanitizer_case.py"
-else
-  echo "compute-sanitizer not found" | tee -a "$LOG"; SUMMARY+=("| sanitizer | not found | - |"); status=1
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" \
+  2>&1 | tee -a "$LOG"
+if [ "$DRY" -eq 0 ]; then
+  nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$LOG"
+  ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || ARCH=unknown
+  echo "GPU architecture: $ARCH" | tee -a "$LOG"
 fi
-GPU=$("$PY" -c "import torch; print(''.join(c if c.isalnum() else '-' for c in torch.cuda.get_device_name().lower()).strip('-'))")
-DAY=$(date -u +%Y-%m-%d)
-step ops-benchmark 150 "$PY" "$REPO/benchmarks/bench_dynconv.py" --ops --device cuda \
-  --json "$OUT/ops-$GPU-$DAY.json" --markdown "$OUT/ops-$GPU-$DAY.md"
-step table3 45 "$PY" "$REPO/benchmarks/bench_dynconv.py" --device cuda \
-  --json "$OUT/table3-$GPU-$DAY.json" --markdown "$OUT/table3-$GPU-$DAY.md"
-step breakdown 40 "$PY" "$REPO/benchmarks/bench_dynconv.py" --breakdown --device cuda \
-  --json "$OUT/breakdown-$GPU-$DAY.json" --markdown "$OUT/breakdown-$GPU-$DAY.md"
 
+# Built in place for this GPU's architecture only, on every core; the dry run uses the installed
+# ddet_ops, as CI installs it.
+[ "$DRY" -eq 1 ] || export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+gpu_step build 150 env TORCH_CUDA_ARCH_LIST="${ARCH:-}" FORCE_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py -q build_ext --inplace
+# Registers, stack frame and spills of every kernel, from the build's -Xptxas -v lines.
+gpu_step resources 10 "$PY" tools/ptxas_report.py "$LOG"
+
+# Every dtype against float64, CPU agreement, determinism, > 2^31 elements, both kernel versions.
+CUDA_TESTS=("$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider -x
+  -k "every_dtype or agrees_with_cpu or deterministic or 2_to_the_31 or kernel_versions")
+if [ "$DRY" -eq 1 ]; then
+  step cuda-tests-collect 60 env -C "$OUT" "$PY" -m pytest "${CUDA_TESTS[@]}" --collect-only
+else
+  step cuda-tests 50 env -C "$OUT" "$PY" -m pytest "${CUDA_TESTS[@]}"
+fi
+
+DRY_FLAG=(); [ "$DRY" -eq 1 ] && DRY_FLAG=(--dry-run)
+step timings-v1 30 env DDET_OPS_CUDA_KERNELS=v1 "$PY" tools/gpu_timings.py kernels --json "$OUT/kernels-v1.json" "${DRY_FLAG[@]}"
+step timings-v2 30 env DDET_OPS_CUDA_KERNELS=v2 "$PY" tools/gpu_timings.py kernels --json "$OUT/kernels-v2.json" "${DRY_FLAG[@]}"
+step peers 60 "$PY" tools/gpu_timings.py peers --json "$OUT/peers.json" "${DRY_FLAG[@]}"
+
+# DRAM throughput, achieved occupancy and stall reasons of the v2 kernels on the headline case.
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+if [ "$DRY" -eq 1 ]; then
+  skip ncu "dry run, needs a GPU"
+elif [ -z "$NCU" ]; then
+  skip ncu "ncu not found"
+else
+  before=$status
+  step ncu 30 "$NCU" --target-processes all --kernel-name-base demangled -k "regex:v2" --launch-skip 0 \
+    --launch-count 6 --section SpeedOfLight --section Occupancy --section WarpStateStats --csv --page details \
+    --log-file "$OUT/ncu.csv" "$PY" tools/ncu_case.py
+  if grep -q "ERR_NVGPUCTRPERM\|LibraryNotLoaded\|not supported" "$OUT/ncu.csv" 2>/dev/null; then
+    SUMMARY[-1]="| ncu | skipped: counters not readable here | - |"; status=$before
+  fi
+fi
+
+step summary 20 "$PY" tools/gpu_timings.py report --v1 "$OUT/kernels-v1.json" --v2 "$OUT/kernels-v2.json" \
+  --peers "$OUT/peers.json" --markdown "$OUT/summary.md"
 echo
-[ -f "$OUT/ops-$GPU-$DAY.md" ] && cat "$OUT/ops-$GPU-$DAY.md"
-echo
-echo "| step | exit | time |"
+echo "| step | result | time |"
 echo "|---|---|---|"
 printf '%s\n' "${SUMMARY[@]}"
+echo "total $((SECONDS - START)) s of the ${BUDGET_S} s budget; files in $OUT"
 exit $status

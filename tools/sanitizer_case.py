@@ -1,4 +1,4 @@
-"""A small forward + backward of every dtype on CUDA, for compute-sanitizer (tools/gpu_check.sh)."""
+"""A small forward + backward of every dtype on CUDA, for compute-sanitizer (tools/gpu_check_full.sh)."""
 
 import torch
 

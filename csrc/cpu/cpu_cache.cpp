@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -23,7 +24,7 @@
 #include <sys/mman.h>
 #endif
 
-#include "dynconv.h"
+#include "../dynconv.h"
 
 namespace ddet_ops {
 namespace {
@@ -32,13 +33,18 @@ constexpr size_t kHugePage = size_t(2) << 20;
 // Smaller outputs fault in little time and glibc reuses their memory anyway.
 constexpr size_t kMinBytes = size_t(4) << 20;
 
+// The byte limit from DDET_OPS_CPU_CACHE_MB; a value whose byte count does not fit in size_t is
+// refused rather than wrapped around (which could turn the cache off or shrink it unnoticed).
 size_t limit_from_environment() {
   const char* text = std::getenv("DDET_OPS_CPU_CACHE_MB");
   if (text == nullptr || *text == '\0') return size_t(2048) << 20;
   char* end = nullptr;
+  errno = 0;
   const long long megabytes = std::strtoll(text, &end, 10);
-  TORCH_CHECK(*end == '\0' && megabytes >= 0,
+  TORCH_CHECK(*end == '\0' && megabytes >= 0 && errno != ERANGE,
               "ddet_ops: DDET_OPS_CPU_CACHE_MB must be a whole number of megabytes >= 0, got '", text, "'");
+  TORCH_CHECK(static_cast<unsigned long long>(megabytes) <= (SIZE_MAX >> 20),
+              "ddet_ops: DDET_OPS_CPU_CACHE_MB=", text, " megabytes is more bytes than this machine can address");
   return static_cast<size_t>(megabytes) << 20;
 }
 

@@ -1,4 +1,4 @@
-// CUDA kernels of the ddet_ops operators.
+// The v1 CUDA kernels, kept selectable (DDET_OPS_CUDA_KERNELS=v1) to time against v2.
 //
 // Each thread runs the per-pixel functions of pixel.h (the code the CPU harness tests against
 // the reference): threads are numbered with w fastest, so a warp reads 32 neighbouring weights
@@ -12,24 +12,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include <algorithm>
-
-#include "../dynconv.h"
+#include "../pixel.h"
+#include "launch.h"
 
 namespace ddet_ops {
 namespace {
 
 constexpr int kThreadsPerBlock = 256;
-
-int64_t blocks_for(int64_t threads) {
-  // Grid-stride loops cover any remainder, so the grid can be capped.
-  constexpr int64_t kMaxBlocks = int64_t(1) << 30;
-  return std::min((threads + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks);
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
@@ -56,46 +46,31 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
-at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-                              int64_t dilation) {
-  const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
-  if (is_empty(p.geo)) return y;
+}  // namespace
+
+void forward_v1(const Problem& p, at::Tensor& y) {
   const int64_t threads = forward_threads(p.geo);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(threads), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "forward_v1", [&] {
+    forward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
+                               at::cuda::getCurrentCUDAStream()>>>(
         p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
         y.mutable_data_ptr<scalar_t>(), threads);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return y;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-    int64_t dilation, bool need_x, bool need_kernels) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
-  if (b.ready) return {b.grad_x, b.grad_kernels};
+void backward_v1(Backward& b, bool need_x, bool need_kernels) {
   const Problem& p = b.p;
   const int64_t threads = backward_threads(p.geo);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<blocks_for(threads), kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "backward_v1", [&] {
+    backward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(
         p.geo, make_bank<const scalar_t>(p, p.kernels),
         need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
         p.x.const_data_ptr<scalar_t>(), b.grad_y.const_data_ptr<scalar_t>(),
         need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {b.grad_x, b.grad_kernels};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(ddet_ops, CUDA, m) {
-  m.impl("multi_dynconv", &multi_dynconv_cuda);
-  m.impl("multi_dynconv_backward", &multi_dynconv_backward_cuda);
 }
 
 }  // namespace ddet_ops

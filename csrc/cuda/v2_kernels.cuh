@@ -1,0 +1,62 @@
+// The v2 CUDA kernels (the default): each thread runs the strip functions of strip.h, the code
+// the CPU harness checks against the reference, for its index; threads are numbered with the
+// strip fastest, so a warp's weight loads cover 32 neighbouring 16-byte strips of one plane.
+// forward and grad_x are one kernel template (a gather over the window or its inverse); the
+// kernel gradients are a second kernel, so either backward half runs alone. Indices are 64-bit.
+// Each pass is compiled in its own file (v2_*.cu), so that the build runs them in parallel.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include "../strip.h"
+#include "launch.h"
+
+namespace ddet_ops {
+namespace v2 {
+
+constexpr int kThreadsPerBlock = 256;
+// Two blocks of 256 threads per SM at least: at most 128 registers a thread.
+constexpr int kMinBlocksPerSM = 2;
+
+template <bool kGather, typename scalar_t>
+__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
+    gather_strips(const __grid_constant__ Geometry geo, const __grid_constant__ KernelBank<const scalar_t> kernels,
+                  const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t threads, bool vector) {
+  using acc_t = at::opmath_type<scalar_t>;
+  NoTrace trace;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    gather_strip<kGather, scalar_t, acc_t>(geo, kernels, src, out, index, vector, trace);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
+    grad_kernel_strips(const __grid_constant__ Geometry geo,
+                       const __grid_constant__ KernelBank<scalar_t> grad_kernels, const scalar_t* __restrict__ x,
+                       const scalar_t* __restrict__ grad_y, int64_t threads, bool vector) {
+  using acc_t = at::opmath_type<scalar_t>;
+  NoTrace trace;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    grad_kernel_strip<scalar_t, acc_t>(geo, grad_kernels, x, grad_y, index, vector, trace);
+  }
+}
+
+template <bool kGather, typename scalar_t>
+void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
+  const auto bank = make_bank<const scalar_t>(p, p.kernels);
+  const int64_t threads = gather_strip_threads<scalar_t, kGather>(p.geo);
+  gather_strips<kGather, scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
+                                     at::cuda::getCurrentCUDAStream()>>>(
+      p.geo, bank, src, out, threads, strips_can_use_vectors<scalar_t>(p.geo, bank));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace v2
+
+}  // namespace ddet_ops

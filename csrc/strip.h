@@ -1,0 +1,391 @@
+// The per-thread arithmetic of the v2 CUDA kernels, written once for the host and the device.
+//
+// A v2 thread owns a strip of consecutive pixels of one row (16 bytes of scalar_t: 4 float, 8
+// half or bfloat16, 2 double), so the weights of one tap at the strip are one 128-bit load.
+// Kernel sizes 1, 3, 5 and 7 at dilation 1 are compile-time specialisations: their taps are
+// unrolled and the source row segment a kernel row touches sits in registers, read once for all
+// the taps of that row; strips whose window lies inside the image take the interior path (no
+// bounds checks), the others the border path. Any other size or dilation takes the generic path.
+//
+//   forward (kGather = false): y[c, h, w]  = sum_t K_t[h, w] * x[c, h + di, w + dj]
+//   grad_x  (kGather = true):  gx[c, h, w] = sum_t K_t[h - di, w - dj] * gy[c, h - di, w - dj]
+//   grad_K:                    gK_t[h, w]  = sum_c gy[c, h, w] * x[c, h + di, w + dj]
+// grad_x gathers over the inverse window (no atomics, a fixed order); grad_K is its own kernel,
+// one thread per strip and kernel row, its sums in registers and written with vector stores.
+//
+// The CUDA kernels (cuda/dynconv_v2.cu) run the *_strip functions for every thread index; the
+// test harness (testing/pixel_harness.cpp) runs them serially on the CPU, recording through
+// `trace` which path each strip took, so a test can require that every path was checked.
+#pragma once
+
+#include <cstring>
+
+#include "geometry.h"
+
+#if defined(__CUDACC__)
+#define DDET_UNROLL _Pragma("unroll")
+// A loop kept rolled, so that the scheduler cannot hoist its iterations' loads into registers.
+#define DDET_ROLLED _Pragma("unroll 1")
+#else
+#define DDET_UNROLL
+#define DDET_ROLLED
+#endif
+
+namespace ddet_ops {
+
+// The sizes with compile-time paths (at dilation 1); the harness must reach every one of them.
+constexpr int kSpecialisedSizes[] = {1, 3, 5, 7};
+constexpr int kLargestSpecialised = 7;
+
+// Pixels per strip: 16 bytes. grad_x reads its weights shifted, one by one, so its strips gain
+// nothing from 16 bytes of half types and take 4, which keeps them within 128 registers.
+template <typename scalar_t, bool kGather = false>
+constexpr int strip_width() {
+  return kGather && sizeof(scalar_t) == 2 ? 4 : static_cast<int>(16 / sizeof(scalar_t));
+}
+
+// Channels whose sums one forward / grad_x thread keeps, each weight loaded once for all of them:
+// 4, or 3 (RGB) for the forward strips of the half types, which are twice as wide.
+template <typename scalar_t, bool kGather>
+constexpr int strip_channels() {
+  return sizeof(scalar_t) == 2 && !kGather ? 3 : 4;
+}
+
+// The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]".
+enum class Pass { kForward, kGradX, kGradK };
+
+// What the device passes as trace: nothing.
+struct NoTrace {
+  DDET_HOST_DEVICE void operator()(Pass, int, bool, bool) const {}
+};
+
+DDET_HOST_DEVICE int64_t strips_per_row(const Geometry& geo, int width) { return (geo.W + width - 1) / width; }
+
+template <typename scalar_t, bool kGather>
+DDET_HOST_DEVICE int64_t strip_channel_blocks(const Geometry& geo) {
+  constexpr int kC = strip_channels<scalar_t, kGather>();
+  return (geo.channels_per_group + kC - 1) / kC;
+}
+
+// Forward / grad_x threads: one per (n, group, h, block of channels, strip), the strip fastest
+// and then the channel block, so the blocks of one row re-read its weights from cache.
+template <typename scalar_t, bool kGather>
+DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
+  return geo.N * geo.groups * geo.H * strip_channel_blocks<scalar_t, kGather>(geo) *
+         strips_per_row(geo, strip_width<scalar_t, kGather>());
+}
+
+// grad_K threads: one per (n, group, kernel row of any size, h, strip).
+DDET_HOST_DEVICE int64_t kernel_rows(const Geometry& geo) {
+  int64_t rows = 0;
+  for (int k = 0; k < geo.num_sizes; ++k) rows += geo.size[k];
+  return rows;
+}
+
+template <typename scalar_t>
+DDET_HOST_DEVICE int64_t grad_kernel_strip_threads(const Geometry& geo) {
+  return geo.N * geo.groups * kernel_rows(geo) * geo.H * strips_per_row(geo, strip_width<scalar_t>());
+}
+
+// Whether the planes of `bank` allow aligned 16-byte access at every strip: W a multiple of the
+// strip width and every size's block 16-byte aligned (outputs are allocated aligned).
+template <typename scalar_t, typename T>
+DDET_HOST_DEVICE bool strips_can_use_vectors(const Geometry& geo, const KernelBank<T>& bank) {
+  if (geo.W % strip_width<scalar_t>() != 0) return false;
+  for (int k = 0; k < geo.num_sizes; ++k) {
+    if (reinterpret_cast<uintptr_t>(bank.data[k]) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// kV weights at p, with a 128-bit load through the read-only cache when `vector` (and kV values
+// are 16 bytes).
+template <int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void load_strip(const scalar_t* p, bool vector, acc_t* out) {
+  if (vector && kV * sizeof(scalar_t) == 16) {
+    alignas(16) scalar_t v[kV];
+#if defined(__CUDA_ARCH__)
+    *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(p));
+#else
+    std::memcpy(v, p, sizeof(v));
+#endif
+    DDET_UNROLL
+    for (int u = 0; u < kV; ++u) out[u] = static_cast<acc_t>(v[u]);
+  } else {
+    DDET_UNROLL
+    for (int u = 0; u < kV; ++u) out[u] = static_cast<acc_t>(p[u]);
+  }
+}
+
+// Stores the first `valid` of kV sums at p (a 128-bit streaming store when all are valid, kV
+// values are 16 bytes and `vector`: outputs are written once and not read back).
+template <int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void store_strip(scalar_t* p, int valid, bool vector, const acc_t* in) {
+  if (vector && valid == kV && kV * sizeof(scalar_t) == 16) {
+    alignas(16) scalar_t v[kV];
+    DDET_UNROLL
+    for (int u = 0; u < kV; ++u) v[u] = static_cast<scalar_t>(in[u]);
+#if defined(__CUDA_ARCH__)
+    __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(v));
+#else
+    std::memcpy(p, v, sizeof(v));
+#endif
+    return;
+  }
+  DDET_UNROLL
+  for (int u = 0; u < kV; ++u) {
+    if (u < valid) p[u] = static_cast<scalar_t>(in[u]);
+  }
+}
+
+// src[at] as acc_t, or 0 where the column is outside [0, W) (kChecked only).
+template <bool kChecked, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE acc_t load_col(const scalar_t* row, int64_t col, int64_t W) {
+  if (kChecked && (col < 0 || col >= W)) return acc_t(0);
+  return static_cast<acc_t>(row[col]);
+}
+
+// The taps of one size kS at dilation 1 for a strip at (h, w0) and `count` channels. weights:
+// the size's block of this image and group (tap t's plane at t * hw); src: channel c_begin's
+// plane of x (forward) or grad_y (grad_x). kChecked: the border path. For each kernel row and
+// channel, the row segment [w0 - kR, w0 + kV + kR) the row's taps touch is loaded once into
+// registers; the channels after the first find the row's weights in L1.
+template <int kS, bool kChecked, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+                                       int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV]) {
+  constexpr int kR = kS / 2;
+  constexpr int kSpan = kV + kS - 1;
+  const int64_t hw = plane(geo);
+  DDET_ROLLED
+  for (int i = 0; i < kS; ++i) {
+    const int64_t row = kGather ? h - (i - kR) : h + (i - kR);
+    if (kChecked && (row < 0 || row >= geo.H)) continue;
+    DDET_UNROLL
+    for (int c = 0; c < kC; ++c) {
+      if (c >= count) break;
+      acc_t span[kSpan];
+      const scalar_t* src_row = src + c * hw + row * geo.W;
+      DDET_UNROLL
+      for (int u = 0; u < kSpan; ++u) span[u] = load_col<kChecked, scalar_t, acc_t>(src_row, w0 - kR + u, geo.W);
+      DDET_UNROLL
+      for (int j = 0; j < kS; ++j) {
+        acc_t wt[kV];
+        const scalar_t* plane_ij = weights + (i * kS + j) * hw;
+        if (kGather) {  // the weight of the neighbour the tap came from: shifted, so scalar
+          DDET_UNROLL
+          for (int v = 0; v < kV; ++v) {
+            wt[v] = load_col<kChecked, scalar_t, acc_t>(plane_ij + row * geo.W, w0 + v - (j - kR), geo.W);
+          }
+        } else if (kChecked) {
+          DDET_UNROLL
+          for (int v = 0; v < kV; ++v) wt[v] = load_col<true, scalar_t, acc_t>(plane_ij + h * geo.W, w0 + v, geo.W);
+        } else {
+          load_strip<kV>(plane_ij + h * geo.W + w0, vector, wt);
+        }
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) acc[c][v] += wt[v] * span[kGather ? v + kS - 1 - j : v + j];
+      }
+    }
+  }
+}
+
+// Any size and dilation, every load checked.
+template <bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, int s, const scalar_t* weights, const scalar_t* src,
+                                         int count, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
+  const int64_t hw = plane(geo);
+  const int64_t half = s / 2;
+  const int64_t step = kGather ? -geo.dilation : geo.dilation;
+  for (int i = 0; i < s; ++i) {
+    const int64_t row = h + (i - half) * step;
+    if (row < 0 || row >= geo.H) continue;
+    for (int j = 0; j < s; ++j) {
+      const int64_t shift = (j - half) * step;
+      const scalar_t* plane_ij = weights + (static_cast<int64_t>(i) * s + j) * hw;
+      DDET_UNROLL
+      for (int v = 0; v < kV; ++v) {
+        const int64_t col = w0 + v + shift;
+        if (w0 + v >= geo.W || col < 0 || col >= geo.W) continue;
+        const acc_t wt = static_cast<acc_t>(plane_ij[kGather ? row * geo.W + col : h * geo.W + w0 + v]);
+        DDET_UNROLL
+        for (int c = 0; c < kC; ++c) {
+          if (c < count) acc[c][v] += wt * static_cast<acc_t>(src[c * hw + row * geo.W + col]);
+        }
+      }
+    }
+  }
+}
+
+// Whether the window of a strip at (h, w0) with reach r lies inside the image, strip included.
+DDET_HOST_DEVICE bool strip_inside(const Geometry& geo, int64_t r, int64_t h, int64_t w0, int width) {
+  return h - r >= 0 && h + r < geo.H && w0 - r >= 0 && w0 + width - 1 + r < geo.W;
+}
+
+template <int kS, bool kGather, int kC, int kV, typename scalar_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+                                      int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV], Trace& trace) {
+  const bool inside = strip_inside(geo, kS / 2, h, w0, kV);
+  trace(kGather ? Pass::kGradX : Pass::kForward, kS, inside, inside && vector && !kGather);
+  if (inside) {
+    strip_taps_fixed<kS, false, kGather>(geo, weights, src, count, h, w0, vector, acc);
+  } else {
+    strip_taps_fixed<kS, true, kGather>(geo, weights, src, count, h, w0, vector, acc);
+  }
+}
+
+// One forward (kGather = false) or grad_x (kGather = true) thread: the sums of every size for a
+// strip of up to strip_channels() channels, written to out. `vector`: the weight planes allow
+// aligned 128-bit access (W a multiple of the strip width, 16-byte aligned blocks).
+template <bool kGather, typename scalar_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+                                   const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t index,
+                                   bool vector, Trace& trace) {
+  constexpr int kV = strip_width<scalar_t, kGather>();
+  constexpr int kC = strip_channels<scalar_t, kGather>();
+  const int64_t strips = strips_per_row(geo, kV), blocks = strip_channel_blocks<scalar_t, kGather>(geo);
+  const int64_t hw = plane(geo);
+  const int64_t w0 = index % strips * kV;
+  index /= strips;
+  const int64_t first = index % blocks * kC;
+  index /= blocks;
+  const int64_t h = index % geo.H;
+  index /= geo.H;
+  const int64_t group = index % geo.groups, n = index / geo.groups;
+  const int count = static_cast<int>(geo.channels_per_group - first < kC ? geo.channels_per_group - first : kC);
+  const int64_t c_begin = group * geo.channels_per_group + first;
+  const scalar_t* src_c = src + (n * geo.C + c_begin) * hw;
+  acc_t acc[kC][kV];
+  DDET_UNROLL
+  for (int c = 0; c < kC; ++c) {
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) acc[c][v] = acc_t(0);
+  }
+  for (int k = 0; k < geo.num_sizes; ++k) {
+    const int s = geo.size[k];
+    const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw;
+    switch (geo.dilation == 1 ? s : 0) {
+      case 1: strip_taps_size<1, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
+      case 3: strip_taps_size<3, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
+      case 5: strip_taps_size<5, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
+      case 7: strip_taps_size<7, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
+      default:
+        trace(kGather ? Pass::kGradX : Pass::kForward, 0, false, false);
+        strip_taps_generic<kGather>(geo, s, weights, src_c, count, h, w0, acc);
+    }
+  }
+  const int valid = static_cast<int>(geo.W - w0 < kV ? geo.W - w0 : kV);
+  scalar_t* out_c = out + (n * geo.C + c_begin) * hw + h * geo.W + w0;
+  DDET_UNROLL
+  for (int c = 0; c < kC; ++c) {
+    if (c < count) store_strip<kV>(out_c + c * hw, valid, vector, acc[c]);
+  }
+}
+
+// The kernel-gradient strip of one kernel row of size kS at dilation 1: for each tap j of the
+// row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR]. gy: channel 0 of
+// the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane at (h, w0).
+template <int kS, bool kChecked, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
+                                            int64_t row, int64_t w0, int valid, bool vector) {
+  constexpr int kR = kS / 2;
+  const int64_t hw = plane(geo);
+  acc_t acc[kS][kV];
+  DDET_UNROLL
+  for (int j = 0; j < kS; ++j) {
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) acc[j][v] = acc_t(0);
+  }
+  if (!kChecked || (row >= 0 && row < geo.H)) {
+    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
+      acc_t g[kV], span[kV + kS - 1];
+      DDET_UNROLL
+      for (int v = 0; v < kV; ++v) g[v] = kChecked && v >= valid ? acc_t(0) : static_cast<acc_t>(gy[c * hw + v]);
+      const scalar_t* x_row = x + c * hw + row * geo.W;
+      DDET_UNROLL
+      for (int u = 0; u < kV + kS - 1; ++u) span[u] = load_col<kChecked, scalar_t, acc_t>(x_row, w0 - kR + u, geo.W);
+      DDET_UNROLL
+      for (int j = 0; j < kS; ++j) {
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) acc[j][v] += g[v] * span[v + j];
+      }
+    }
+  }
+  DDET_UNROLL
+  for (int j = 0; j < kS; ++j) store_strip<kV>(gk + j * hw, valid, vector, acc[j]);
+}
+
+// Any size and dilation: one tap at a time, every load checked.
+template <int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void grad_kernel_row_generic(const Geometry& geo, int s, const scalar_t* gy, const scalar_t* x,
+                                              scalar_t* gk, int64_t row, int64_t w0, int valid) {
+  const int64_t hw = plane(geo);
+  const int64_t half = s / 2;
+  for (int j = 0; j < s; ++j) {
+    acc_t acc[kV];
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) acc[v] = acc_t(0);
+    if (row >= 0 && row < geo.H) {
+      for (int64_t c = 0; c < geo.channels_per_group; ++c) {
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) {
+          if (v < valid) {
+            acc[v] += static_cast<acc_t>(gy[c * hw + v]) *
+                      load_col<true, scalar_t, acc_t>(x + c * hw + row * geo.W, w0 + v + (j - half) * geo.dilation,
+                                                      geo.W);
+          }
+        }
+      }
+    }
+    store_strip<kV>(gk + j * hw, valid, false, acc);
+  }
+}
+
+template <int kS, int kV, typename scalar_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void grad_kernel_row_size(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
+                                           int64_t h, int64_t row, int64_t w0, int valid, bool vector,
+                                           Trace& trace) {
+  const bool inside = strip_inside(geo, kS / 2, h, w0, kV) && row >= 0 && row < geo.H;
+  trace(Pass::kGradK, kS, inside, inside && vector);
+  if (inside) {
+    grad_kernel_row_fixed<kS, false, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+  } else {
+    grad_kernel_row_fixed<kS, true, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+  }
+}
+
+// One grad_K thread: the gradients of the s taps of one kernel row at a strip.
+template <typename scalar_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<scalar_t>& grad_kernels,
+                                        const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad_y,
+                                        int64_t index, bool vector, Trace& trace) {
+  constexpr int kV = strip_width<scalar_t>();
+  const int64_t strips = strips_per_row(geo, kV), rows = kernel_rows(geo), hw = plane(geo);
+  const int64_t w0 = index % strips * kV;
+  index /= strips;
+  const int64_t h = index % geo.H;
+  index /= geo.H;
+  int64_t i = index % rows;
+  index /= rows;
+  const int64_t group = index % geo.groups, n = index / geo.groups;
+  int k = 0;
+  while (i >= geo.size[k]) i -= geo.size[k++];
+  const int s = geo.size[k];
+  const int64_t row = h + (i - s / 2) * geo.dilation;
+  const int valid = static_cast<int>(geo.W - w0 < kV ? geo.W - w0 : kV);
+  const int64_t first = (n * geo.C + group * geo.channels_per_group) * hw;
+  const scalar_t* gy = grad_y + first + h * geo.W + w0;
+  const scalar_t* xs = x + first;
+  scalar_t* gk =
+      grad_kernels.data[k] + n * grad_kernels.batch_stride[k] + (group * s * s + i * s) * hw + h * geo.W + w0;
+  switch (geo.dilation == 1 ? s : 0) {
+    case 1: grad_kernel_row_size<1, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 3: grad_kernel_row_size<3, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 5: grad_kernel_row_size<5, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 7: grad_kernel_row_size<7, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    default:
+      trace(Pass::kGradK, 0, false, false);
+      grad_kernel_row_generic<kV, scalar_t, acc_t>(geo, s, gy, xs, gk, row, w0, valid);
+  }
+}
+
+}  // namespace ddet_ops

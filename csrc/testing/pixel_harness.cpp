@@ -1,0 +1,149 @@
+// Test-only CPU entry points that run the CUDA kernels' per-thread code (pixel.h for v1,
+// strip.h for v2) serially over every thread index, so the device paths' indexing is checked
+// against the reference on machines with no GPU. The v2 entry points also return the names of
+// the paths their strips took, and strip_paths() names them all, so a test can require every
+// specialisation to have been run. They live in their own op namespace,
+// torch.ops.ddet_ops_testing, apart from the production ops.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../dynconv.h"
+#include "../pixel.h"
+#include "../strip.h"
+
+#include <set>
+#include <string>
+
+namespace ddet_ops {
+namespace {
+
+at::Tensor pixelwise_forward(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+                             int64_t dilation) {
+  const Problem p = prepare(x, kernels, sizes, groups, dilation);
+  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixelwise_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto bank = make_bank<const scalar_t>(p, p.kernels);
+    const int64_t threads = forward_threads(p.geo);
+    for (int64_t index = 0; index < threads; ++index) {
+      forward_thread<scalar_t, acc_t>(p.geo, bank, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                                      index);
+    }
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> pixelwise_backward(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                   at::TensorList kernels, at::IntArrayRef sizes,
+                                                                   int64_t groups, int64_t dilation, bool need_x,
+                                                                   bool need_kernels) {
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  if (b.ready) return {b.grad_x, b.grad_kernels};
+  const Problem& p = b.p;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixelwise_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto bank = make_bank<const scalar_t>(p, p.kernels);
+    const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{};
+    const int64_t threads = backward_threads(p.geo);
+    for (int64_t index = 0; index < threads; ++index) {
+      backward_thread<scalar_t, acc_t>(p.geo, bank, grad_bank, need_kernels, p.x.const_data_ptr<scalar_t>(),
+                                       b.grad_y.const_data_ptr<scalar_t>(),
+                                       need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, index);
+    }
+  });
+  return {b.grad_x, b.grad_kernels};
+}
+
+// Records the name of every path a strip takes.
+struct PathTrace {
+  std::set<std::string> seen;
+  void operator()(Pass pass, int size, bool inside, bool vector) {
+    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k"};
+    std::string name = std::string(kPassNames[static_cast<int>(pass)]) + " ";
+    name += size == 0 ? "generic" : "s" + std::to_string(size) + (inside ? " interior" : " border");
+    seen.insert(vector ? name + " vector" : name);
+  }
+  std::vector<std::string> names() const { return {seen.begin(), seen.end()}; }
+};
+
+std::vector<std::string> strip_paths() {
+  PathTrace all;
+  for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK}) {
+    all(pass, 0, false, false);
+    for (int size : kSpecialisedSizes) {
+      all(pass, size, false, false);
+      all(pass, size, true, false);
+      if (pass != Pass::kGradX) all(pass, size, true, true);  // grad_x reads shifted weights
+    }
+  }
+  return all.names();
+}
+
+template <bool kGather, typename scalar_t>
+void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
+  const auto bank = make_bank<const scalar_t>(p, p.kernels);
+  const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank);
+  const int64_t threads = gather_strip_threads<scalar_t, kGather>(p.geo);
+  for (int64_t index = 0; index < threads; ++index) {
+    gather_strip<kGather, scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
+  }
+}
+
+std::tuple<at::Tensor, std::vector<std::string>> strip_forward(const at::Tensor& x, at::TensorList kernels,
+                                                              at::IntArrayRef sizes, int64_t groups, int64_t dilation) {
+  const Problem p = prepare(x, kernels, sizes, groups, dilation);
+  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
+  PathTrace trace;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strip_forward", [&] {
+    run_gather_strips<false>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
+  });
+  return {y, trace.names()};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<std::string>> strip_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+    int64_t dilation, bool need_x, bool need_kernels) {
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  PathTrace trace;
+  if (b.ready) return {b.grad_x, b.grad_kernels, trace.names()};
+  const Problem& p = b.p;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strip_backward", [&] {
+    if (need_x) {
+      run_gather_strips<true>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
+    }
+    if (!need_kernels) return;
+    const auto bank = make_bank<scalar_t>(p, b.grad_kernels);
+    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank);
+    const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
+    for (int64_t index = 0; index < threads; ++index) {
+      grad_kernel_strip<scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
+                                                             b.grad_y.const_data_ptr<scalar_t>(), index, vector, trace);
+    }
+  });
+  return {b.grad_x, b.grad_kernels, trace.names()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ddet_ops_testing, m) {
+  m.def("pixelwise_v1_forward(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation) -> Tensor");
+  m.def(
+      "pixelwise_v1_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, "
+      "int dilation, bool need_x, bool need_kernels) -> (Tensor, Tensor[])");
+  m.def("strip_forward(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation) -> (Tensor, str[])");
+  m.def(
+      "strip_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, "
+      "bool need_x, bool need_kernels) -> (Tensor, Tensor[], str[])");
+  m.def("strip_paths() -> str[]", &strip_paths);
+}
+
+TORCH_LIBRARY_IMPL(ddet_ops_testing, CPU, m) {
+  m.impl("pixelwise_v1_forward", &pixelwise_forward);
+  m.impl("pixelwise_v1_backward", &pixelwise_backward);
+  m.impl("strip_forward", &strip_forward);
+  m.impl("strip_backward", &strip_backward);
+}
+
+}  // namespace ddet_ops
