@@ -18,14 +18,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT
 
 
-def _device(choice):
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
 def yaml_mapping(text):
     try:
         value = yaml.safe_load(text)
@@ -77,9 +69,14 @@ def command_train(args):
 def command_eval(args):
     from ddet import metrics
     from ddet.data import WholeImages, make_sources, paired_folder, realsr
+    from ddet.device import pick_device
     from ddet.inference import evaluate_images, resolve_model
 
-    device = _device(args.device)
+    if args.border < 0:
+        raise ValueError(f"--border must be at least 0, got {args.border}")
+    if args.patch not in (None, 0) and args.patch < metrics.SSIM_WINDOW:
+        raise ValueError(f"--patch must be at least {metrics.SSIM_WINDOW} (the SSIM window), got {args.patch}")
+    device = pick_device(args.device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
@@ -133,6 +130,8 @@ def _required(value, flag):
 
 
 def _refuse_overwrite(path, force):
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file to write")
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (pass --force to overwrite)")
 
@@ -158,9 +157,10 @@ def command_upscale(args):
     from tqdm import tqdm
 
     from ddet.data.io import writable_format, write_image
+    from ddet.device import pick_device
     from ddet.inference import resolve_model, upscale
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     model, scale, _, _ = resolve_model(args.model, args.weights, args.scale, device)
     targets = output_paths(args.inputs, args.output, scale, args.suffix)
     for source in args.inputs:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from tqdm import tqdm
 from ddet import metrics, models
 from ddet.data import DATA_KINDS, TrainingPatches, WholeImages, make_sources, training_loader
 from ddet.data.io import atomic_write, fsync_directory
+from ddet.device import CHOICES as DEVICE_CHOICES
+from ddet.device import pick_device
 from ddet.inference import evaluate_images
 from ddet.weights import load_weights_into, save_weights
 
@@ -86,6 +89,7 @@ RESUMABLE_CHANGES = {"iterations", "workers", "threads", "channels_last", "devic
 # What a run writes under `out`; --force clears exactly these.
 OUTPUTS = ("checkpoints", "tensorboard", "log.jsonl", "config.yaml", "best.safetensors", "model.safetensors")
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+MAX_WHOLE_NUMBER = 2**62  # beyond it seeds and step counts overflow the 64-bit integers of numpy and torch
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -95,8 +99,8 @@ def load_config(path=None, **overrides):
     if path:
         try:
             values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ValueError(f"cannot read config {path}: {error}") from error
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"cannot read config {path}: {_one_line(error)}") from None
         if not isinstance(values, dict):
             raise ValueError(f"config {path} must be a mapping of option: value")
     values.update({key: value for key, value in overrides.items() if value is not None})
@@ -107,6 +111,14 @@ def load_config(path=None, **overrides):
     config = TrainConfig(**{name: _typed(name, value, type(defaults[name])) for name, value in values.items()})
     _check(config)
     return config
+
+
+def _one_line(error):
+    """A YAML parser's message (several lines with a source excerpt) as one line with its position."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _typed(name, value, kind):
@@ -145,6 +157,8 @@ def _check(config):
         raise ValueError(f"model must be a registered name ({', '.join(models.names())}), got {config.model!r}")
     if config.data not in DATA_KINDS:
         raise ValueError(f"data must be one of {DATA_KINDS}, got {config.data!r}")
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device) is None:
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {config.device!r}")
     if config.realsr_version not in (2, 3):
         raise ValueError(f"realsr_version must be 2 or 3, got {config.realsr_version}")
     for name in ("patch", "batch", "iterations", "step_size", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
@@ -153,6 +167,11 @@ def _check(config):
     for name in ("warmup", "workers", "threads", "seed"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be at least 0, got {getattr(config, name)}")
+    for field in dataclasses.fields(TrainConfig):
+        if type(getattr(config, field.name)) is int and getattr(config, field.name) > MAX_WHOLE_NUMBER:
+            raise ValueError(f"{field.name} must be at most 2**62, got {getattr(config, field.name)}")
+    if config.decode_cache and Path(config.decode_cache).exists() and not Path(config.decode_cache).is_dir():
+        raise ValueError(f"decode_cache {config.decode_cache} is a file, not a folder")
     _check_range("lr", config.lr, low=0.0, low_open=True)
     _check_range("step_gamma", config.step_gamma, low=0.0, low_open=True)
     _check_range("grad_clip", config.grad_clip, low=0.0)
@@ -229,16 +248,6 @@ def setup_distributed(device_choice):
     return env
 
 
-def pick_device(choice, env):
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda given but CUDA is not available")
-        return torch.device("cuda", env.local_rank)
-    return torch.device(choice)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -251,7 +260,10 @@ def latest_checkpoint(out):
     pointer = checkpoint_dir(out) / "latest"
     if not pointer.is_file():
         return None
-    folder = checkpoint_dir(out) / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if re.fullmatch(r"step-\d{9}", name) is None:
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint of this run (step-NNNNNNNNN)")
+    folder = checkpoint_dir(out) / name
     if not folder.is_dir():
         raise FileNotFoundError(f"{pointer} names {folder.name}, which does not exist")
     return folder
@@ -383,7 +395,10 @@ def _refuse_unsafe_start(out, resume, force):
 
 def _build_run(config, env, device, memory_format, amp_dtype):
     torch.manual_seed(config.seed)
-    model = models.create(config.model, **model_overrides(config))
+    try:
+        model = models.create(config.model, **model_overrides(config))
+    except (RuntimeError, MemoryError) as error:  # e.g. a width whose weights do not fit in memory
+        raise ValueError(f"model {config.model} with model_args {config.model_args} cannot be built: {error}") from None
     if config.init:
         load_weights_into(model, config.init)
     model.to(device, memory_format=memory_format)
@@ -408,7 +423,7 @@ def _clear_outputs(out):
 
 def _train(config, env, resume, force):
     out = Path(config.out)
-    device = pick_device(config.device, env)
+    device = pick_device(config.device, env.local_rank)
     latest = _refuse_unsafe_start(out, resume, force)
     if resume:
         check_resumable(config, latest)

@@ -29,6 +29,22 @@ def _check_size(size: int) -> int:
     return size
 
 
+def check_groups_and_dilation(groups: int, dilation: int) -> None:
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
+        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+
+
+def check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+    """A non-empty sequence of at most MAX_SIZES valid kernel sizes, as a tuple."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise ValueError(f"sizes must be a sequence of ints such as (3, 5, 7), got {sizes!r}")
+    if not 1 <= len(sizes) <= MAX_SIZES:
+        raise ValueError(f"give 1 to {MAX_SIZES} kernel sizes, got {len(sizes)}")
+    return tuple(_check_size(size) for size in sizes)
+
+
 def normalize(
     x: torch.Tensor,
     kernels: KernelsArg,
@@ -44,10 +60,7 @@ def normalize(
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must be floating point, got dtype {x.dtype}")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
-    if not isinstance(dilation, int) or isinstance(dilation, bool) or dilation < 1:
-        raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
+    check_groups_and_dilation(groups, dilation)
     n, c, h, w = x.shape
     if c % groups != 0:
         raise ValueError(f"groups={groups} does not divide the {c} channels of x")

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._checks import KernelsArg
+from ._checks import KernelsArg, check_groups_and_dilation, check_sizes
 from .ops import multi_dynconv
 
 
@@ -21,7 +21,8 @@ class MultiDynConv(nn.Module):
 
     def __init__(self, sizes: Sequence[int] = (3, 5, 7), *, groups: int = 1, dilation: int = 1):
         super().__init__()
-        self.sizes = tuple(int(s) for s in sizes)
+        check_groups_and_dilation(groups, dilation)  # now, not at the first call: heads are sized from this module
+        self.sizes = check_sizes(sizes)
         self.groups = groups
         self.dilation = dilation
 

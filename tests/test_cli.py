@@ -142,3 +142,15 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
     assert upscale(np.zeros((20, 30, 3), np.uint8), scale=scale).shape == (20 * scale, 30 * scale, 3)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--border", "-5"], "--border must be at least 0"), (["--patch", "3"], "--patch must be at least 11"),
+    (["--json", "."], ". is a folder"),
+])
+def test_eval_refuses_bad_flags_before_any_work(weights, capsys, monkeypatch, flags, message):
+    import ddet.inference
+
+    monkeypatch.setattr(ddet.inference, "evaluate_images", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    assert main(["eval", "--weights", str(weights), *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -345,3 +345,12 @@ def test_an_image_larger_than_memory_is_refused_before_decoding(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "huge.png is 9000×9000, 81.0 megapixels: decoding it needs about 1.22 GB" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out.png").exists()
+
+
+def test_float_and_32_bit_images_are_refused_not_misread(tmp_path):
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), mode="F").save(tmp_path / "float.tif")
+    Image.fromarray(np.full((4, 4), 70000, np.int32), mode="I").save(tmp_path / "deep.tif")
+    with pytest.raises(ValueError, match="float.tif: floating-point pixels"):
+        read_image(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="deep.tif: 32-bit pixels from 70000 to 70000"):
+        read_image(tmp_path / "deep.tif")

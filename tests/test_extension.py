@@ -42,3 +42,4 @@ def test_a_source_folder_without_the_library_uses_the_installed_one(tmp_path):
                           env={"PYTHONPATH": str(LIBRARY.parents[1]), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(source / "__init__.py"), "9.0"]
+

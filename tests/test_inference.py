@@ -158,3 +158,18 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
     save_weights(tmp_path / "nan.safetensors", state, "ddet", {**TINY_DDET, "in_channels": 1}, 2, "y")
     with pytest.raises(ValueError, match=f"nan.safetensors holds non-finite values.*{name}"):
         resolve_model(weights=tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int32])
+def test_weights_of_a_foreign_type_are_refused(tmp_path, dtype):
+    state = {key: value.to(dtype) for key, value in _tiny().state_dict().items()}
+    save_weights(tmp_path / "odd.safetensors", state, "ddet", {**TINY_DDET, "in_channels": 1}, 2, "y")
+    with pytest.raises(ValueError, match=f"odd.safetensors holds tensors of a type ddet does not load.*{str(dtype)[6:]}"):
+        resolve_model(weights=tmp_path / "odd.safetensors")
+
+
+def test_weights_that_do_not_fit_are_summed_up_in_one_line(tmp_path):
+    save_weights(tmp_path / "w.safetensors", _tiny().state_dict(), "ddet", {"in_channels": 1}, 2, "y")
+    with pytest.raises(ValueError, match=r"w.safetensors does not fit this DDet: tensors \d+ missing \(first: .*\d+ of another shape \(first: ") as caught:
+        resolve_model(weights=tmp_path / "w.safetensors")
+    assert "\n" not in str(caught.value)

@@ -276,6 +276,8 @@ def test_boolean_options_have_on_and_off_flags():
     ["--model", "nope"], ["--lr", "-1"], ["--lr", "nan"], ["--ema", "2.0"], ["--grad-clip", "-1"],
     ["--model-args", "{width: 16, blocks: -1, feature_width: 16}"], ["--init", "missing.safetensors"],
     ["--data-root", "missing-folder"], ["--workers", "-1"], ["--schedule", "step", "--step-size", "0"],
+    ["--device", "meta"], ["--device", "tpu"], ["--iterations", str(10**30)],
+    ["--model-args", "{width: 100000000000, blocks: 1, feature_width: 16}"],
 ])
 def test_force_keeps_the_old_run_when_the_new_settings_are_bad(photos, tmp_path, capsys, bad):
     out = tmp_path / "run"
@@ -333,3 +335,19 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(photos, tmp_path, capsys, m
     error = capsys.readouterr().err
     assert "Traceback" not in error and error.endswith("\n")
     assert error.splitlines()[-1] == f"ddet train: interrupted at step 2; checkpoint step-000000002 is kept: continue with ddet train --out {out} --resume"
+
+
+def test_a_broken_config_file_is_named_in_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("batch: 8\npatch: [unclosed\n")
+    with pytest.raises(ValueError, match=r"c.yaml: .* at line 3, column 1$") as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_latest_pointer_outside_the_run_is_refused(photos, tmp_path):
+    out = tmp_path / "run"
+    train(_config(photos, out, iterations=2))
+    (out / "checkpoints" / "latest").write_text("../../elsewhere/step-000000002")
+    with pytest.raises(ValueError, match="not a checkpoint of this run"):
+        train(_config(photos, out, iterations=4), resume=True)

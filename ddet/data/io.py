@@ -56,9 +56,13 @@ def read_integer_image(path):
                     oriented = EXIF_ORIENTATIONS.get(image.getexif().get(ORIENTATION_TAG, 1), lambda a: a)(deep)
                     return np.ascontiguousarray(oriented[..., :3], dtype=np.uint16), 65535.0
             image = ImageOps.exif_transpose(image)
+            if image.mode == "F":
+                raise ValueError("floating-point pixels (mode F) are not supported: save it with 8 or 16 bits")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                grey = np.asarray(image).astype(np.uint16)
-                return np.repeat(grey[..., None], 3, axis=2), 65535.0
+                grey = np.asarray(image)
+                if grey.min() < 0 or grey.max() > 65535:
+                    raise ValueError(f"32-bit pixels from {grey.min()} to {grey.max()}: only 8 and 16 bits are supported")
+                return np.repeat(grey.astype(np.uint16)[..., None], 3, axis=2), 65535.0
             return np.asarray(image.convert("RGB")), 255.0
     except ImageTooLarge:
         raise

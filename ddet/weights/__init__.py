@@ -20,6 +20,7 @@ BUNDLED_MODEL = "ddet"
 METADATA_KEYS = ("model", "model_args", "scale", "channels")
 SCALES = ("2", "3", "4")  # as stored: safetensors metadata values are text
 CHANNELS = ("y", "rgb")
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def bundled_path(scale):
@@ -53,6 +54,9 @@ def read_weights(path):
     if missing:
         raise ValueError(f"weights file {path} lacks ddet metadata {missing} (not written by ddet?)")
     _check_metadata(metadata, path)
+    foreign = [f"{key} ({value.dtype})" for key, value in tensors.items() if value.dtype not in WEIGHT_DTYPES]
+    if foreign:
+        raise ValueError(f"weights file {path} holds tensors of a type ddet does not load: {', '.join(foreign[:3])}")
     broken = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if broken:
         raise ValueError(f"weights file {path} holds non-finite values (NaN or infinity) in {', '.join(broken[:3])}")
@@ -97,10 +101,16 @@ def load_weights_into(model, path):
 def load_state(model, tensors, path):
     """``model.load_state_dict(tensors)``, with a ValueError naming the file they came from when
     they do not fit."""
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: {error}") from error
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in tensors]
+    unexpected = [key for key in tensors if key not in expected]
+    misshapen = [f"{key} {tuple(tensors[key].shape)} for {tuple(value.shape)}" for key, value in expected.items()
+                 if key in tensors and tensors[key].shape != value.shape]
+    problems = [f"{len(found)} {what} (first: {found[0]})" for what, found in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen)) if found]
+    if problems:
+        raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: tensors {'; '.join(problems)}")
+    model.load_state_dict(tensors)
 
 
 def load_bundled(scale, device="cpu"):
