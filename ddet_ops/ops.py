@@ -102,3 +102,16 @@ def _backward(ctx, grad_y):
 
 
 torch.library.register_autograd("ddet_ops::multi_dynconv", _backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "ddet_ops: second-order gradients (double backward) of multi_dynconv are not supported yet; "
+        "ddet_ops.reference.multi_dynconv computes them in plain PyTorch"
+    )
+
+
+# Without a formula autograd would treat the gradients as constants and return zeros silently.
+torch.library.register_autograd(
+    "ddet_ops::multi_dynconv_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)

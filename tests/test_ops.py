@@ -562,3 +562,11 @@ def test_cuda_kernel_version_comes_from_the_environment():
     assert _kernel_version_probe("v1").stdout.split() == ["v1"]
     bad = _kernel_version_probe("v3")
     assert bad.returncode != 0 and "DDET_OPS_CUDA_KERNELS" in bad.stderr
+
+
+def test_double_backward_is_refused_never_a_silent_zero():
+    x = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    k = torch.rand(1, 9, 5, 5, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad((ddet_ops.dynconv(x, k) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        grad_x.sum().backward()
