@@ -22,12 +22,13 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddet.data.io import atomic_write
 from ddet.inference import resolve_model
 
-__all__ = ["export", "export_format", "FORMATS", "EXPORT_EXTRA"]
+__all__ = ["export", "export_format", "read_tensor", "write_tensor", "FORMATS", "EXPORT_EXTRA"]
 
 FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 EXPORT_EXTRA = "pip install 'ddet[export]'"
@@ -117,3 +118,19 @@ def _write_pt2(network, example, path):
     with tempfile.TemporaryDirectory(prefix="ddet-export-") as folder:
         package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(folder) / "model.pt2"))
         atomic_write(path, lambda handle: handle.write(Path(package).read_bytes()))
+
+
+def write_tensor(path, tensor):
+    """Write ``tensor`` as a .tensor file, the format of the C++ example (examples/cpp/run_pt2.cpp):
+    int64 rank, int64 sizes, float32 values, little-endian; atomically."""
+    values = tensor.detach().to(torch.float32).contiguous().numpy()
+    header = np.array([values.ndim, *values.shape], dtype="<i8").tobytes()
+    atomic_write(path, lambda handle: handle.write(header + values.astype("<f4").tobytes()))
+
+
+def read_tensor(path):
+    """The float32 tensor of a .tensor file (see :func:`write_tensor`)."""
+    payload = Path(path).read_bytes()
+    rank = int(np.frombuffer(payload[:8], dtype="<i8")[0])
+    shape = tuple(int(size) for size in np.frombuffer(payload[8 : 8 * (rank + 1)], dtype="<i8"))
+    return torch.from_numpy(np.frombuffer(payload[8 * (rank + 1) :], dtype="<f4").reshape(shape).copy())

@@ -86,7 +86,7 @@ def multi_dynconv_onnx(x, kernels, sizes, groups, dilation):
     reach = (max(sizes) // 2) * dilation
 
     planes = op.Reshape(x, op.Concat(_ints(-1, 1), spatial, axis=0))
-    bank = op.Constant(value=ir.tensor(one_hot_taps(sizes), name="ddet_ops_one_hot_taps"))
+    bank = op.Constant(value=ir.tensor(one_hot_taps(sizes)))
     patches = op.Conv(planes, bank, pads=[reach] * 4, dilations=[dilation, dilation])
     channels_per_group = op.Div(op.Shape(x, start=1, end=2), [groups])
     patches = op.Reshape(patches, op.Concat(batch, _ints(groups), channels_per_group, _ints(taps), spatial, axis=0))
