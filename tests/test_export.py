@@ -177,3 +177,12 @@ def test_pt2_package_runs_without_the_model_code(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPOSITORY)
     assert float(result.stdout.strip().splitlines()[-1]) <= 1e-4
+
+
+def test_tensor_files_round_trip_with_their_shape(tmp_path):
+    from ddet.deploy import read_tensor, write_tensor
+
+    tensor = torch.randn(2, 1, 5, 3)
+    write_tensor(tmp_path / "x.tensor", tensor)
+    assert (tmp_path / "x.tensor").stat().st_size == 8 * 5 + 4 * tensor.numel()
+    assert torch.equal(read_tensor(tmp_path / "x.tensor"), tensor)

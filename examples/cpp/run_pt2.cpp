@@ -22,6 +22,7 @@ namespace {
 
 at::Tensor read_tensor(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot open " + path);
   int64_t rank = 0;
   if (!file.read(reinterpret_cast<char*>(&rank), sizeof rank) || rank < 1 || rank > 8)
     throw std::runtime_error(path + ": not a .tensor file (bad rank)");
