@@ -174,8 +174,15 @@ def command_upscale(args):
 
 
 def command_export(args):
+    import logging
+    import warnings
+
     from ddet.deploy import export
 
+    # torch's exporter logs the optional torchvision ops it skips and warns about its own internals;
+    # neither is news to someone exporting a ddet model.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         path = export(args.output, model=args.model, weights=args.weights, scale=args.scale, format=args.format, dtype=args.dtype, force=args.force)
     except ImportError as error:  # a missing optional package: say which extra to install
