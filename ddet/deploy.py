@@ -77,6 +77,8 @@ def export(output, *, model=None, weights=None, scale=None, format=None, dtype="
         raise FileExistsError(f"{path} exists (pass --force to overwrite)")
     if kind == "onnx":
         _check_onnx_packages()
+    if isinstance(model, torch.nn.Module) and weights is not None:
+        raise ValueError("pass weights= or a model object, not both")
     if isinstance(model, torch.nn.Module):
         network = copy.deepcopy(model)  # eval() and the dtype cast must not change the caller's model
     else:
