@@ -1,8 +1,9 @@
-"""The ``ddet`` command: ``train``, ``eval`` and ``upscale``.
+"""The ``ddet`` command: ``train``, ``eval``, ``upscale`` and ``export``.
 
     ddet upscale photo.jpg -o photo_x2.png
     ddet eval --scale 2 --json results.json
     ddet train --config configs/ddet_x2.yaml
+    ddet export --scale 2 -o ddet_x2.onnx
 """
 
 import argparse
@@ -175,6 +176,23 @@ def command_upscale(args):
         print(f"{source} → {target} ({image.shape[1]}×{image.shape[0]})")
 
 
+def command_export(args):
+    import logging
+    import warnings
+
+    from ddet.deploy import export
+
+    # torch's exporter logs the optional torchvision ops it skips and warns about its own internals;
+    # neither is news to someone exporting a ddet model.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        path = export(args.output, model=args.model, weights=args.weights, scale=args.scale, format=args.format, dtype=args.dtype, force=args.force)
+    except ImportError as error:  # a missing optional package: say which extra to install
+        raise ValueError(str(error)) from None
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +231,16 @@ def build_parser():
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
     up.set_defaults(run=command_upscale)
+
+    exp = commands.add_parser("export", help="export a model to ONNX or to a compiled PyTorch package (pt2)")
+    exp.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write: *.onnx or *.pt2")
+    exp.add_argument("--format", choices=("onnx", "pt2"), help="default: from the suffix of OUT")
+    exp.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
+    exp.add_argument("--model", help="registry name (default: ddet with bundled weights)")
+    exp.add_argument("--weights", help="safetensors file from ddet train")
+    exp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the exported network (default float32)")
+    exp.add_argument("--force", action="store_true", help="overwrite OUT")
+    exp.set_defaults(run=command_export)
     return parser
 
 

@@ -82,12 +82,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad the bottom and right of x by edge replication so that H and W divide by ``multiple``.
 
     Replication rather than zeros: a zero border is a false edge that the networks would
-    sharpen, and unlike reflection it works for any H, W >= 1.
+    sharpen, and unlike reflection it works for any H, W >= 1. Padding by zero pixels still goes
+    through ``F.pad`` rather than a branch on the size, so that a graph exported with a dynamic
+    H and W (``ddet export``) pads correctly for every size, not just the example's.
     """
     pad_h = -x.shape[-2] % multiple
     pad_w = -x.shape[-1] % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
