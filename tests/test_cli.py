@@ -29,14 +29,16 @@ def photo(tmp_path):
     return path
 
 
-def test_upscale_writes_the_right_size_and_refuses_to_overwrite(tmp_path, photo, weights, capsys):
+def test_upscale_writes_the_right_size_and_skips_existing_outputs(tmp_path, photo, weights, capsys):
     out = tmp_path / "out.png"
     assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--device", "cpu"]) == 0
     assert read_image(out).shape == (40, 60, 3)
-    before = out.read_bytes()
-    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights)]) == 2
-    assert "out.png" in capsys.readouterr().err and out.read_bytes() == before
+    out.write_bytes(b"kept")
+    capsys.readouterr()
+    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights)]) == 0
+    assert "skipping 1 existing output(s)" in capsys.readouterr().out and out.read_bytes() == b"kept"
     assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--force"]) == 0
+    assert read_image(out).shape == (40, 60, 3)
 
 
 def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights):
@@ -44,7 +46,7 @@ def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights)
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(second)
     folder = tmp_path / "results"
     folder.mkdir()
-    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-overlap", "16"]) == 0
+    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-context", "16"]) == 0
     assert read_image(folder / "photo_x2.png").shape == (40, 60, 3)
     assert read_image(folder / "second_x2.png").shape == (16, 24, 3)
     assert main(["upscale", str(photo), "-o", str(tmp_path / "single.jpg"), "--weights", str(weights)]) == 0
