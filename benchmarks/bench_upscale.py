@@ -7,10 +7,10 @@ precision and tile setting, in one run, on a 1-megapixel and a 24-megapixel outp
 Photos: scikit-image's astronaut (512×512, ×2 → 1024×1024) and the same photo resized with
 bicubic to 3000×2000 (×2 → 6000×4000). Every case runs in a fresh process, so its peak resident
 memory (the whole process: Python, torch, the images, the network) is its own. "previous default"
-is the earlier release's setting: float32, 512-pixel tiles overlapping by 32 pixels (here: cores of
-480 with 16 pixels of context each side, the same windows). Precisions the hardware lacks units
-for (bfloat16 / float16 on a CPU without AMX or AVX-512 BF16) run on the small photo only: they
-are emulated there and several times slower than float32.
+runs the ``ddet`` package of commit ``--previous`` (default: the last one before precision choice
+and memory-sized tiles) with its defaults: float32, NCHW, 512-pixel tiles blended over 32 pixels.
+Precisions the hardware lacks units for (bfloat16 / float16 on a CPU without AMX or AVX-512 BF16)
+run on the small photo only: they are emulated there and several times slower than float32.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -34,11 +35,12 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages
 
 from benchmarks.common import device_slug, machine, markdown_table, write_results  # noqa: E402
 from ddet.data.sources import skimage_photos  # noqa: E402
-from ddet.inference import bf16_matrix_units, choose_precision, resolve_device  # noqa: E402
 
-# (label, upscale options): the previous default first, the new default second (ratios use them).
+PREVIOUS = "6e3c5ec"
+# (label, upscale options): the previous default first (run with the previous package, which
+# takes no options), the new default second; the ratios compare these two.
 SETTINGS = [
-    ("previous default: fp32, 512 tiles, overlap 32", {"precision": "fp32", "tile": 480, "tile_context": 16}),
+    ("previous default (fp32, 512 tiles, overlap 32)", {}),
     ("default: auto precision, tiles from --max-memory", {}),
     ("fp32, tiles from --max-memory", {"precision": "fp32"}),
     ("bf16, tiles from --max-memory", {"precision": "bf16"}),
@@ -64,15 +66,26 @@ def run_case(photo: str, options: dict, device: str) -> dict:
     return {"seconds": seconds, "peak_bytes": peak, "megapixels": image.shape[0] * image.shape[1] / 1e6}
 
 
-def in_fresh_process(photo: Path, options: dict, device: str) -> dict:
+def in_fresh_process(photo: Path, options: dict, device: str, package: Path | None = None) -> dict:
+    """``run_case`` in a new process; with the ``ddet`` package found in ``package`` first if given."""
+    env = dict(os.environ)
+    if package is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package), env.get("PYTHONPATH")]))
     command = [sys.executable, __file__, "--case", json.dumps({"photo": str(photo), "options": options, "device": device})]
-    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1])
+
+
+def export_previous(ref: str, folder: Path) -> Path:
+    """The ``ddet`` package of commit ``ref`` in ``folder`` (it runs on today's ``ddet_ops``)."""
+    archive = subprocess.run(["git", "archive", ref, "ddet"], cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def write_photos(folder: Path, quick: bool) -> dict:
     """The two test photos as PNG: astronaut, and astronaut resized to 3000×2000."""
     astronaut = Image.fromarray(np.round(skimage_photos(["astronaut"])["astronaut"] * 255).astype(np.uint8))
-    sizes = {"small": (256, 256), "large": (600, 400)} if quick else {"small": astronaut.size, "large": (3000, 2000)}
+    sizes = {"small": (64, 64), "large": (96, 64)} if quick else {"small": astronaut.size, "large": (3000, 2000)}
     paths = {}
     for name, size in sizes.items():
         paths[name] = folder / f"astronaut-{size[0]}x{size[1]}.png"
@@ -90,10 +103,11 @@ def cases(auto: str, native_half: bool, repeats: int) -> list:
     return plan
 
 
-def measure(plan: list, photos: dict, device: str) -> list:
+def measure(plan: list, photos: dict, device: str, previous: Path) -> list:
     rows = []
     for photo, label, options, repeats in plan:
-        runs = [in_fresh_process(photos[photo], options, device) for _ in range(repeats)]
+        package = previous if label == SETTINGS[0][0] else None
+        runs = [in_fresh_process(photos[photo], options, device, package) for _ in range(repeats)]
         seconds = statistics.median(run["seconds"] for run in runs)
         rows.append({"photo": photos[photo].name, "setting": label, "options": options, "repeats": repeats, "seconds": seconds,
                      "megapixels_per_s": runs[0]["megapixels"] / seconds, "peak_bytes": max(run["peak_bytes"] for run in runs),
@@ -129,21 +143,26 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each float32 case on the small photo (median)")
     parser.add_argument("--quick", action="store_true", help="small photos, one repeat, nothing saved")
+    parser.add_argument("--previous", default=PREVIOUS, help=f"commit whose ddet package gives the previous default (default {PREVIOUS})")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
     if args.case:
         case = json.loads(args.case)
         print(json.dumps(run_case(case["photo"], case["options"], case["device"])))
         return 0
+    from ddet.inference import bf16_matrix_units, choose_precision, resolve_device
+
+    device = resolve_device(args.device)
     native_half = device.startswith("cuda") or bf16_matrix_units()
     auto = choose_precision("auto", device)
     with tempfile.TemporaryDirectory() as scratch:
         photos = write_photos(Path(scratch), args.quick)
-        rows = measure(cases(auto.name, native_half, 1 if args.quick else args.repeats), photos, device)
+        previous = export_previous(args.previous, Path(scratch))
+        rows = measure(cases(auto.name, native_half, 1 if args.quick else args.repeats), photos, device, previous)
     markdown = report(rows, device, f"{auto.name} ({auto.reason})")
     if not args.quick:
-        payload = {"machine": machine(torch.device(device)), "auto_precision": auto.name, "rows": rows, "speedup_default_vs_previous": speedups(rows)}
+        payload = {"machine": machine(torch.device(device)), "previous": args.previous, "auto_precision": auto.name, "rows": rows,
+                   "speedup_default_vs_previous": speedups(rows)}
         for path in write_results(f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}", payload, markdown):
             print(f"  wrote {path}")
     print(markdown)

@@ -68,11 +68,12 @@ def command_train(args):
 def command_eval(args):
     from ddet import metrics
     from ddet.data import WholeImages, make_sources, paired_folder, realsr
-    from ddet.inference import choose_precision, describe_precision, evaluate_images, resolve_device, resolve_model
+    from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_device, resolve_model
 
     device = resolve_device(args.device)
     settings = choose_precision(args.precision, device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
+    prepare_model(model)
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
@@ -188,7 +189,7 @@ def command_upscale(args):
     print(describe_precision(settings))
     if not jobs:
         return
-    prepare_model(model, settings)
+    prepare_model(model)
     context = default_context(model) if args.tile_context is None else args.tile_context
     tile = args.tile
     if tile is None:
@@ -250,7 +251,7 @@ def build_parser():
     evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
     evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")
     evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
-    evaluate.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 48)")
+    evaluate.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
     evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32", help="fp32 (default), bf16, fp16 or auto, as ddet upscale")
     evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     evaluate.add_argument("--json", help="write the per-image table and means here")
@@ -265,8 +266,8 @@ def build_parser():
     up.add_argument("--weights", help="safetensors file from ddet train")
     up.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32")
     up.add_argument("--tile", type=int, default=None, help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)")
-    up.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 48)")
-    up.add_argument("--max-memory", type=float, metavar="GB", help="memory for the network's tiles, in GiB (default 1, at most half the free memory)")
+    up.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
+    up.add_argument("--max-memory", type=float, metavar="GB", help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)")
     up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")

@@ -27,9 +27,10 @@ from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
 TILE_ALIGN = 16
 # Context a tile reads around its core, at most: the trained DDet's theoretical reach is 144
-# pixels, but beyond 48 its output changes by less than 1e-5 (tests/test_inference.py checks it),
-# and a smaller margin leaves more of each tile's memory to pixels that are kept.
-MAX_CONTEXT = 48
+# pixels, but with 32 its output changes by less than a tenth of an 8-bit level
+# (tests/test_inference.py checks it), and a small margin leaves more of each tile's memory to the
+# pixels that are kept.
+MAX_CONTEXT = 32
 # Working set of the network on the tiles, by default (--max-memory overrides it).
 DEFAULT_MAX_MEMORY = 3 * 2**29  # 1.5 GiB
 # Side of the tile on which the working set per pixel is measured.
@@ -94,7 +95,6 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
 class Precision(NamedTuple):
     name: str  # "fp32", "bf16" or "fp16"
     autocast: object  # torch dtype of the autocast region, None for float32
-    channels_last: bool
     reason: str  # why ``auto`` chose it, or "requested"
 
 
@@ -114,39 +114,37 @@ def bf16_matrix_units():
 
 def choose_precision(precision, device):
     """The ``Precision`` that ``precision`` (auto, fp32, bf16, fp16) means on ``device``: auto is
-    bfloat16 autocast on NHWC tensors where the hardware has bfloat16 matrix units (CUDA GPUs
-    that support it, CPUs with AMX / AVX-512 BF16; elsewhere bfloat16 is emulated and slower than
-    float32), float32 otherwise."""
+    bfloat16 autocast where the hardware has bfloat16 matrix units (CUDA GPUs that support it,
+    CPUs with AMX / AVX-512 BF16; elsewhere bfloat16 is emulated and slower than float32),
+    float32 otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
-        return Precision(precision, _HALF_TYPES.get(precision), precision != "fp32", "requested")
+        return Precision(precision, _HALF_TYPES.get(precision), "requested")
     if torch.device(device).type == "cuda":
         native = torch.cuda.is_bf16_supported()
         reason = "this GPU has bfloat16 units" if native else "this GPU lacks bfloat16 units"
     else:
         native = bf16_matrix_units()
         reason = "this CPU has bfloat16 matrix units: AMX or AVX-512 BF16" if native else "this CPU has no bfloat16 matrix units: AMX or AVX-512 BF16"
-    return Precision("bf16", torch.bfloat16, True, reason) if native else Precision("fp32", None, False, reason)
+    return Precision("bf16", torch.bfloat16, reason) if native else Precision("fp32", None, reason)
 
 
 def describe_precision(settings):
     """One line for the user: what runs, and why."""
-    layout = ", channels_last" if settings.channels_last else ""
-    kind = "float32" if settings.autocast is None else f"{settings.name} autocast{layout}"
-    return f"precision: {kind} ({settings.reason})"
+    kind = "float32" if settings.autocast is None else f"{settings.name} autocast"
+    return f"precision: {kind}, channels_last ({settings.reason})"
 
 
-def prepare_model(model, settings):
-    """Put the weights in the memory layout ``settings`` runs in (in place)."""
-    model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
+def prepare_model(model):
+    """Put the weights in the NHWC layout the network runs in (in place): the convolutions run
+    1.3× faster on it in float32 too, on this project's AVX2 CPU (see benchmarks/bench_upscale.py)."""
+    model.to(memory_format=torch.channels_last)
 
 
 def run_network(model, image, settings, device):
     """The model on one C×H×W float32 tensor under ``settings``; float32 C×H×W on the CPU."""
-    batch = image[None].to(device)
-    if settings.channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
+    batch = image[None].to(device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(batch.device.type, dtype=settings.autocast or torch.float32, enabled=settings.autocast is not None):
         return model(batch).float()[0].cpu()
 
@@ -233,11 +231,11 @@ def _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=None
 @torch.no_grad()
 def run_model(model, image, tile=None, context=None, device="cpu", precision="fp32"):
     """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles with ``context``
-    pixels around each (default: :func:`tile_context`); returns float32 C×H×W on the CPU."""
+    pixels around each (default: :func:`default_context`); returns float32 C×H×W on the CPU.
+    The weights stay as they are (a model in training keeps its layout)."""
     height, width = image.shape[1:]
     output = torch.empty(image.shape)  # same-size networks: as many channels out as in
     settings = choose_precision(precision, device)
-    prepare_model(model, settings)
 
     def run_tile(top, bottom, left, right):
         return run_network(model, image[:, top:bottom, left:right], settings, device)
@@ -285,7 +283,7 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
     device = resolve_device(device)
     settings = choose_precision(precision, device)
     network, scale, channels, _ = resolve_model(model, weights, scale, device)
-    prepare_model(network, settings)
+    prepare_model(network)
     context = default_context(network) if tile_context is None else tile_context
     if tile == "auto":
         tile = largest_tile(network, 3 if channels == "rgb" else 1, settings, device, context, max_memory)
