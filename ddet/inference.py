@@ -98,15 +98,19 @@ class Precision(NamedTuple):
     reason: str  # why ``auto`` chose it, or "requested"
 
 
+def cpu_flags():
+    """The CPU's feature flags as the Linux kernel lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
 def bf16_matrix_units():
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16), from the
     kernel's CPU flags, else from torch's own CPU probe (also on systems without /proc)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if {"amx_bf16", "avx512_bf16"} & set(flags):
+    if {"amx_bf16", "avx512_bf16"} & cpu_flags():
         return True
     probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(probe() for probe in probes if probe is not None)
