@@ -27,7 +27,7 @@ from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
 TILE_ALIGN = 16
 # Context a tile reads around its core, at most: the trained DDet's theoretical reach is 144
-# pixels, but with 32 its output changes by less than a tenth of an 8-bit level
+# pixels, but with 32 its output changes by less than a fifth of an 8-bit level
 # (tests/test_inference.py checks it), and a small margin leaves more of each tile's memory to the
 # pixels that are kept.
 MAX_CONTEXT = 32
