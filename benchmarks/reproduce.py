@@ -35,6 +35,7 @@ from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet.data import SKIMAGE_VALIDATION_PHOTOS, make_sources, skimage_photos, write_image  # noqa: E402
 from ddet import models  # noqa: E402
+from ddet.inference import bf16_matrix_units  # noqa: E402
 from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
 
 TABLE2_RUNGS = ("ddet-plain", "ddet-pr", "ddet-cdm", "ddet")
@@ -59,17 +60,7 @@ class Budget:
     val_crop: Optional[int] = None  # validate on central crops of this side (default: whole photos)
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16): only there is bf16
-    autocast faster than float32; elsewhere it is emulated, several times slower."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-FAST_CPU_PRECISION = {"amp": "bf16", "channels_last": True} if native_bf16() else {"amp": "none", "channels_last": False}
+FAST_CPU_PRECISION = {"amp": "bf16", "channels_last": True} if bf16_matrix_units() else {"amp": "none", "channels_last": False}
 FULL = Budget(steps=0, **FAST_CPU_PRECISION)  # steps: from --steps, or calibrated to --hours
 QUICK = Budget(steps=2, batch=2, patch=32, warmup=0, ema=0.0, amp="none", channels_last=False, frame=(32, 32), val_crop=64)
 

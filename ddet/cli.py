@@ -17,6 +17,7 @@ import yaml
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ddet.inference.PRECISIONS, without importing torch
 
 
 def yaml_mapping(text):
@@ -71,14 +72,16 @@ def command_eval(args):
     from ddet import metrics
     from ddet.data import WholeImages, make_sources, paired_folder, realsr
     from ddet.device import pick_device
-    from ddet.inference import evaluate_images, resolve_model
+    from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
     if args.border < 0:
         raise ValueError(f"--border must be at least 0, got {args.border}")
     if args.patch not in (None, 0) and args.patch < metrics.SSIM_WINDOW:
         raise ValueError(f"--patch must be at least {metrics.SSIM_WINDOW} (the SSIM window), got {args.patch}")
     device = pick_device(args.device)
+    settings = choose_precision(args.precision, device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
+    prepare_model(model)
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
@@ -88,7 +91,8 @@ def command_eval(args):
     if args.json:
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
-    rows = evaluate_images(model, WholeImages(source, channels, cache=False), args.tile, args.tile_overlap, device, args.border, patch, progress=True)
+    print(describe_precision(settings))
+    rows = evaluate_images(model, WholeImages(source, channels, cache=False), args.tile, args.tile_context, device, args.border, patch, True, settings.name)
     mean = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
@@ -103,6 +107,7 @@ def command_eval(args):
             "weights": str(args.weights) if args.weights else "bundled",
             "scale": scale,
             "channels": channels,
+            "precision": settings.name,
             "data": args.data,
             "protocol": {"y": "MATLAB rgb2ycbcr, uint8", "multiple": metrics.MULTIPLE, "border": args.border, "patch": patch, "stride": metrics.OFFICIAL_STRIDE if patch else None},
             "images": rows,
@@ -137,13 +142,28 @@ def _refuse_overwrite(path, force):
         raise FileExistsError(f"{path} exists (pass --force to overwrite)")
 
 
-def output_paths(inputs, out, scale, suffix):
-    """Where each input goes: ``out`` itself for one input (unless it is a folder), else ``out/<stem>_x<scale><suffix>``."""
+def expand_inputs(inputs):
+    """The image files named, with each folder replaced by the images in it (sorted)."""
+    from ddet.data.io import list_images
+
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += list_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input image not found: {item}")
+    return files
+
+
+def output_paths(inputs, out, scale, suffix, into_folder=False):
+    """Where each input goes: ``out`` itself for one input (unless it is or must be a folder), else ``out/<stem>_x<scale><suffix>``."""
     out = Path(out)
-    if len(inputs) == 1 and not out.is_dir() and not str(out).endswith(("/", "\\")):
+    if len(inputs) == 1 and not into_folder and not out.is_dir() and not str(out).endswith(("/", "\\")):
         return [out]
     if out.exists() and not out.is_dir():
-        raise ValueError(f"-o {out}: several inputs need an output folder")
+        raise ValueError(f"-o {out}: several inputs or a folder need an output folder")
     targets = [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
     claimed = {}
     for path, target in zip(inputs, targets):
@@ -153,27 +173,73 @@ def output_paths(inputs, out, scale, suffix):
     return targets
 
 
+def output_megapixels(path, scale):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.width * image.height * scale**2 / 1e6
+
+
 def command_upscale(args):
+    from ddet.data.io import writable_format
+
+    from ddet.device import pick_device
+    from ddet.inference import choose_precision, describe_precision, default_context, largest_tile, prepare_model, resolve_model
+
+    device = pick_device(args.device)
+    settings = choose_precision(args.precision, device)
+    model, scale, channels, _ = resolve_model(args.model, args.weights, args.scale, device)
+    inputs = expand_inputs(args.inputs)
+    targets = output_paths(inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs))
+    for target in targets:
+        writable_format(target)
+    jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
+    skipped = len(targets) - len(jobs)
+    if skipped:
+        print(f"skipping {skipped} existing output(s), e.g. {next(t for t in targets if t.exists())} (pass --force to overwrite)")
+    print(describe_precision(settings))
+    if not jobs:
+        return
+    prepare_model(model)
+    context = default_context(model) if args.tile_context is None else args.tile_context
+    tile = args.tile
+    if tile is None:
+        tile = largest_tile(model, 3 if channels == "rgb" else 1, settings, device, context, _bytes(args.max_memory))
+    _upscale_all(args, jobs, dict(scale=scale, model=model, tile=tile, tile_context=context, precision=settings.name, device=device))
+
+
+def _bytes(gigabytes):
+    return None if gigabytes is None else int(gigabytes * 2**30)
+
+
+def _upscale_all(args, jobs, options):
+    """Upscale and write every (source, target) under one progress bar over all their pixels;
+    Ctrl-C stops with one line, leaving only complete files (each is written atomically)."""
+    import time
+
     import numpy as np
     from tqdm import tqdm
 
-    from ddet.data.io import writable_format, write_image
-    from ddet.device import pick_device
-    from ddet.inference import resolve_model, upscale
+    from ddet.data.io import write_image
+    from ddet.inference import upscale
 
-    device = pick_device(args.device)
-    model, scale, _, _ = resolve_model(args.model, args.weights, args.scale, device)
-    targets = output_paths(args.inputs, args.output, scale, args.suffix)
-    for source in args.inputs:
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"input image not found: {source}")
-    for target in targets:
-        writable_format(target)
-        _refuse_overwrite(target, args.force)
-    for source, target in tqdm(list(zip(args.inputs, targets)), desc="images", disable=len(targets) == 1):
-        image = upscale(source, scale=scale, model=model, tile=args.tile or None, tile_overlap=args.tile_overlap, device=device, progress=True, dtype=np.uint8)
-        write_image(target, image, force=args.force)
-        print(f"{source} → {target} ({image.shape[1]}×{image.shape[0]})")
+    megapixels = [output_megapixels(source, options["scale"]) for source, _ in jobs]
+    started, done = time.perf_counter(), 0
+    bar = tqdm(total=round(sum(megapixels), 2), unit="MP", desc="upscale", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]")
+    try:
+        for (source, target), size in zip(jobs, megapixels):
+            bar.set_postfix_str(f"{done + 1}/{len(jobs)} {source.name}")
+            image = upscale(source, **options, dtype=np.uint8, on_pixels=lambda pixels: bar.update(pixels / 1e6))
+            write_image(target, image, force=True)
+            done += 1
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"ddet upscale: interrupted while upscaling {source}; {done} of {len(jobs)} file(s) finished and written, no partial output", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    bar.close()
+    seconds = time.perf_counter() - started
+    total = sum(megapixels)
+    print(f"upscaled {done} file(s), {total:.2f} megapixels in {seconds:.1f} s ({total / seconds:.2f} MP/s) → {Path(args.output)}")
 
 
 def command_export(args):
@@ -213,23 +279,26 @@ def build_parser():
     evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
     evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")
     evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
-    evaluate.add_argument("--tile-overlap", type=int, default=32)
+    evaluate.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
+    evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32", help="fp32 (default), bf16, fp16 or auto, as ddet upscale")
     evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     evaluate.add_argument("--json", help="write the per-image table and means here")
     evaluate.add_argument("--force", action="store_true", help="overwrite --json")
     evaluate.set_defaults(run=command_eval)
 
     up = commands.add_parser("upscale", help="upscale photographs")
-    up.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images")
-    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs")
+    up.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images, or folders of images")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder")
     up.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
     up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
     up.add_argument("--weights", help="safetensors file from ddet train")
-    up.add_argument("--tile", type=int, default=512, help="tile side in output pixels, bounds the memory (default 512; 0: the whole image at once)")
-    up.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default 32)")
+    up.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32")
+    up.add_argument("--tile", type=int, default=None, help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)")
+    up.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
+    up.add_argument("--max-memory", type=float, metavar="GB", help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)")
     up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
-    up.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    up.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
     up.set_defaults(run=command_upscale)
 
     exp = commands.add_parser("export", help="export a model to ONNX or to a compiled PyTorch package (pt2)")

@@ -9,9 +9,10 @@ import torch
 CHOICES = "auto, cpu, cuda or cuda:N"
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+def pick_device(choice: str | torch.device, local_rank: int = 0) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; a bare ``cuda`` is this process's GPU
     (``local_rank`` under torchrun)."""
+    choice = str(choice)
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", choice)

@@ -1,12 +1,16 @@
 """Upscale photographs with a trained model: bicubic to the target size, then the network, in tiles.
 
 Y models (the paper's setting) see the MATLAB BT.601 luminance; the chroma is bicubic-upscaled and
-put back. RGB models see all three channels. Large images run tile by tile (``tile`` pixels of the
-upscaled image, ``tile_overlap`` shared with each neighbour); overlapping outputs are blended with
-weights that fade to almost zero toward a tile's inner edges, where the network lacks context, so
-the seams vanish and memory stays bounded by the tile size.
+put back. RGB models see all three channels. Large images run tile by tile: each tile's core of
+``tile`` × ``tile`` output pixels is computed from a window that reaches ``context`` pixels further
+(the model's receptive radius, at most MAX_CONTEXT) and only the core is kept, so there are no
+seams: with the full receptive radius a tiling gives exactly the whole-image result. Tiles are as
+large as the memory budget allows, so the context costs little. The network runs in float32 or in
+bfloat16 / float16 autocast (``precision``), where the hardware has the units for it.
 """
 
+import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,14 +21,23 @@ from tqdm import tqdm
 
 from ddet import metrics
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ddet.device import pick_device
 from ddet.data.io import read_image
 from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
 
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
 TILE_ALIGN = 16
-# Weight of the outermost pixels of a tile edge that has a neighbour: small but not zero, so
-# the weights still sum to more than zero in a corner shared by four tiles.
-EDGE_WEIGHT = 1e-3
+# Context a tile reads around its core, at most: the trained DDet's theoretical reach is 144
+# pixels, but with 32 its output changes by less than a fifth of an 8-bit level
+# (tests/test_inference.py checks it), and a small margin leaves more of each tile's memory to the
+# pixels that are kept.
+MAX_CONTEXT = 32
+# Working set of the network on the tiles, by default (--max-memory overrides it).
+DEFAULT_MAX_MEMORY = 3 * 2**29  # 1.5 GiB
+# Side of the tile on which the working set per pixel is measured.
+PROBE_SIDE = 64
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def as_float_rgb(image):
@@ -80,91 +93,162 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
     return Resolved(loaded, scale, metadata["channels"], metadata["model"])
 
 
-def _spans(length, tile, overlap):
-    """(start, stop) of the tiles along one axis. Starts are multiples of TILE_ALIGN, so every tile
-    sees the same pixel-unshuffle and pyramid grid as the whole image; the last tile runs to the end
-    (up to TILE_ALIGN − 1 pixels longer than ``tile``)."""
-    if length <= tile:
-        return [(0, length)]
-    stride = (tile - overlap) // TILE_ALIGN * TILE_ALIGN
-    starts = list(range(0, length - tile, stride))
-    last = (length - tile) // TILE_ALIGN * TILE_ALIGN
-    if last > starts[-1]:
-        starts.append(last)
-    return [(start, start + tile) for start in starts[:-1]] + [(starts[-1], length)]
+class Precision(NamedTuple):
+    name: str  # "fp32", "bf16" or "fp16"
+    autocast: object  # torch dtype of the autocast region, None for float32
+    reason: str  # why ``auto`` chose it, or "requested"
 
 
-def _ramp(length, fade_before, fade_after, overlap):
-    """1-D blending weights of a tile along one axis. Toward an edge that has a neighbour the weight
-    falls from 1 to EDGE_WEIGHT over the middle half of the ``overlap``, and stays there in the
-    outer quarter, where the tile lacks the context its neighbour has."""
-    weights = np.ones(length, np.float32)
-    if not overlap:
-        return weights
-    distance = np.arange(overlap, dtype=np.float32)
-    margin = overlap / 4
-    fade = np.clip((distance - margin + 0.5) / max(overlap - 2 * margin, 1), EDGE_WEIGHT, 1.0)
-    if fade_before:
-        weights[:overlap] = np.minimum(weights[:overlap], fade)
-    if fade_after:
-        weights[-overlap:] = np.minimum(weights[-overlap:], fade[::-1])
-    return weights
+def cpu_flags():
+    """The CPU's feature flags as the Linux kernel lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
+        return set()
 
 
-def _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress=False):
-    """Blend the results of ``run_tile(top, bottom, left, right)`` (C×h×w tensors) over a tiling of
-    an H×W image, and hand finished rows to ``emit_rows(top, rows)`` (C×n×W tensors) from top to
-    bottom. Only one band of tiles is held at a time, so memory grows with ``tile`` × W, not H × W.
+def bf16_matrix_units():
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16), from the
+    kernel's CPU flags, else from torch's own CPU probe (also on systems without /proc)."""
+    if {"amx_bf16", "avx512_bf16"} & cpu_flags():
+        return True
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe() for probe in probes if probe is not None)
 
-    Every (row span, column span) pair is a tile, so the total weight at a pixel is the product of
-    the summed vertical and horizontal ramps: each tile's weight is normalised up front and the
-    bands are simply added."""
-    if tile is None or (height <= tile and width <= tile):
-        emit_rows(0, run_tile(0, height, 0, width))
-        return
-    if tile < 2 * TILE_ALIGN or not 0 <= overlap <= tile - TILE_ALIGN:
-        raise ValueError(f"--tile must be at least {2 * TILE_ALIGN} and --tile-overlap in [0, tile − {TILE_ALIGN}], got tile {tile}, overlap {overlap}")
-    rows, cols = _spans(height, tile, overlap), _spans(width, tile, overlap)
-    vertical = [_ramp(bottom - top, top > 0, bottom < height, overlap) for top, bottom in rows]
-    horizontal = [_ramp(right - left, left > 0, right < width, overlap) for left, right in cols]
-    vertical_total, horizontal_total = np.zeros(height, np.float32), np.zeros(width, np.float32)
-    for (top, bottom), ramp in zip(rows, vertical):
-        vertical_total[top:bottom] += ramp
-    for (left, right), ramp in zip(cols, horizontal):
-        horizontal_total[left:right] += ramp
-    carried = None  # the previous band's sums over rows this band shares with it
-    bar = tqdm(total=len(rows) * len(cols), desc="tiles", leave=False, disable=not progress)
-    for index, (top, bottom) in enumerate(rows):
+
+def choose_precision(precision, device):
+    """The ``Precision`` that ``precision`` (auto, fp32, bf16, fp16) means on ``device``: auto is
+    bfloat16 autocast where the hardware has bfloat16 matrix units (CUDA GPUs that support it,
+    CPUs with AMX / AVX-512 BF16; elsewhere bfloat16 is emulated and slower than float32),
+    float32 otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return Precision(precision, _HALF_TYPES.get(precision), "requested")
+    if torch.device(device).type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        reason = "this GPU has bfloat16 units" if native else "this GPU lacks bfloat16 units"
+    else:
+        native = bf16_matrix_units()
+        reason = "this CPU has bfloat16 matrix units: AMX or AVX-512 BF16" if native else "this CPU has no bfloat16 matrix units: AMX or AVX-512 BF16"
+    return Precision("bf16", torch.bfloat16, reason) if native else Precision("fp32", None, reason)
+
+
+def describe_precision(settings):
+    """One line for the user: what runs, and why."""
+    kind = "float32" if settings.autocast is None else f"{settings.name} autocast"
+    return f"precision: {kind}, channels_last ({settings.reason})"
+
+
+def prepare_model(model):
+    """Put the weights in the NHWC layout the network runs in (in place): the convolutions run
+    1.3× faster on it in float32 too, on this project's AVX2 CPU (see benchmarks/bench_upscale.py)."""
+    model.to(memory_format=torch.channels_last)
+
+
+def run_network(model, image, settings, device):
+    """The model on one C×H×W float32 tensor under ``settings``; float32 C×H×W on the CPU."""
+    batch = image[None].to(device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(batch.device.type, dtype=settings.autocast or torch.float32, enabled=settings.autocast is not None):
+        return model(batch).float()[0].cpu()
+
+
+def default_context(model):
+    """Pixels each tile reads beyond its edges: the model's receptive radius, at most MAX_CONTEXT."""
+    return int(min(getattr(model, "receptive_radius", math.inf), MAX_CONTEXT))
+
+
+def working_set_per_pixel(model, in_channels, settings, device):
+    """Bytes per pixel of the input and of every layer's output (each tensor once: in-place layers
+    write into their input) on a PROBE_SIDE² tile, as if all were alive at once: a bound on the
+    network's working set that follows the model's widths and the precision."""
+    sizes = {"input": in_channels * 4 * PROBE_SIDE**2}
+
+    def record(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            sizes[output.data_ptr()] = output.numel() * output.element_size()
+
+    hooks = [module.register_forward_hook(record) for module in model.modules()]
+    try:
+        run_network(model, torch.rand(in_channels, PROBE_SIDE, PROBE_SIDE), settings, device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes.values()) / PROBE_SIDE**2
+
+
+def memory_budget(device, max_memory=None):
+    """Bytes the network's tiles may use: ``max_memory`` or DEFAULT_MAX_MEMORY, at most half of
+    what the device has free now."""
+    if torch.device(device).type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(max_memory or DEFAULT_MAX_MEMORY, free // 2)
+
+
+def largest_tile(model, in_channels, settings, device, context, max_memory=None):
+    """The largest tile side (a multiple of TILE_ALIGN) whose window fits the memory budget."""
+    per_pixel = working_set_per_pixel(model, in_channels, settings, device)
+    side = int(math.sqrt(memory_budget(device, max_memory) / per_pixel)) - 2 * context
+    return max(side // TILE_ALIGN * TILE_ALIGN, 2 * TILE_ALIGN)
+
+
+def _spans(length, tile, context):
+    """(core start, core stop, window start, window stop) of the tiles along one axis: cores of
+    at most ``tile`` pixels cover the axis; each tile reads ``context`` more pixels on each side
+    (fewer at the image's edges). Window starts are multiples of TILE_ALIGN, so every tile sees the
+    same pixel-unshuffle and pyramid grid as the whole image."""
+    if not tile or length <= tile:
+        return [(0, length, 0, length)]
+    count = math.ceil(length / tile)
+    core = math.ceil(length / count / TILE_ALIGN) * TILE_ALIGN  # balanced: no sliver at the end
+    spans = []
+    for start in range(0, length, core):
+        stop = min(start + core, length)
+        spans.append((start, stop, max(start - context, 0) // TILE_ALIGN * TILE_ALIGN, min(stop + context, length)))
+    return spans
+
+
+def _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=None):
+    """Run ``run_tile(top, bottom, left, right)`` (a C×h×w tensor for that window) over a tiling
+    of an H×W image, keep each tile's core, and hand finished rows to ``emit_rows(top, rows)``
+    (C×n×W tensors) from top to bottom. One band of tiles is held at a time, so memory grows with
+    ``tile`` × W, not H × W. ``on_pixels(n)`` is told of each finished core's pixel count."""
+    if tile is not None and tile != 0 and tile < TILE_ALIGN:
+        raise ValueError(f"--tile must be 0 (whole image) or at least {TILE_ALIGN}, got {tile}")
+    if context < 0:
+        raise ValueError(f"--tile-context must be at least 0, got {context}")
+    columns = _spans(width, tile, context)
+    for top, bottom, window_top, window_bottom in _spans(height, tile, context):
         band = None
-        row_weight = vertical[index] / vertical_total[top:bottom]
-        for (left, right), ramp in zip(cols, horizontal):
-            result = run_tile(top, bottom, left, right)
+        for left, right, window_left, window_right in columns:
+            result = run_tile(window_top, window_bottom, window_left, window_right)
             if band is None:
-                band = torch.zeros(result.shape[0], bottom - top, width)
-            weight = np.outer(row_weight, ramp / horizontal_total[left:right])
-            band[:, :, left:right] += result * torch.from_numpy(weight)
-            bar.update()
-        if carried is not None:
-            band[:, : carried.shape[1]] += carried
-        finished = (rows[index + 1][0] if index + 1 < len(rows) else height) - top
-        emit_rows(top, band[:, :finished])
-        carried = band[:, finished:]
-    bar.close()
+                band = torch.empty(result.shape[0], bottom - top, width)
+            band[:, :, left:right] = result[:, top - window_top : bottom - window_top, left - window_left : right - window_left]
+            if on_pixels is not None:
+                on_pixels((bottom - top) * (right - left))
+        emit_rows(top, band)
 
 
 @torch.no_grad()
-def run_model(model, image, tile=None, overlap=32, device="cpu", progress=False):
-    """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles; returns C×H×W on the CPU."""
+def run_model(model, image, tile=None, context=None, device="cpu", precision="fp32"):
+    """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles with ``context``
+    pixels around each (default: :func:`default_context`); returns float32 C×H×W on the CPU.
+    The weights stay as they are (a model in training keeps its layout)."""
     height, width = image.shape[1:]
     output = torch.empty(image.shape)  # same-size networks: as many channels out as in
+    settings = choose_precision(precision, device)
 
     def run_tile(top, bottom, left, right):
-        return model(image[None, :, top:bottom, left:right].to(device)).float()[0].cpu()
+        return run_network(model, image[:, top:bottom, left:right], settings, device)
 
     def emit_rows(top, rows):
         output[:, top : top + rows.shape[1]] = rows
 
-    _blend_tiles(height, width, tile, overlap, run_tile, emit_rows, progress)
+    _run_tiled(height, width, tile, default_context(model) if context is None else context, run_tile, emit_rows)
     return output
 
 
@@ -183,18 +267,31 @@ class _Bicubic:
 
 
 @torch.no_grad()
-def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=32, device="cpu", progress=False, dtype=np.float32):
+def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_context=None, max_memory=None, precision="auto",
+            device="auto", progress=False, dtype=np.float32, on_pixels=None):
     """Upscale ``image`` (path or array) by ``scale`` (default: 2, or the scale of ``weights``).
 
     Returns H·s × W·s × 3: float32 in [0, 1], or with ``dtype=np.uint8`` the rounded 8-bit image
     (a quarter of the memory). ``model``: a registry name (``ddet`` uses the bundled weights) or a
-    module; ``weights``: a safetensors file written by ``ddet train``. The bicubic input, the
-    network and the colour conversion all run tile by tile, so beyond the input and the returned
-    image the memory grows with ``tile`` × width only.
+    module (its weights are put in the layout the precision runs in); ``weights``: a safetensors
+    file written by ``ddet train``. ``precision``: auto, fp32, bf16 or fp16 (see
+    :func:`choose_precision`); ``device``: auto (CUDA when available), cpu, cuda or cuda:N.
+    ``tile``: the side of the tiles in output pixels, 0 or None for the whole image, ``"auto"``
+    for the largest that fits ``max_memory`` bytes (default :data:`DEFAULT_MAX_MEMORY`, at most
+    half the free memory); each tile reads ``tile_context`` pixels around it (default: the
+    model's receptive radius, at most MAX_CONTEXT). The bicubic input, the network and the colour
+    conversion all run tile by tile, so beyond the input and the returned image the memory grows
+    with the tile size only. ``on_pixels(n)`` hears of every finished tile's output pixels.
     """
     if np.dtype(dtype) not in (np.float32, np.uint8):
         raise TypeError(f"dtype must be numpy.float32 or numpy.uint8, got {dtype}")
+    device = pick_device(device)
+    settings = choose_precision(precision, device)
     network, scale, channels, _ = resolve_model(model, weights, scale, device)
+    prepare_model(network)
+    context = default_context(network) if tile_context is None else tile_context
+    if tile == "auto":
+        tile = largest_tile(network, 3 if channels == "rgb" else 1, settings, device, context, max_memory)
     rgb = as_float_rgb(image)
     height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
     bicubic = _Bicubic(rgb, scale)
@@ -204,7 +301,7 @@ def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=
     def run_tile(top, bottom, left, right):
         window = bicubic.window(top, bottom, left, right)
         network_input = window if channels == "rgb" else rgb_to_ycbcr(window)[..., :1]
-        return network(_tensor(network_input)[None].to(device)).float()[0].cpu()
+        return run_network(network, _tensor(network_input), settings, device)
 
     def emit_rows(top, rows):
         restored = _array(rows)
@@ -216,7 +313,9 @@ def upscale(image, scale=None, model=None, weights=None, tile=512, tile_overlap=
         restored = np.clip(restored, 0.0, 1.0)
         output[top:bottom] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
 
-    _blend_tiles(height, width, tile, tile_overlap, run_tile, emit_rows, progress)
+    with tqdm(total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress) as bar:
+        report = bar.update if on_pixels is None else on_pixels
+        _run_tiled(height, width, tile, context, run_tile, emit_rows, report)
     return output
 
 
@@ -228,12 +327,12 @@ def _array(tensor):
     return tensor.numpy().transpose(1, 2, 0)
 
 
-def evaluate_images(model, images, tile=None, overlap=32, device="cpu", border=0, patch=None, progress=False):
+def evaluate_images(model, images, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"):
     """Per-image RealSR-protocol rows {name, psnr, ssim, bicubic_psnr, bicubic_ssim} for a dataset
     of (lr at HR size, hr, name) tensors in the model's channels."""
     rows = []
     for lr, hr, name in tqdm(images, desc="evaluate", disable=not progress):
-        output = run_model(model, lr, tile, overlap, device).clamp(0.0, 1.0)
+        output = run_model(model, lr, tile, context, device, precision).clamp(0.0, 1.0)
         target = _plane(hr)
         ours = metrics.evaluate(_plane(output), target, border=border, patch=patch)
         bicubic = metrics.evaluate(_plane(lr), target, border=border, patch=patch)

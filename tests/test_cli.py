@@ -29,14 +29,16 @@ def photo(tmp_path):
     return path
 
 
-def test_upscale_writes_the_right_size_and_refuses_to_overwrite(tmp_path, photo, weights, capsys):
+def test_upscale_writes_the_right_size_and_skips_existing_outputs(tmp_path, photo, weights, capsys):
     out = tmp_path / "out.png"
     assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--device", "cpu"]) == 0
     assert read_image(out).shape == (40, 60, 3)
-    before = out.read_bytes()
-    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights)]) == 2
-    assert "out.png" in capsys.readouterr().err and out.read_bytes() == before
+    out.write_bytes(b"kept")
+    capsys.readouterr()
+    assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights)]) == 0
+    assert "skipping 1 existing output(s)" in capsys.readouterr().out and out.read_bytes() == b"kept"
     assert main(["upscale", str(photo), "-o", str(out), "--weights", str(weights), "--force"]) == 0
+    assert read_image(out).shape == (40, 60, 3)
 
 
 def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights):
@@ -44,7 +46,7 @@ def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights)
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(second)
     folder = tmp_path / "results"
     folder.mkdir()
-    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-overlap", "16"]) == 0
+    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-context", "16"]) == 0
     assert read_image(folder / "photo_x2.png").shape == (40, 60, 3)
     assert read_image(folder / "second_x2.png").shape == (16, 24, 3)
     assert main(["upscale", str(photo), "-o", str(tmp_path / "single.jpg"), "--weights", str(weights)]) == 0
@@ -78,7 +80,8 @@ def test_upscale_errors_name_the_input(tmp_path, weights, capsys):
     assert "×2" in capsys.readouterr().err
 
 
-def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, weights, capsys):
+@pytest.fixture
+def pairs(tmp_path):
     rng = np.random.default_rng(1)
     for folder in ("hr", "lr"):
         (tmp_path / "pairs" / folder).mkdir(parents=True)
@@ -86,8 +89,12 @@ def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, weights, ca
         hr = rng.integers(0, 256, (24, 28, 3)).astype(np.uint8)
         Image.fromarray(hr).save(tmp_path / "pairs" / "hr" / f"{name}.png")
         Image.fromarray(hr[::2, ::2]).save(tmp_path / "pairs" / "lr" / f"{name}.png")
+    return tmp_path / "pairs"
+
+
+def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, pairs, weights, capsys):
     report = tmp_path / "report.json"
-    args = ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(tmp_path / "pairs"), "--json", str(report)]
+    args = ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--json", str(report)]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "bicubic" in table and "mean" in table
@@ -142,6 +149,74 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
     assert upscale(np.zeros((20, 30, 3), np.uint8), scale=scale).shape == (20 * scale, 30 * scale, 3)
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, size in enumerate([(20, 30), (24, 16), (12, 12)]):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (*size, 3)).astype(np.uint8)).save(folder / f"p{index}.png")
+    return folder
+
+
+def test_upscale_a_folder_skips_existing_outputs_and_sums_up(tmp_path, photo_folder, weights, capsys):
+    out = tmp_path / "out"
+    assert main(["upscale", str(photo_folder), "-o", str(out), "--weights", str(weights), "--precision", "fp32"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p0_x2.png", "p1_x2.png", "p2_x2.png"]
+    assert read_image(out / "p1_x2.png").shape == (48, 32, 3)
+    printed = capsys.readouterr().out
+    megapixels = (40 * 60 + 48 * 32 + 24 * 24) / 1e6
+    assert printed.count("precision: float32") == 1
+    assert f"upscaled 3 file(s), {megapixels:.2f} megapixels in " in printed and "MP/s)" in printed
+    (out / "p0_x2.png").write_bytes(b"kept")
+    (out / "p2_x2.png").unlink()
+    assert main(["upscale", str(photo_folder), "-o", str(out), "--weights", str(weights)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping 2 existing output(s)" in printed and "--force" in printed
+    assert f"upscaled 1 file(s), {24 * 24 / 1e6:.2f} megapixels" in printed
+    assert (out / "p0_x2.png").read_bytes() == b"kept" and read_image(out / "p2_x2.png").shape == (24, 24, 3)
+
+
+def _interrupt_on_call(monkeypatch, target, name, call):
+    """Make ``target.name`` raise KeyboardInterrupt on its ``call``-th use (counting from 1)."""
+    original, calls = getattr(target, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupted)
+
+
+def test_ctrl_c_mid_image_leaves_the_finished_files_only_and_says_so(tmp_path, photo_folder, weights, capsys, monkeypatch):
+    from ddet import inference
+
+    _interrupt_on_call(monkeypatch, inference, "run_network", 2)  # the second image's first tile
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        main(["upscale", str(photo_folder), "-o", str(out), "--weights", str(weights), "--tile", "0"])
+    assert stopped.value.code == 130
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted while upscaling" in error and "p1.png" in error and "1 of 3 file(s) finished" in error
+    assert sorted(p.name for p in out.iterdir()) == ["p0_x2.png"]
+    assert read_image(out / "p0_x2.png").shape == (40, 60, 3)
+
+
+def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, photo, weights, monkeypatch):
+    _interrupt_on_call(monkeypatch, Image.Image, "save", 1)
+    with pytest.raises(SystemExit):
+        main(["upscale", str(photo), "-o", str(tmp_path / "out" / "photo_x2.png"), "--weights", str(weights)])
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
+    report = tmp_path / "bf16.json"
+    assert main(["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--precision", "bf16", "--json", str(report)]) == 0
+    assert "precision: bf16 autocast" in capsys.readouterr().out
+    assert json.loads(report.read_text())["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("flags, message", [

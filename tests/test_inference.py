@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ from PIL import Image
 from ddet import models
 from ddet.data import read_image, resize
 from ddet.data.color import rgb_to_ycbcr
-from ddet.inference import as_float_rgb, resolve_model, run_model, upscale
+from ddet import inference
+from ddet.inference import TILE_ALIGN, _spans, as_float_rgb, resolve_model, run_model, upscale
 from ddet.weights import save_weights
 
 TINY_DDET = {"width": 16, "blocks": 1, "feature_width": 16, "branch_width": 8}
@@ -30,15 +32,23 @@ def image():
     return rng.integers(0, 256, (21, 26, 3)).astype(np.uint8)
 
 
-@pytest.mark.parametrize("tile, overlap", [(64, 32), (48, 32), (64, 48)])
-def test_tiled_equals_untiled(tile, overlap):
+@pytest.mark.parametrize("tile", [32, 48, 64])
+def test_tiles_with_the_receptive_radius_as_context_give_the_whole_image_result(tile):
     model = _tiny(perturb=0.02)
     x = torch.rand(1, 90, 110)
     whole = run_model(model, x)
-    tiled = run_model(model, x, tile=tile, overlap=overlap)
+    assert (whole - x).abs().mean() > 0.05  # the model really changes the image
+    assert (run_model(model, x, tile=tile) - whole).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("tile, context", [(32, 16), (64, 16)])
+def test_tiles_with_less_context_stay_within_the_blending_tolerance(tile, context):
+    model = _tiny(perturb=0.02)
+    x = torch.rand(1, 90, 110)
+    whole = run_model(model, x)
+    tiled = run_model(model, x, tile=tile, context=context)
     effect = (whole - x).abs().mean()
-    assert effect > 0.05  # the model really changes the image
-    assert (tiled - whole).abs().max() < 1e-2
+    assert 0 < (tiled - whole).abs().max() < 1e-2
     assert (tiled - whole).abs().mean() < 1e-2 * effect
 
 
@@ -48,13 +58,68 @@ def test_tiles_that_cover_the_image_give_the_exact_result():
     assert torch.equal(run_model(model, x, tile=64), run_model(model, x))
 
 
+@pytest.mark.parametrize("length, tile, context", [(1000, 256, 32), (90, 32, 24), (4000, 704, 32), (50, 64, 8)])
+def test_tile_cores_cover_the_axis_once_and_windows_add_the_context_on_the_grid(length, tile, context):
+    spans = _spans(length, tile, context)
+    assert [start for start, *_ in spans] == [0] + [stop for _, stop, *_ in spans[:-1]] and spans[-1][1] == length
+    assert max(stop - start for start, stop, *_ in spans) < tile + TILE_ALIGN
+    for start, stop, window_start, window_stop in spans:
+        assert window_start % TILE_ALIGN == 0
+        assert window_start <= max(start - context, 0) and window_stop == min(stop + context, length)
+
+
 def test_bad_tiling_is_refused():
-    with pytest.raises(ValueError, match="tile"):
-        run_model(_tiny(), torch.rand(1, 100, 100), tile=64, overlap=60)
+    with pytest.raises(ValueError, match="--tile"):
+        run_model(_tiny(), torch.rand(1, 100, 100), tile=8)
+    with pytest.raises(ValueError, match="--tile-context"):
+        run_model(_tiny(), torch.rand(1, 100, 100), tile=64, context=-1)
+
+
+def test_auto_precision_follows_the_bfloat16_units(monkeypatch):
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert inference.choose_precision("auto", "cpu")[:2] == ("bf16", torch.bfloat16)
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    chosen = inference.choose_precision("auto", "cpu")
+    assert chosen[:2] == ("fp32", None) and "no bfloat16" in inference.describe_precision(chosen)
+    assert inference.choose_precision("fp16", "cpu")[:2] == ("fp16", torch.float16)
+    with pytest.raises(ValueError, match="--precision"):
+        inference.choose_precision("int8", "cpu")
+
+
+def test_reduced_precision_runs_the_network_in_it():
+    model = _tiny(perturb=0.02)
+    x = torch.rand(1, 64, 64)
+    exact = run_model(model, x)
+    for precision in ("bf16", "fp16"):
+        reduced = run_model(model, x, precision=precision)
+        assert 0 < (reduced - exact).abs().max() < 0.05
+
+
+def test_tiles_sized_from_the_memory_budget(image):
+    model = _tiny(perturb=0.02)
+    fp32, bf16 = inference.choose_precision("fp32", "cpu"), inference.choose_precision("bf16", "cpu")
+    small = inference.largest_tile(model, 1, fp32, "cpu", 24, max_memory=2**23)
+    assert small < inference.largest_tile(model, 1, fp32, "cpu", 24, max_memory=2**25)
+    assert small < inference.largest_tile(model, 1, bf16, "cpu", 24, max_memory=2**23)
+    tiles = []
+    tiled = upscale(image, scale=4, model=model, max_memory=2**19, on_pixels=tiles.append)
+    assert len(tiles) > 1 and sum(tiles) == 84 * 104
+    np.testing.assert_allclose(tiled, upscale(image, scale=4, model=model, tile=0), atol=1e-5)
+
+
+def test_bundled_model_tiles_with_the_capped_context_are_within_a_fifth_of_an_8bit_level():
+    from ddet.data.sources import skimage_photos
+
+    photo = skimage_photos(["astronaut"])["astronaut"][:96, 160:288]
+    whole = upscale(photo, scale=2, tile=0, precision="fp32")
+    tiled = upscale(photo, scale=2, tile=64, precision="fp32")
+    assert 0 < np.abs(tiled - whole).max() < 0.2 / 255
 
 
 def test_identity_y_model_gives_bicubic_with_original_chroma(image):
-    out = upscale(image, scale=3, model=_tiny(), tile=32, tile_overlap=16)
+    out = upscale(image, scale=3, model=_tiny(), tile=32, tile_context=16)
     expected = np.clip(resize(image.astype(np.float32) / 255, 63, 78), 0, 1)
     assert out.shape == (63, 78, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=2e-5)
@@ -65,10 +130,10 @@ def test_upscale_in_tiles_equals_upscale_whole(channels):
     image = np.random.default_rng(1).integers(0, 256, (45, 70, 3)).astype(np.uint8)
     model = _tiny(in_channels=channels, perturb=0.02)
     whole = upscale(image, scale=2, model=model, tile=None)
-    tiled = upscale(image, scale=2, model=model, tile=48, tile_overlap=32)
+    tiled = upscale(image, scale=2, model=model, tile=48, tile_context=16)
     assert np.abs(whole - np.clip(resize(image / np.float32(255), 90, 140), 0, 1)).mean() > 0.02
     assert np.abs(tiled - whole).max() < 1e-2
-    as_bytes = upscale(image, scale=2, model=model, tile=48, tile_overlap=32, dtype=np.uint8)
+    as_bytes = upscale(image, scale=2, model=model, tile=48, tile_context=16, dtype=np.uint8)
     np.testing.assert_array_equal(as_bytes, np.round(tiled * 255).astype(np.uint8))
 
 
@@ -77,19 +142,29 @@ import resource, sys, numpy as np, torch
 from ddet import models
 from ddet.inference import upscale
 model = models.create("ddet", width=16, blocks=1, feature_width=16, branch_width=8).eval()
-upscale(np.zeros((150, 150, 3), np.uint8), scale=2, model=model, tile=256, dtype=np.uint8)  # one tile's working set
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = upscale(np.zeros((800, 1200, 3), np.uint8), scale=2, model=model, tile=256, dtype=np.uint8)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / out.nbytes)
+out = upscale(np.zeros((int(sys.argv[1]), 1200, 3), np.uint8), scale=2, model=model, tile=240, dtype=np.uint8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, out.nbytes)
 """
 
 
+def _peak_and_output_bytes(height):
+    # A fixed mmap threshold hands every freed block of 64 kB or more back to the system at once,
+    # so the peak resident size follows the live memory instead of the heap's history.
+    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    command = [sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(height)]
+    return map(int, subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout.split())
+
+
 def test_tiled_upscale_memory_grows_with_the_image_not_with_float_copies_of_it():
-    # Input as float32 (1/4 of the output pixels × 3 channels × 4 bytes), the resampling planes
-    # (as much again) and the uint8 output are each one output-size worth of bytes; whole-image
-    # float buffers of the output (12 bytes a pixel each) would add ~4 per copy.
-    growth = float(subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], check=True, capture_output=True, text=True).stdout)
-    assert growth < 4.5, f"peak memory grew by {growth:.1f}× the output's size"
+    # Two images with the same tile shapes (first, inner and last rows and columns of 240-pixel
+    # tiles), so the tiles' working set and oneDNN's per-shape primitives cancel out. Per byte of
+    # 8-bit output: the input as float32 (1/4 of the pixels × 4 bytes), its resampling planes (as
+    # much again) and the output itself, at most 3 in all (2.0 measured); a whole-image float
+    # buffer of the output would add 4 more.
+    small_peak, small_output = _peak_and_output_bytes(360)
+    large_peak, large_output = _peak_and_output_bytes(1320)
+    growth = (large_peak - small_peak) / (large_output - small_output)
+    assert growth < 4.5, f"peak memory grew by {growth:.1f}× the output's growth"
 
 
 def test_y_model_changes_luminance_only():

@@ -390,3 +390,29 @@ def test_torch_compile_of_ddet_matches_eager():
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _reach(model, size=112):
+    """Largest distance from an output pixel to an input pixel its gradient touches, over the four
+    positions of a pixel in the trunk's 4×4 cell."""
+    x = torch.rand(1, 1, size, size, requires_grad=True)
+    output = model(x)
+    centre, reach = size // 2 - size // 2 % 4, 0
+    for offset in range(4):
+        x.grad = None
+        pixel = centre + offset
+        output[0, 0, pixel, pixel].backward(retain_graph=True)
+        rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+        reach = max(reach, (rows - pixel).abs().max().item(), (cols - pixel).abs().max().item())
+    return reach
+
+
+@pytest.mark.parametrize("name, blocks", [("ddet", 1), ("ddet-released", 2), ("ddet-plain", 0), ("kpn7", 1), ("kpn19", 0)])
+def test_receptive_radius_is_how_far_the_gradient_reaches(name, blocks):
+    torch.manual_seed(0)
+    model = models.create(name, width=16, blocks=blocks, feature_width=16)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # no zero-initialised layer blocks a path
+    assert _reach(model) == model.receptive_radius
+    assert models.create("ddet").receptive_radius == 144

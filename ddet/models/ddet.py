@@ -107,6 +107,14 @@ class DDet(KPN):
         """F_PR(y) with post-refinement, else y."""
         return y if self.refine is None else self.refine(y)
 
+    @property
+    def receptive_radius(self) -> int:
+        """The kernels' reach, or the revised image's (three convs of CDM) seen through the
+        largest kernel, whichever is further, plus F_PR's two convs."""
+        revised = 3 if self.detail is not None else 0
+        refined = 2 if self.refine is not None else 0
+        return max(self.kernel_radius, revised + max(self.sizes) // 2) + refined
+
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return self.refine_output(self.apply_kernels(self.revise(x), self.kernels(x)))
 

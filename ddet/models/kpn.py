@@ -84,6 +84,11 @@ class KernelHeadSpec:
     def channels(self) -> int:
         return sum(s * s for s in self.sizes)
 
+    @property
+    def radius(self) -> int:
+        """Pixels of features each kernel reads around it: one per 3×3 conv."""
+        return 1 if self.hidden is None else 2
+
 
 class KernelHead(nn.Sequential):
     """Features (N, F, H, W) -> packed kernels (N, sum(s²), H, W); starts as ``centre_weight``
@@ -138,6 +143,19 @@ class KPN(SameSizeNet):
         self.decoder = feature_decoder(config.width, TRUNK_SCALE, config.width, config.feature_width)
         centre_weight = 1.0 / len(self.sizes)
         self.heads = nn.ModuleList(KernelHead(config.feature_width, spec, centre_weight) for spec in config.heads)
+
+    @property
+    def kernel_radius(self) -> int:
+        """Receptive radius of the kernels: the trunk's 3×3 convs (head, two per block, the closing
+        conv) at 1/4 resolution, whose 4×4 cells reach 3 pixels further on one side, then the
+        decoder's two convs and the deepest head."""
+        trunk_convs = 2 + 2 * self.config.blocks
+        trunk = TRUNK_SCALE * trunk_convs + TRUNK_SCALE - 1
+        return trunk + 2 + max(head.radius for head in self.config.heads)
+
+    @property
+    def receptive_radius(self) -> int:
+        return max(self.kernel_radius, max(self.sizes) // 2)
 
     def kernels(self, x: torch.Tensor) -> torch.Tensor:
         """Packed per-pixel kernels (N, sum(s²) over ``self.sizes``, H, W) for an image whose H and

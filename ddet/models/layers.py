@@ -3,6 +3,7 @@ the same-size image-to-image base class and the initialisations that start a mod
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -115,6 +116,14 @@ class SameSizeNet(nn.Module):
 
     in_channels: int
     multiple: int = 1
+
+    @property
+    def receptive_radius(self) -> float:
+        """How far (pixels, in H or W) an input pixel can be from an output pixel it changes:
+        tiles that read this much context beyond their edges give exactly the whole-image result.
+        ``math.inf`` where it is not stated (or is the whole image, as with channel attention's
+        global pooling)."""
+        return math.inf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.in_channels, type(self).__name__)
