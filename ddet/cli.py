@@ -191,8 +191,10 @@ def command_upscale(args):
     model, scale, channels, _ = resolve_model(args.model, args.weights, args.scale, device)
     inputs = expand_inputs(args.inputs)
     targets = output_paths(inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs))
-    for target in targets:
+    for source, target in zip(inputs, targets):
         writable_format(target)
+        if target.exists() and target.resolve() == Path(source).resolve():
+            raise ValueError(f"{target} is an input too: write the result elsewhere")
     jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
     skipped = len(targets) - len(jobs)
     if skipped:

@@ -87,6 +87,10 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
             raise ValueError(f"--scale {scale} but {weights} was trained for ×{metadata['scale']}")
         return Resolved(loaded, metadata["scale"], metadata["channels"], metadata["model"])
     if model not in (None, BUNDLED_MODEL):
+        from ddet import models
+
+        if model not in models.names():
+            raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.names())}")
         raise ValueError(f"no bundled weights for model {model!r}; pass --weights FILE")
     scale = 2 if scale is None else scale
     loaded, metadata = load_bundled(scale, device)
@@ -151,7 +155,10 @@ def run_network(model, image, settings, device):
     """The model on one C×H×W float32 tensor under ``settings``; float32 C×H×W on the CPU."""
     batch = image[None].to(device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(batch.device.type, dtype=settings.autocast or torch.float32, enabled=settings.autocast is not None):
-        return model(batch).float()[0].cpu()
+        output = model(batch).float()[0].cpu()
+    if not torch.isfinite(output).all():  # else it would be written as a black or garbled image
+        raise ValueError("the network's output holds NaN or infinity: its weights do not work on this image")
+    return output
 
 
 def default_context(model):

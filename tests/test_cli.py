@@ -229,3 +229,19 @@ def test_eval_refuses_bad_flags_before_any_work(weights, capsys, monkeypatch, fl
     monkeypatch.setattr(ddet.inference, "evaluate_images", lambda *a, **k: pytest.fail("evaluated before refusing"))
     assert main(["eval", "--weights", str(weights), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_upscale_never_writes_over_its_input_and_names_unknown_models(tmp_path, photo, weights, capsys):
+    assert main(["upscale", str(photo), "-o", str(photo), "--weights", str(weights), "--force"]) == 2
+    assert "is an input too" in capsys.readouterr().err
+    assert main(["upscale", str(photo), "-o", str(tmp_path / "x.png"), "--model", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+
+
+def test_weights_that_make_no_finite_image_are_refused(tmp_path, photo, capsys):
+    torch.manual_seed(0)
+    model = models.create("ddet", **TINY_DDET)
+    huge = {key: value * 1e30 if value.is_floating_point() else value for key, value in model.state_dict().items()}
+    save_weights(tmp_path / "huge.safetensors", huge, "ddet", TINY_DDET, 2, "y")
+    assert main(["upscale", str(photo), "-o", str(tmp_path / "out.png"), "--weights", str(tmp_path / "huge.safetensors")]) == 2
+    assert "NaN or infinity" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
