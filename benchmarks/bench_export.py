@@ -100,6 +100,14 @@ def check_model(folder: Path, name: str) -> dict:
     return {"export_s": export_s, "max_abs_diff": largest_differences(found, frames)}
 
 
+def checked_or_error(folder: Path, name: str) -> dict:
+    """check_model's result, or the error that stopped an export: a sweep reports what fails."""
+    try:
+        return check_model(folder, name)
+    except Exception as error:  # noqa: BLE001  (torch.export / inductor raise many kinds)
+        return {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[-1]}"}
+
+
 def report(ddet_result: dict, checks: dict) -> str:
     eager = ddet_result["run_s"]["eager"]
     rows = [
@@ -117,8 +125,8 @@ def report(ddet_result: dict, checks: dict) -> str:
     if checks:
         check_rows = [
             [name, kind, f"{result['export_s'][kind]:.0f}", " / ".join(f"{d:.1e}" for d in result["max_abs_diff"][kind])]
-            for name, result in checks.items() for kind in result["export_s"]
-        ]
+            for name, result in checks.items() for kind in result.get("export_s", [])
+        ] + [[name, "failed", "", result["error"]] for name, result in checks.items() if "error" in result]
         lines += ["", "Registered models (default configuration, every weight moved off its initialisation by 0.05·N(0, 1)):", "",
                   markdown_table(["model", "format", "export s", "max abs diff vs eager (97×131 / 512×512)"], check_rows)]
     lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(CPU).items()),
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         ddet_result = time_ddet(Path(scratch) / "ddet")
-        checks = {name: check_model(Path(scratch) / name, name) for name in args.models}
+        checks = {name: checked_or_error(Path(scratch) / name, name) for name in args.models}
     markdown = report(ddet_result, checks)
     payload = {"machine": machine(CPU), "onnxruntime": onnxruntime.__version__, "ddet_x2_512": ddet_result, "models": checks}
     if not args.no_save:
