@@ -258,6 +258,9 @@ def command_export(args):
         path = export(args.output, model=args.model, weights=args.weights, scale=args.scale, format=args.format, dtype=args.dtype, force=args.force)
     except ImportError as error:  # a missing optional package: say which extra to install
         raise ValueError(str(error)) from None
+    except RuntimeError as error:  # the exporter or AOTInductor cannot handle this model: its first line says why
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot export to {args.output}: {first_line}") from None
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
