@@ -2,7 +2,7 @@
 (pt2) and in ONNX Runtime on the CPU, in one run: export times, run times and each output's largest
 difference from eager; ``--models`` also checks the ONNX and pt2 exports of registered models.
 
-    python benchmarks/bench_export.py                      # writes benchmarks/results/export-cpu-<date>.*
+    python benchmarks/bench_export.py --out DIR            # also writes DIR/export-cpu-<date>.{json,md}
     python benchmarks/bench_export.py --models kpn5 lpkpn  # + exports of these (weights moved off their init)
 
 Needs the export extra (``pip install 'ddet[export]'``).
@@ -137,16 +137,15 @@ def report(ddet_result: dict, checks: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=[], choices=models.names(), metavar="NAME", help="also check the exports of these models")
-    parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         ddet_result = time_ddet(Path(scratch) / "ddet")
         checks = {name: checked_or_error(Path(scratch) / name, name) for name in args.models}
     markdown = report(ddet_result, checks)
     payload = {"machine": machine(CPU), "onnxruntime": onnxruntime.__version__, "ddet_x2_512": ddet_result, "models": checks}
-    if not args.no_save:
-        for path in write_results(f"export-cpu-{_dt.date.today().isoformat()}", payload, markdown):
-            print(f"  wrote {path}")
+    for path in write_results(f"export-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
+        print(f"  wrote {path}")
     print(markdown)
     return 0
 

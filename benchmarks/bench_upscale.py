@@ -1,7 +1,7 @@
 """`ddet upscale` end to end (decode the PNG, run the bundled DDet ×2, encode the PNG) for each
 precision and tile setting, in one run, on a 1-megapixel and a 24-megapixel output.
 
-    python benchmarks/bench_upscale.py             # writes benchmarks/results/upscale-<device>-<date>.*
+    python benchmarks/bench_upscale.py --out DIR   # also writes DIR/upscale-<device>-<date>.{json,md}
     python benchmarks/bench_upscale.py --quick     # small photos, one repeat, nothing saved
 
 Photos: scikit-image's astronaut (512×512, ×2 → 1024×1024) and the same photo resized with
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each float32 case on the small photo (median)")
     parser.add_argument("--quick", action="store_true", help="small photos, one repeat, nothing saved")
+    parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
     parser.add_argument("--previous", default=PREVIOUS, help=f"commit whose ddet package gives the previous default (default {PREVIOUS})")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
     if not args.quick:
         payload = {"machine": machine(torch.device(device)), "previous": args.previous, "auto_precision": auto.name, "rows": rows,
                    "speedup_default_vs_previous": speedups(rows)}
-        for path in write_results(f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}", payload, markdown):
+        stem = f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}"
+        for path in write_results(stem, payload, markdown, args.out):
             print(f"  wrote {path}")
     print(markdown)
     return 0
