@@ -85,7 +85,7 @@ elif [ -z "$NCU" ]; then
   skip ncu "ncu not found"
 else
   before=$status
-  step ncu 30 "$NCU" --target-processes all --kernel-name-base demangled -k "regex:v2" --launch-skip 0 \
+  step ncu 30 "$NCU" --clock-control none --target-processes all --kernel-name-base demangled -k "regex:v2" --launch-skip 0 \
     --launch-count 6 --section SpeedOfLight --section Occupancy --section WarpStateStats --csv --page details \
     --log-file "$OUT/ncu.csv" "$PY" tools/ncu_case.py
   if grep -q "ERR_NVGPUCTRPERM\|LibraryNotLoaded\|not supported" "$OUT/ncu.csv" 2>/dev/null; then
