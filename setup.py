@@ -48,7 +48,9 @@ def extension():
         sources,
         define_macros=[*built_against, ("DDET_WITH_CUDA", None)],
         # -Xptxas -v: every build log shows each kernel's registers, stack frame and spills.
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v"]},
+        # DDET_OPS_NVCC_FLAGS adds flags for a tuning build (tools/gpu_sweep.sh).
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v",
+                                                 *os.environ.get("DDET_OPS_NVCC_FLAGS", "").split()]},
         extra_link_args=link,
     )
 

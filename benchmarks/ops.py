@@ -79,6 +79,9 @@ QUICK_CASES = [Case("quick 1x3x64x64", (1, 3, 64, 64)), Case("quick 2x4x32x32 g4
 
 def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable]:
     native = dict(sizes=case.sizes, groups=case.groups, compute_dtype=case.torch_dtype)
+    # Every case compiles the same Python function anew (two graphs: with and without autograd);
+    # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
+    torch._dynamo.reset()
     compiled = torch.compile(functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True,
                              dynamic=False, backend=backend)
     return {

@@ -75,7 +75,7 @@ fi
 DRY_FLAG=(); [ "$DRY" -eq 1 ] && DRY_FLAG=(--dry-run)
 step timings-v1 30 env DDET_OPS_CUDA_KERNELS=v1 "$PY" tools/gpu_timings.py kernels --json "$OUT/kernels-v1.json" "${DRY_FLAG[@]}"
 step timings-v2 30 env DDET_OPS_CUDA_KERNELS=v2 "$PY" tools/gpu_timings.py kernels --json "$OUT/kernels-v2.json" "${DRY_FLAG[@]}"
-step peers 60 "$PY" tools/gpu_timings.py peers --json "$OUT/peers.json" "${DRY_FLAG[@]}"
+step peers 120 "$PY" tools/gpu_timings.py peers --json "$OUT/peers.json" "${DRY_FLAG[@]}"
 
 # DRAM throughput, achieved occupancy and stall reasons of the v2 kernels on the headline case.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)

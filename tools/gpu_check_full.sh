@@ -9,7 +9,8 @@ OUT=${OUT:-$PWD/gpu-check-out}
 PY=${PYTHON:-python3}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-570}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+# The in-place build of this tree, for the scripts that do not add the repository to sys.path.
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 LOG="$OUT/gpu_check_full.log"
 : > "$LOG"
 status=0

@@ -17,8 +17,14 @@ namespace ddet_ops {
 namespace v2 {
 
 constexpr int kThreadsPerBlock = 256;
-// Two blocks of 256 threads per SM at least: at most 128 registers a thread.
-constexpr int kMinBlocksPerSM = 2;
+// Resident blocks of 256 threads per SM the register budget must allow (2: at most 128 registers
+// a thread, 3: 80, 4: 64). The kernels are memory-bound, so more resident warps keep more loads in
+// flight, as long as the cap causes no spills (tools/ptxas_report.py fails the build check then).
+// A build can override it (-DDDET_V2_MIN_BLOCKS_PER_SM=N) to time the alternatives on a GPU.
+#ifndef DDET_V2_MIN_BLOCKS_PER_SM
+#define DDET_V2_MIN_BLOCKS_PER_SM 2
+#endif
+constexpr int kMinBlocksPerSM = DDET_V2_MIN_BLOCKS_PER_SM;
 
 template <bool kGather, typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
