@@ -8,6 +8,8 @@ The operators themselves are declared and implemented in C++ (``csrc/``):
 
 ``kernels`` holds either one packed tensor covering every size, or one tensor per size; the
 kernel gradients come back in the same structure.
+The backward op is differentiable too (its gradient is written with both ops), so gradients of
+any order are available.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def multi_dynconv(
     Returns:
         y, a new (N, C, H, W) tensor of x's dtype and device. Half types accumulate in float32.
         Differentiable in x and in every kernel tensor; the backward pass is deterministic.
+        Differentiable to any order: the backward op's own gradient is written with the two ops
+        (the backward is linear in grad_y and bilinear in x and the kernels), so
+        ``torch.autograd.grad(..., create_graph=True)`` and gradient penalties work.
     """
     kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
     return torch.ops.ddet_ops.multi_dynconv(x, kernel_list, sizes, groups, dilation)
@@ -104,14 +109,75 @@ def _backward(ctx, grad_y):
 torch.library.register_autograd("ddet_ops::multi_dynconv", _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        "ddet_ops: second-order gradients (double backward) of multi_dynconv are not supported yet; "
-        "ddet_ops.reference.multi_dynconv computes them in plain PyTorch"
+def _setup_backward_context(ctx, inputs, output):
+    grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels = inputs
+    ctx.save_for_backward(grad_y, x, *kernels)
+    ctx.sizes, ctx.groups, ctx.dilation = sizes, groups, dilation
+    ctx.computed_x, ctx.computed_kernels = need_x, need_kernels
+    # Gradients of unused outputs then arrive as None instead of zeros, and their terms are skipped.
+    ctx.set_materialize_grads(False)
+
+
+def _dense(grad_kernels, kernels) -> Optional[List[torch.Tensor]]:
+    """Per-tensor kernel cotangents with the missing ones as zeros; None when all are missing."""
+    if all(g is None for g in grad_kernels):
+        return None
+    return [torch.zeros_like(k) if g is None else g for g, k in zip(grad_kernels, kernels)]
+
+
+def _double_backward(ctx, grad_grad_x, grad_grad_kernels):
+    r"""The backward op's own backward, in the two ops.
+
+    With the forward :math:`F(x, K)`, the backward returns :math:`G_x(g, K)` and :math:`G_K(g, x)`,
+    the adjoints of :math:`F` in each argument: :math:`\langle F(x, K), g\rangle =
+    \langle x, G_x(g, K)\rangle = \langle K, G_K(g, x)\rangle`. Each is linear in :math:`g`,
+    and :math:`G_x` does not depend on :math:`x` nor :math:`G_K` on :math:`K`. For cotangents
+    :math:`(u, V)` of its outputs the gradients are therefore
+
+    * :math:`g`: :math:`F(u, K) + F(x, V)`;
+    * :math:`x`: :math:`G_x(g, V)`;  :math:`K`: :math:`G_K(g, u)` -- one call of the backward op
+      with ``x = u`` and ``kernels = V``.
+
+    The formula uses the registered ops, so higher orders follow by recursion.
+    """
+    grad_y, x, *kernels = ctx.saved_tensors
+    op_args = (ctx.sizes, ctx.groups, ctx.dilation)
+    grad_grad_x = grad_grad_x if ctx.computed_x else None
+    grad_grad_kernels = _dense(grad_grad_kernels, kernels) if ctx.computed_kernels else None
+    need_grad_y, need_x, need_kernels = ctx.needs_input_grad[0], ctx.needs_input_grad[1], any(ctx.needs_input_grad[2])
+
+    grad_grad_y = None
+    if need_grad_y and grad_grad_x is not None:
+        grad_grad_y = torch.ops.ddet_ops.multi_dynconv(grad_grad_x, kernels, *op_args)
+    if need_grad_y and grad_grad_kernels is not None:
+        through_kernels = torch.ops.ddet_ops.multi_dynconv(x, grad_grad_kernels, *op_args)
+        grad_grad_y = through_kernels if grad_grad_y is None else grad_grad_y + through_kernels
+
+    want_x = need_x and grad_grad_kernels is not None
+    want_kernels = need_kernels and grad_grad_x is not None
+    grad_x, grad_kernels = None, [None] * len(kernels)
+    if want_x or want_kernels:
+        # The x argument is read only for the kernel gradient and the kernels only for grad_x.
+        grad_x, grad_kernels = torch.ops.ddet_ops.multi_dynconv_backward(
+            grad_y,
+            grad_grad_x if want_kernels else x,
+            grad_grad_kernels if want_x else kernels,
+            *op_args,
+            want_x,
+            want_kernels,
+        )
+    return (
+        grad_grad_y,
+        grad_x if want_x else None,
+        list(grad_kernels) if want_kernels else [None] * len(kernels),
+        None,
+        None,
+        None,
+        None,
+        None,
     )
 
 
-# Without a formula autograd would treat the gradients as constants and return zeros silently.
 torch.library.register_autograd(
-    "ddet_ops::multi_dynconv_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+    "ddet_ops::multi_dynconv_backward", _double_backward, setup_context=_setup_backward_context
 )

@@ -564,9 +564,119 @@ def test_cuda_kernel_version_comes_from_the_environment():
     assert bad.returncode != 0 and "DDET_OPS_CUDA_KERNELS" in bad.stderr
 
 
-def test_double_backward_is_refused_never_a_silent_zero():
-    x = torch.rand(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    k = torch.rand(1, 9, 5, 5, dtype=torch.float64, requires_grad=True)
-    (grad_x,) = torch.autograd.grad((ddet_ops.dynconv(x, k) ** 2).sum(), x, create_graph=True)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        grad_x.sum().backward()
+# (N, C, H, W, sizes, groups, dilation, packed): small enough for gradgradcheck's numerical
+# Jacobians, and together every size 1 to 7, groups > 1, dilation 2, a batch and both layouts.
+DOUBLE_BACKWARD_CASES = [
+    (1, 1, 3, 4, (3,), 1, 1, False),
+    (2, 4, 3, 3, (1, 3), 2, 2, True),
+    (1, 2, 2, 3, (3, 5, 7), 1, 1, True),
+    (1, 2, 3, 3, (5,), 2, 2, False),
+]
+
+
+def double_backward_id(case):
+    n, c, h, w, sizes, groups, dilation, packed = case
+    return f"{n}x{c}x{h}x{w}-s{sizes}-g{groups}-d{dilation}-{'packed' if packed else 'list'}"
+
+
+def gradgradcheck_case(case, device, constant=()):
+    """gradgradcheck of multi_dynconv in float64 on ``device``; the inputs named in ``constant``
+    ("x", "kernels") do not require grad, so the backward computes only the others."""
+    n, c, h, w, sizes, groups, dilation, packed = case
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    kernels = [torch.cat(kernels, dim=1)] if packed else kernels
+    x, kernels = x.to(device), [k.to(device) for k in kernels]
+    named = {"x": [x], "kernels": kernels}
+    variables = [t.requires_grad_(True) for name, group in named.items() if name not in constant for t in group]
+
+    def fn(*values):
+        given = dict(zip(map(id, variables), values))
+        x_in, *kernels_in = (given.get(id(t), t) for t in [x, *kernels])
+        kernel_arg = kernels_in[0] if packed else kernels_in
+        return multi_dynconv(x_in, kernel_arg, sizes, groups=groups, dilation=dilation)
+
+    # Fast mode compares random projections of the Jacobians: minutes become seconds.
+    assert torch.autograd.gradgradcheck(fn, variables, fast_mode=True)
+
+
+@pytest.mark.parametrize("case", DOUBLE_BACKWARD_CASES, ids=double_backward_id)
+def test_gradgradcheck(case):
+    gradgradcheck_case(case, "cpu")
+
+
+@pytest.mark.parametrize("constant", ["x", "kernels"])
+def test_gradgradcheck_with_one_input_constant(constant):
+    gradgradcheck_case(DOUBLE_BACKWARD_CASES[1], "cpu", constant=(constant,))
+
+
+def derivatives_along(fn, x, kernels, direction, orders=3, **kw):
+    """Gradients of order 1 to ``orders`` of sum(y^3) in (x, kernels), each next one taken of the
+    previous one's inner product with ``direction`` (Hessian- and third-order-vector products)."""
+    leaves = [t.detach().requires_grad_(True) for t in [x, *kernels]]
+    scalar = (fn(leaves[0], leaves[1:], **kw) ** 3).sum()
+    found = []
+    for _ in range(orders):
+        grads_here = torch.autograd.grad(scalar, leaves, create_graph=True)
+        found.append(grads_here)
+        scalar = sum((g * d).sum() for g, d in zip(grads_here, direction))
+    return found
+
+
+@pytest.mark.parametrize("case", [(2, 4, 7, 6, (3, 5, 7), 2, 2), (1, 3, 5, 9, (1, 5), 1, 1)])
+def test_higher_order_derivatives_match_the_unfold_reference(case):
+    """Second and third order against plain-PyTorch autograd: second-order gradients used to come
+    back as silent zeros, so none may be zero where the reference's are not."""
+    n, c, h, w, sizes, groups, dilation = case
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    direction = [torch.randn_like(t) for t in [x, *kernels]]
+    kw = dict(groups=groups, dilation=dilation)
+    got = derivatives_along(multi_dynconv, x, kernels, direction, **kw)
+    want = derivatives_along(reference.multi_dynconv, x, kernels, direction, **kw)
+    for order, (got_grads, want_grads) in enumerate(zip(got, want), start=1):
+        for a, b in zip(got_grads, want_grads):
+            assert b.abs().max() > 0, order
+            torch.testing.assert_close(a, b, msg=lambda m: f"order {order}: {m}")
+
+
+def test_gradient_penalty_through_some_kernel_gradients():
+    """Only one kernel tensor's gradient enters the penalty, and x needs no gradient: the other
+    kernel cotangents are absent and the backward computed no grad_x."""
+    x, kernels = make_inputs(2, 2, 6, 5, (3, 5), 1)
+
+    def penalty_grads(fn):
+        leaves = [k.detach().requires_grad_(True) for k in kernels]
+        grad_kernels = torch.autograd.grad((fn(x, leaves) ** 2).sum(), leaves, create_graph=True)
+        return torch.autograd.grad((grad_kernels[1] ** 2).sum(), leaves)
+
+    for got, want in zip(penalty_grads(multi_dynconv), penalty_grads(reference.multi_dynconv)):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want)
+
+
+def test_opcheck_of_the_backward_op_with_gradients():
+    x, kernels = make_inputs(1, 4, 5, 6, (3, 5), 2, dtype=torch.float32, requires_grad=True)
+    grad_y = torch.randn_like(x).requires_grad_(True)
+    for need in [(True, True), (True, False), (False, True)]:
+        torch.library.opcheck(
+            torch.ops.ddet_ops.multi_dynconv_backward.default, (grad_y, x, kernels, [3, 5], 2, 2, *need)
+        )
+
+
+def test_torch_compile_fullgraph_gradient_penalty():
+    x, kernels = make_inputs(1, 2, 6, 7, (3, 5), 1)
+    packed = torch.cat(kernels, dim=1)
+
+    def penalty(fn, x, packed):
+        y = fn(x, packed, (3, 5))
+        grad_x, grad_packed = torch.autograd.grad((y**2).sum(), (x, packed), create_graph=True)
+        return (grad_x**2).sum() + (grad_packed**2).sum()
+
+    leaves = (x.requires_grad_(True), packed.requires_grad_(True))
+    # Dynamo traces autograd.grad only when asked to.
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled = torch.compile(lambda x, packed: penalty(multi_dynconv, x, packed), fullgraph=True,
+                                 backend="aot_eager")
+        got = torch.autograd.grad(compiled(*leaves), leaves)
+    want = torch.autograd.grad(penalty(reference.multi_dynconv, *leaves), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
