@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import ddet_ops
 from ddet_ops import MultiDynConv, dynconv, multi_dynconv, reference
+from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 
 # (N, C, H, W, sizes, groups, dilation)
 CASES = [
@@ -564,41 +565,6 @@ def test_cuda_kernel_version_comes_from_the_environment():
     assert bad.returncode != 0 and "DDET_OPS_CUDA_KERNELS" in bad.stderr
 
 
-# (N, C, H, W, sizes, groups, dilation, packed): small enough for gradgradcheck's numerical
-# Jacobians, and together every size 1 to 7, groups > 1, dilation 2, a batch and both layouts.
-DOUBLE_BACKWARD_CASES = [
-    (1, 1, 3, 4, (3,), 1, 1, False),
-    (2, 4, 3, 3, (1, 3), 2, 2, True),
-    (1, 2, 2, 3, (3, 5, 7), 1, 1, True),
-    (1, 2, 3, 3, (5,), 2, 2, False),
-]
-
-
-def double_backward_id(case):
-    n, c, h, w, sizes, groups, dilation, packed = case
-    return f"{n}x{c}x{h}x{w}-s{sizes}-g{groups}-d{dilation}-{'packed' if packed else 'list'}"
-
-
-def gradgradcheck_case(case, device, constant=()):
-    """gradgradcheck of multi_dynconv in float64 on ``device``; the inputs named in ``constant``
-    ("x", "kernels") do not require grad, so the backward computes only the others."""
-    n, c, h, w, sizes, groups, dilation, packed = case
-    x, kernels = make_inputs(n, c, h, w, sizes, groups)
-    kernels = [torch.cat(kernels, dim=1)] if packed else kernels
-    x, kernels = x.to(device), [k.to(device) for k in kernels]
-    named = {"x": [x], "kernels": kernels}
-    variables = [t.requires_grad_(True) for name, group in named.items() if name not in constant for t in group]
-
-    def fn(*values):
-        given = dict(zip(map(id, variables), values))
-        x_in, *kernels_in = (given.get(id(t), t) for t in [x, *kernels])
-        kernel_arg = kernels_in[0] if packed else kernels_in
-        return multi_dynconv(x_in, kernel_arg, sizes, groups=groups, dilation=dilation)
-
-    # Fast mode compares random projections of the Jacobians: minutes become seconds.
-    assert torch.autograd.gradgradcheck(fn, variables, fast_mode=True)
-
-
 @pytest.mark.parametrize("case", DOUBLE_BACKWARD_CASES, ids=double_backward_id)
 def test_gradgradcheck(case):
     gradgradcheck_case(case, "cpu")
@@ -635,7 +601,7 @@ def test_higher_order_derivatives_match_the_unfold_reference(case):
     for order, (got_grads, want_grads) in enumerate(zip(got, want), start=1):
         for a, b in zip(got_grads, want_grads):
             assert b.abs().max() > 0, order
-            torch.testing.assert_close(a, b, msg=lambda m: f"order {order}: {m}")
+            torch.testing.assert_close(a, b, msg=f"order {order}")
 
 
 def test_gradient_penalty_through_some_kernel_gradients():

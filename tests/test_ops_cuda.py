@@ -1,11 +1,13 @@
 """ddet_ops on CUDA: every dtype against the float64 reference, agreement with the CPU kernels,
-gradcheck, opcheck, torch.compile, determinism and 64-bit indexing. Run by tools/gpu_check.sh on
-a machine with a GPU; skipped elsewhere (the CPU harness in test_ops.py covers the indexing)."""
+gradcheck and gradgradcheck, opcheck, torch.compile, determinism and 64-bit indexing. Run by
+tools/gpu_check.sh on a machine with a GPU; skipped elsewhere (the CPU harness in test_ops.py
+covers the indexing)."""
 
 import pytest
 import torch
 
 from ddet_ops import multi_dynconv, reference
+from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 
 pytestmark = [
     pytest.mark.cuda,
@@ -81,6 +83,11 @@ def test_gradcheck_float64():
     for k in kernels:
         k.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x, a, b: multi_dynconv(x, [a, b], groups=2, dilation=2), (x, *kernels))
+
+
+@pytest.mark.parametrize("case", DOUBLE_BACKWARD_CASES, ids=double_backward_id)
+def test_gradgradcheck_float64(case):
+    gradgradcheck_case(case, "cuda")
 
 
 def test_opcheck():
