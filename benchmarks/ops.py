@@ -7,7 +7,7 @@ autograd, and as in training) and backward (gradients of x and of the kernels) o
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
 * ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv_shift_add``,
 
-each as a multiple of its floor (DESIGN.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
+each as a multiple of its floor (docs/ops.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
 bytes_bwd = elem*N*H*W*(2*sum groups*s^2 + 3C), divided by B), and the peak extra memory of one
 forward + backward.
 """

@@ -64,7 +64,7 @@ def image(*shape: int, seed: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------- registry
 
 
-def test_names_are_the_issue_list_in_table_order():
+def test_names_are_the_paper_models_in_table_order():
     assert models.names() == NAMES
     for name in NAMES:
         assert models.describe(name)

@@ -1,4 +1,4 @@
-"""ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (DESIGN.md)."""
+"""ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (docs/ops.md)."""
 
 import itertools
 import os
