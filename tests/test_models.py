@@ -33,14 +33,8 @@ _TINY_BY_FAMILY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, and on a
-    shared machine its spinning costs seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are tiny: a second intra-op thread only adds synchronisation.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, **overrides) -> torch.nn.Module:
