@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddet import metrics
+from ddet import metrics, models
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
 from ddet.device import pick_device
 from ddet.data.io import read_image
-from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
+from ddet.weights import load_bundled, load_model
 
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
 TILE_ALIGN = 16
@@ -36,6 +36,7 @@ MAX_CONTEXT = 32
 DEFAULT_MAX_MEMORY = 3 * 2**29  # 1.5 GiB
 # Side of the tile on which the working set per pixel is measured.
 PROBE_SIDE = 64
+DEFAULT_MODEL = "ddet"  # what runs when neither a model nor weights are given
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,8 +73,9 @@ class Resolved(NamedTuple):
 def resolve_model(model=None, weights=None, scale=None, device="cpu"):
     """The network to run (a ``Resolved``) from weights, a model object, or the bundled weights of ``scale``.
 
-    ``model`` may be a module (then ``scale`` is required), or a registry name: only ``ddet`` has
-    bundled weights, every other name needs ``weights``.
+    ``model`` may be a module (then ``scale`` is required), or a registry name (default
+    ``DEFAULT_MODEL``): names the registry records bundled weights for run them, every other name
+    needs ``weights``.
     """
     if isinstance(model, torch.nn.Module):
         if scale is None:
@@ -86,14 +88,11 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
         if scale is not None and scale != metadata["scale"]:
             raise ValueError(f"--scale {scale} but {weights} was trained for ×{metadata['scale']}")
         return Resolved(loaded, metadata["scale"], metadata["channels"], metadata["model"])
-    if model not in (None, BUNDLED_MODEL):
-        from ddet import models
-
-        if model not in models.names():
-            raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.names())}")
-        raise ValueError(f"no bundled weights for model {model!r}; pass --weights FILE")
+    name = DEFAULT_MODEL if model is None else model
+    if name not in models.names():
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(models.names())}")
     scale = 2 if scale is None else scale
-    loaded, metadata = load_bundled(scale, device)
+    loaded, metadata = load_bundled(name, scale, device)
     return Resolved(loaded, scale, metadata["channels"], metadata["model"])
 
 

@@ -121,7 +121,12 @@ class DDet(KPN):
 
 
 MODELS = {
-    "ddet": Entry(DDet, DDetConfig(), "DDet, paper layout: MDA sizes 3, 5, 7 + CDM + post-refinement; Table III: 5.7 MB"),
+    "ddet": Entry(
+        DDet,
+        DDetConfig(),
+        "DDet, paper layout: MDA sizes 3, 5, 7 + CDM + post-refinement; Table III: 5.7 MB",
+        pretrained={scale: f"ddet_x{scale}.safetensors" for scale in (2, 3, 4)},
+    ),
     "ddet-released": Entry(
         DDet,
         DDetConfig(heads=RELEASED_HEADS),
