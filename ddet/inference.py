@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ddet import metrics, models
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
-from ddet.device import pick_device
 from ddet.data.io import read_image
+from ddet.device import pick_device
 from ddet.weights import load_bundled, load_model
 
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).

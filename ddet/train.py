@@ -514,7 +514,8 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
             if validating:
                 result, bicubic = validate(evaluated, val_images, device)
                 logger.log(run.step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
-                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} (bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
+                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
+                    f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
                 if result["psnr"] > run.best["psnr"]:
                     run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
                     logger.export(out / "best.safetensors", evaluated, run.step)

@@ -4,9 +4,9 @@ from ddet.data.datasets import CHANNELS, TrainingPatches, WholeImages, to_channe
 from ddet.data.degrade import Degradation, degrade, resize
 from ddet.data.io import list_images, read_image, write_image
 from ddet.data.sources import (
-    DecodedCache,
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
+    DecodedCache,
     SyntheticPairs,
     folder_photos,
     paired_folder,
