@@ -70,7 +70,7 @@ def command_train(args):
 
 def command_eval(args):
     from ddet import metrics
-    from ddet.data import WholeImages, make_sources, paired_folder, realsr
+    from ddet.data import REALSR_CAMERAS, WholeImages, make_sources, paired_folder, realsr
     from ddet.device import pick_device
     from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
@@ -85,7 +85,7 @@ def command_eval(args):
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
-        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras), args.realsr_version)
+        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras or REALSR_CAMERAS), args.realsr_version)
     else:
         source = paired_folder(_required(args.data_root, "--data-root"))
     if args.json:
@@ -290,7 +290,7 @@ def build_parser():
     evaluate.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
     evaluate.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
     evaluate.add_argument("--split", default="Test", help="RealSR split (default Test)")
-    evaluate.add_argument("--cameras", nargs="+", default=["Canon", "Nikon"])
+    evaluate.add_argument("--cameras", nargs="+", help="RealSR cameras (default: both, Canon and Nikon)")
     evaluate.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
     evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
     evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ddet import metrics, models
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ddet.data.datasets import to_tensor
 from ddet.data.io import read_image
 from ddet.device import pick_device
 from ddet.weights import load_bundled, load_model
@@ -307,7 +308,7 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
     def run_tile(top, bottom, left, right):
         window = bicubic.window(top, bottom, left, right)
         network_input = window if channels == "rgb" else rgb_to_ycbcr(window)[..., :1]
-        return run_network(network, _tensor(network_input), settings, device)
+        return run_network(network, to_tensor(network_input), settings, device)
 
     def emit_rows(top, rows):
         restored = _array(rows)
@@ -323,10 +324,6 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
         report = bar.update if on_pixels is None else on_pixels
         _run_tiled(height, width, tile, context, run_tile, emit_rows, report)
     return output
-
-
-def _tensor(image):
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
 def _array(tensor):
