@@ -23,6 +23,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet.data import DecodedCache, TrainingPatches, paired_folder, skimage_photos, training_loader  # noqa: E402
 
+
 def write_pairs(root: Path, size: tuple) -> None:
     """HR photos of ``size`` (H, W) and their LR halves as PNG, from scikit-image's photographs."""
     for folder in ("hr", "lr"):

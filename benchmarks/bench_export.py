@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import sys
 import tempfile
 import time
@@ -84,7 +85,7 @@ def time_ddet(folder: Path) -> dict:
     found, export_s = runners(folder, model, half=True)
     frame = y_frame(512)
     with torch.no_grad():
-        seconds = {name: median_time(lambda: run(frame), CPU, min_repeats=7, budget_s=10.0) for name, run in found.items()}
+        seconds = {name: median_time(functools.partial(run, frame), CPU, min_repeats=7, budget_s=10.0) for name, run in found.items()}
     differences = largest_differences(found, [torch.rand(1, 1, *SIZES[0]), frame])
     return {"run_s": seconds, "export_s": export_s, "max_abs_diff": differences}
 

@@ -213,7 +213,8 @@ def markdown(payload: Dict[str, object]) -> str:
     frame, batch = "x".join(map(str, settings["frame"])), "x".join(map(str, settings["train_batch"]))
     return "\n".join([
         f"DDet (`{settings['model']}`) breakdown on {who} ({info['device']}, {info['torch_threads']} threads), "
-        f"torch {info['torch']}, commit {info['commit']}, {info['date']}. Whole run: {payload['wall_seconds']:.0f} s.",
+        f"torch {info['torch']}, commit {info['commit']}, {info['date']}. "
+            f"Whole run: {payload['wall_seconds']:.0f} s.",
         f"Forward: eval, no gradients, 1x1x{frame}. Training step: forward + L1 loss + backward on {batch}. "
         f"float32; times are medians of {settings['repeats']} run(s) after a warm-up, "
         "the two implementations' runs interleaved.",

@@ -15,7 +15,6 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

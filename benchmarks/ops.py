@@ -7,7 +7,7 @@ autograd, and as in training) and backward (gradients of x and of the kernels) o
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
 * ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv_shift_add``,
 
-each as a multiple of its floor (DESIGN.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
+each as a multiple of its floor (docs/ops.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
 bytes_bwd = elem*N*H*W*(2*sum groups*s^2 + 3C), divided by B), and the peak extra memory of one
 forward + backward.
 """
@@ -107,12 +107,12 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
         # Forward twice: for inference (no autograd) and as in training (inputs require grad);
         # torch.compile builds a different graph for each, and they need not run alike.
         with torch.no_grad():
-            forward = median_time(lambda: fn(x, kernels), device)
-        training_forward = median_time(lambda: fn(x, kernels), device)
+            forward = median_time(functools.partial(fn, x, kernels), device)
+        training_forward = median_time(functools.partial(fn, x, kernels), device)
         y = fn(x, kernels)
-        backward = median_time(lambda: torch.autograd.grad(y, (x, kernels), grad_y, retain_graph=True), device)
+        backward = median_time(functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device)
         del y
-        peak = peak_extra_memory(lambda: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
+        peak = peak_extra_memory(lambda fn=fn: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
         results["impls"][name] = {"forward_s": forward, "training_forward_s": training_forward,
                                   "backward_s": backward, "peak_extra_bytes": peak}
     return results
@@ -252,9 +252,10 @@ def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> 
     kernels.requires_grad_(True)
     out = {}
     for name, fn in implementations(case, backend).items():
-        forward = median_time(lambda: fn(x, kernels), device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+        forward = median_time(functools.partial(fn, x, kernels), device, min_repeats=repeats, max_repeats=repeats,
+                              budget_s=0.0)
         y = fn(x, kernels)
-        backward = median_time(lambda: torch.autograd.grad(y, (x, kernels), grad_y, retain_graph=True), device,
+        backward = median_time(functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device,
                                min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
         del y
         out[name] = {"forward": forward, "backward": backward}

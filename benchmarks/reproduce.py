@@ -7,9 +7,9 @@ Every model of the paper's Table II ablation (plain KPN K = 7, + post-refinement
 DDet) and of its Table I real-SR rows (KPN K = 5/7/13/19, LP-KPN, DDet) plus SRResNet is trained
 with the same budget (data, patches, steps, optimiser, schedule, seed), each as an ordinary
 ``ddet train`` run in ``RUNS/<model>``: a stopped reproduction resumes where it stopped, and a
-finished model is not trained again. Each run ends with its validation on the held-out photos (RealSR
-protocol, EMA weights), and each model is timed forward on one frame; and the tables are printed beside the paper's, with the
-gaps between rows and whether each of the paper's orderings holds here.
+finished model is not trained again. Each run ends with its validation on the held-out photos
+(RealSR protocol, EMA weights), and each model is timed forward on one frame; and the tables are
+printed beside the paper's, with the gaps between rows and whether each of the paper's orderings holds here.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
-from ddet.data import SKIMAGE_VALIDATION_PHOTOS, make_sources, skimage_photos, write_image  # noqa: E402
 from ddet import models  # noqa: E402
+from ddet.data import SKIMAGE_VALIDATION_PHOTOS, make_sources, skimage_photos, write_image  # noqa: E402
 from ddet.inference import bf16_matrix_units  # noqa: E402
 from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
 
@@ -167,11 +167,15 @@ def report(payload: Dict[str, object]) -> str:
     return "\n".join([
         f"# The paper's comparisons on the synthetic cross-camera pairs, ×{scale}", "",
         f"Every model: {budget['steps']} steps of {budget['batch']} patches of {budget['patch']}² (HR), Adam lr "
-        f"{budget['lr']:g} cosine with {budget['warmup']} warm-up steps, L1, EMA {budget['ema']}, {budget['amp']} autocast"
-        f"{' + channels_last' if budget['channels_last'] else ''}, seed {budget['seed']}; evaluated (EMA weights) on the "
-        f"{payload['validation_images']} held-out photos, Y PSNR/SSIM by the RealSR protocol (bicubic {bicubic:.3f} dB). "
+        f"{budget['lr']:g} cosine with {budget['warmup']} warm-up steps, L1, EMA {budget['ema']}, "
+            f"{budget['amp']} autocast"
+        f"{' + channels_last' if budget['channels_last'] else ''}, seed {budget['seed']}; "
+            "evaluated (EMA weights) on the "
+        f"{payload['validation_images']} held-out photos, Y PSNR/SSIM by the RealSR protocol "
+            f"(bicubic {bicubic:.3f} dB). "
         f"Time: forward of one {frame} Y frame, median of 3. {info['cpu']}, {info['torch_threads']} threads, "
-        f"torch {info['torch']}, commit {info['commit']}, {info['date']}; whole run {payload['wall_seconds'] / 60:.0f} min.",
+        f"torch {info['torch']}, commit {info['commit']}, {info['date']}; "
+            f"whole run {payload['wall_seconds'] / 60:.0f} min.",
         f"Paper: {paper.SOURCE}, on RealSR (Table I at ×{scale}; Table II at ×2).", "",
         "## Table I rows", "",
         markdown_table(["model", "PSNR (dB)", "vs bicubic", "SSIM", f"ms / {frame} frame", f"paper ×{scale} PSNR / SSIM"], table1), "",

@@ -176,7 +176,8 @@ def markdown(payload: Dict[str, object]) -> str:
     return "\n".join([
         f"Table III on {who} ({info['device']}, {info['torch_threads']} threads), torch {info['torch']}, "
         f"commit {info['commit']}, {info['date']}.",
-        f"Frame {frame} (Y, 1 channel), {settings['dtype']}{', channels_last' if settings['channels_last'] else ''}; "
+        f"Frame {frame} (Y, 1 channel), {settings['dtype']}"
+            f"{', channels_last' if settings['channels_last'] else ''}; "
         f"forward in eval mode without gradients, median of {settings['repeats']} run(s) after a warm-up. "
         f"Whole run: {payload['wall_seconds']:.0f} s.",
         f"Paper figures: {PAPER_SOURCE} (n/a: not a row of the paper's table). The paper names neither its GPU "

@@ -70,7 +70,7 @@ def command_train(args):
 
 def command_eval(args):
     from ddet import metrics
-    from ddet.data import WholeImages, make_sources, paired_folder, realsr
+    from ddet.data import REALSR_CAMERAS, WholeImages, make_sources, paired_folder, realsr
     from ddet.device import pick_device
     from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
@@ -85,7 +85,7 @@ def command_eval(args):
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
-        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras), args.realsr_version)
+        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras or REALSR_CAMERAS), args.realsr_version)
     else:
         source = paired_folder(_required(args.data_root, "--data-root"))
     if args.json:
@@ -97,7 +97,8 @@ def command_eval(args):
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
     for row in rows:
-        print(f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} {row['psnr']:>14.3f} {row['ssim']:>7.4f}")
+        print(f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} "
+            f"{row['psnr']:>14.3f} {row['ssim']:>7.4f}")
     print(f"{'mean':<24} {bicubic['psnr']:>12.3f} {bicubic['ssim']:>7.4f} {mean['psnr']:>14.3f} {mean['ssim']:>7.4f}")
     if args.json:
         from ddet.data.io import atomic_write
@@ -158,7 +159,8 @@ def expand_inputs(inputs):
 
 
 def output_paths(inputs, out, scale, suffix, into_folder=False):
-    """Where each input goes: ``out`` itself for one input (unless it is or must be a folder), else ``out/<stem>_x<scale><suffix>``."""
+    """Where each input goes: ``out`` itself for one input (unless it is or must be a folder), else
+    ``out/<stem>_x<scale><suffix>``."""
     out = Path(out)
     if len(inputs) == 1 and not into_folder and not out.is_dir() and not str(out).endswith(("/", "\\")):
         return [out]
@@ -182,9 +184,15 @@ def output_megapixels(path, scale):
 
 def command_upscale(args):
     from ddet.data.io import writable_format
-
     from ddet.device import pick_device
-    from ddet.inference import choose_precision, describe_precision, default_context, largest_tile, prepare_model, resolve_model
+    from ddet.inference import (
+        choose_precision,
+        default_context,
+        describe_precision,
+        largest_tile,
+        prepare_model,
+        resolve_model,
+    )
 
     device = pick_device(args.device)
     settings = choose_precision(args.precision, device)
@@ -198,7 +206,8 @@ def command_upscale(args):
     jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
     skipped = len(targets) - len(jobs)
     if skipped:
-        print(f"skipping {skipped} existing output(s), e.g. {next(t for t in targets if t.exists())} (pass --force to overwrite)")
+        print(f"skipping {skipped} existing output(s), e.g. {next(t for t in targets if t.exists())} "
+            "(pass --force to overwrite)")
     print(describe_precision(settings))
     if not jobs:
         return
@@ -229,19 +238,21 @@ def _upscale_all(args, jobs, options):
     started, done = time.perf_counter(), 0
     bar = tqdm(total=round(sum(megapixels), 2), unit="MP", desc="upscale", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]")
     try:
-        for (source, target), size in zip(jobs, megapixels):
+        for source, target in jobs:
             bar.set_postfix_str(f"{done + 1}/{len(jobs)} {source.name}")
             image = upscale(source, **options, dtype=np.uint8, on_pixels=lambda pixels: bar.update(pixels / 1e6))
             write_image(target, image, force=True)
             done += 1
     except KeyboardInterrupt:
         bar.close()
-        print(f"ddet upscale: interrupted while upscaling {source}; {done} of {len(jobs)} file(s) finished and written, no partial output", file=sys.stderr)
+        print(f"ddet upscale: interrupted while upscaling {source}; {done} of {len(jobs)} file(s) finished and written, "
+            "no partial output", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     bar.close()
     seconds = time.perf_counter() - started
     total = sum(megapixels)
-    print(f"upscaled {done} file(s), {total:.2f} megapixels in {seconds:.1f} s ({total / seconds:.2f} MP/s) → {Path(args.output)}")
+    print(f"upscaled {done} file(s), {total:.2f} megapixels in {seconds:.1f} s ({total / seconds:.2f} MP/s) "
+        f"→ {Path(args.output)}")
 
 
 def command_export(args):
@@ -279,7 +290,7 @@ def build_parser():
     evaluate.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
     evaluate.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
     evaluate.add_argument("--split", default="Test", help="RealSR split (default Test)")
-    evaluate.add_argument("--cameras", nargs="+", default=["Canon", "Nikon"])
+    evaluate.add_argument("--cameras", nargs="+", help="RealSR cameras (default: both, Canon and Nikon)")
     evaluate.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
     evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
     evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")

@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ddet import metrics
+from ddet import metrics, models
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
-from ddet.device import pick_device
+from ddet.data.datasets import to_tensor
 from ddet.data.io import read_image
-from ddet.weights import BUNDLED_MODEL, load_bundled, load_model
+from ddet.device import pick_device
+from ddet.weights import load_bundled, load_model
 
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
 TILE_ALIGN = 16
@@ -36,6 +37,7 @@ MAX_CONTEXT = 32
 DEFAULT_MAX_MEMORY = 3 * 2**29  # 1.5 GiB
 # Side of the tile on which the working set per pixel is measured.
 PROBE_SIDE = 64
+DEFAULT_MODEL = "ddet"  # what runs when neither a model nor weights are given
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,8 +74,9 @@ class Resolved(NamedTuple):
 def resolve_model(model=None, weights=None, scale=None, device="cpu"):
     """The network to run (a ``Resolved``) from weights, a model object, or the bundled weights of ``scale``.
 
-    ``model`` may be a module (then ``scale`` is required), or a registry name: only ``ddet`` has
-    bundled weights, every other name needs ``weights``.
+    ``model`` may be a module (then ``scale`` is required), or a registry name (default
+    ``DEFAULT_MODEL``): names the registry records bundled weights for run them, every other name
+    needs ``weights``.
     """
     if isinstance(model, torch.nn.Module):
         if scale is None:
@@ -86,14 +89,11 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
         if scale is not None and scale != metadata["scale"]:
             raise ValueError(f"--scale {scale} but {weights} was trained for ×{metadata['scale']}")
         return Resolved(loaded, metadata["scale"], metadata["channels"], metadata["model"])
-    if model not in (None, BUNDLED_MODEL):
-        from ddet import models
-
-        if model not in models.names():
-            raise ValueError(f"unknown model {model!r}; known models: {', '.join(models.names())}")
-        raise ValueError(f"no bundled weights for model {model!r}; pass --weights FILE")
+    name = DEFAULT_MODEL if model is None else model
+    if name not in models.names():
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(models.names())}")
     scale = 2 if scale is None else scale
-    loaded, metadata = load_bundled(scale, device)
+    loaded, metadata = load_bundled(name, scale, device)
     return Resolved(loaded, scale, metadata["channels"], metadata["model"])
 
 
@@ -308,7 +308,7 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
     def run_tile(top, bottom, left, right):
         window = bicubic.window(top, bottom, left, right)
         network_input = window if channels == "rgb" else rgb_to_ycbcr(window)[..., :1]
-        return run_network(network, _tensor(network_input), settings, device)
+        return run_network(network, to_tensor(network_input), settings, device)
 
     def emit_rows(top, rows):
         restored = _array(rows)
@@ -324,10 +324,6 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
         report = bar.update if on_pixels is None else on_pixels
         _run_tiled(height, width, tile, context, run_tile, emit_rows, report)
     return output
-
-
-def _tensor(image):
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
 def _array(tensor):

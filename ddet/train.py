@@ -34,7 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ddet import metrics, models
-from ddet.data import DATA_KINDS, TrainingPatches, WholeImages, make_sources, training_loader
+from ddet.data import DATA_KINDS, REALSR_CAMERAS, TrainingPatches, WholeImages, make_sources, training_loader
 from ddet.data.io import atomic_write, fsync_directory
 from ddet.device import CHOICES as DEVICE_CHOICES
 from ddet.device import pick_device
@@ -55,7 +55,7 @@ class TrainConfig:
     # realsr/folder data: keep the training images decoded here (memory-mapped .npy files), so a
     # patch reads its window instead of decoding two whole images; "" decodes for every patch
     decode_cache: str = ""
-    cameras: list = dataclasses.field(default_factory=lambda: ["Canon", "Nikon"])
+    cameras: list = dataclasses.field(default_factory=lambda: list(REALSR_CAMERAS))
     patch: int = 64  # HR patch side
     batch: int = 16  # global batch, split over the processes
     iterations: int = 100_000
@@ -514,7 +514,8 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
             if validating:
                 result, bicubic = validate(evaluated, val_images, device)
                 logger.log(run.step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
-                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} (bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
+                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
+                    f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
                 if result["psnr"] > run.best["psnr"]:
                     run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
                     logger.export(out / "best.safetensors", evaluated, run.step)

@@ -5,7 +5,8 @@
 >>> y = multi_dynconv(x, packed, sizes=(3, 5, 7))    # or one packed tensor
 """
 
-from ._extension import cuda_compiled, cuda_kernels, load as _load
+from ._extension import cuda_compiled, cuda_kernels
+from ._extension import load as _load
 
 _load(__path__)
 

@@ -2,8 +2,8 @@
 
 Large CPU outputs of the ops (from 4 MB: the kernel gradients above all) are not returned to the
 system when their tensors die but kept for the next call of the same size, as the CUDA caching
-allocator does: fresh memory costs a page fault and a zeroing per page on first touch, which made
-writing a new gradient 2.3x slower than writing reused memory on a 2-core Xeon. The cache holds at
+allocator does: fresh memory costs a page fault and a zeroing per page on first touch, which a
+reused block skips. The cache holds at
 most ``DDET_OPS_CPU_CACHE_MB`` megabytes (default 2048; 0 turns it off), read at the first large
 allocation.
 """

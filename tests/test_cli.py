@@ -136,7 +136,7 @@ BUNDLED_GAINS_DB = {2: 0.74, 3: 0.78, 4: 0.87}
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
-    if not bundled_path(scale).is_file():
+    if not bundled_path("ddet", scale).is_file():
         pytest.skip(f"bundled ×{scale} weights not trained yet")
     from ddet import metrics, upscale
     from ddet.data import WholeImages, make_sources

@@ -10,8 +10,8 @@ from PIL import Image
 from ddet.data import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
-    Degradation,
     DecodedCache,
+    Degradation,
     SyntheticPairs,
     TrainingPatches,
     WholeImages,
@@ -20,11 +20,11 @@ from ddet.data import (
     paired_folder,
     read_image,
     realsr,
+    sources,
     to_channels,
     training_loader,
     write_image,
 )
-from ddet.data import sources
 from ddet.data.degrade import _misalign
 
 

@@ -37,7 +37,10 @@ def test_a_source_folder_without_the_library_uses_the_installed_one(tmp_path):
     comes first on sys.path and has no compiled library."""
     source = tmp_path / "clone" / "ddet_ops"
     shutil.copytree(LIBRARY.parent, source, ignore=shutil.ignore_patterns("_C*", "__pycache__"))
-    code = "import torch, ddet_ops; x = torch.ones(1, 1, 4, 4); print(ddet_ops.__file__, ddet_ops.dynconv(x, torch.ones(1, 9, 4, 4))[0, 0, 1, 1].item())"
+    code = (
+        "import torch, ddet_ops; x = torch.ones(1, 1, 4, 4); "
+        "print(ddet_ops.__file__, ddet_ops.dynconv(x, torch.ones(1, 9, 4, 4))[0, 0, 1, 1].item())"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=source.parent, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(LIBRARY.parents[1]), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr

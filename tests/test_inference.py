@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ddet import models
+from ddet import inference, models
 from ddet.data import read_image, resize
 from ddet.data.color import rgb_to_ycbcr
-from ddet import inference
 from ddet.inference import TILE_ALIGN, _spans, as_float_rgb, resolve_model, run_model, upscale
 from ddet.weights import save_weights
 

@@ -15,6 +15,7 @@ import ddet_ops
 from ddet import models
 from ddet.models.kpn import KernelHeadSpec
 from ddet.models.lpkpn import expand, laplacian_pyramid, reconstruct, reduce
+from ddet.weights import BUNDLED_DIR, bundled_path, read_weights
 
 NAMES = [
     "ddet", "ddet-released", "ddet-plain", "ddet-pr", "ddet-cdm",
@@ -33,14 +34,8 @@ _TINY_BY_FAMILY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, and on a
-    shared machine its spinning costs seconds per test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are tiny: a second intra-op thread only adds synchronisation.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, **overrides) -> torch.nn.Module:
@@ -64,7 +59,7 @@ def image(*shape: int, seed: int = 1) -> torch.Tensor:
 # ---------------------------------------------------------------- registry
 
 
-def test_names_are_the_issue_list_in_table_order():
+def test_names_are_the_paper_models_in_table_order():
     assert models.names() == NAMES
     for name in NAMES:
         assert models.describe(name)
@@ -73,6 +68,43 @@ def test_names_are_the_issue_list_in_table_order():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown model name 'ddet-x'.*ddet-released.*edrn"):
         models.create("ddet-x")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_pretrained_loads_the_weights_bundled_for_the_scale(scale):
+    stored, _ = read_weights(bundled_path("ddet", scale))
+    model = models.create("ddet", pretrained=True, scale=scale)
+    loaded = model.state_dict()
+    assert loaded.keys() == stored.keys()
+    for key, value in stored.items():
+        torch.testing.assert_close(loaded[key], value.to(loaded[key].dtype), rtol=0, atol=0, msg=key)
+    untrained = models.create("ddet").state_dict()
+    assert any(not torch.equal(untrained[key], loaded[key]) for key in loaded)
+
+
+def test_the_registry_records_every_bundled_weights_file_and_only_those():
+    recorded = {bundled_path(name, scale) for name in models.names() for scale in models.pretrained_scales(name)}
+    assert models.pretrained_scales("ddet") == [2, 3, 4]
+    assert recorded == set(BUNDLED_DIR.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("kpn5", dict(scale=2), r"no bundled weights for model 'kpn5' \(bundled: ddet ×2/×3/×4\); pass --weights FILE"),
+        ("ddet", dict(scale=5), r"no bundled weights for model 'ddet' at ×5 \(bundled: ddet ×2/×3/×4\)"),
+        ("ddet", dict(), r"pretrained=True needs scale=, one of \[2, 3, 4\] for 'ddet'"),
+    ],
+)
+def test_pretrained_without_bundled_weights_is_refused_in_one_line(name, options, message):
+    with pytest.raises(ValueError, match=message) as refusal:
+        models.create(name, pretrained=True, **options)
+    assert "\n" not in str(refusal.value)
+
+
+def test_scale_without_pretrained_is_refused():
+    with pytest.raises(ValueError, match="scale=2 selects bundled weights: pass pretrained=True"):
+        models.create("ddet", scale=2)
 
 
 def test_unknown_override_names_the_field_and_lists_the_valid_ones():

@@ -1,4 +1,4 @@
-"""ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (DESIGN.md)."""
+"""ddet_ops on the CPU against its plain-PyTorch reference, and the op's contract (docs/ops.md)."""
 
 import itertools
 import os
@@ -513,7 +513,7 @@ SPECIAL_VALUES = [float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 65504.0,
 
 @pytest.mark.parametrize("flush_denormal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_types_convert_exactly_in_the_vector_paths(dtype, flush_denormal):
+def test_half_types_convert_exactly_in_the_vector_paths(dtype, flush_denormal, one_thread):
     # Rows wide enough for the vector strips. With 1x1 kernels of ones the forward pass is the
     # identity (exercises widening); the kernel gradient is the product grad_y * x, exact in float,
     # so its only rounding is the float -> half conversion (narrowing), which must match torch's.
@@ -527,16 +527,13 @@ def test_half_types_convert_exactly_in_the_vector_paths(dtype, flush_denormal):
     grad_y[0, 0, 0, : len(SPECIAL_VALUES)] = 1
     ones = torch.ones(shape, dtype=dtype)
     want = (grad_y.float() * x.float()).to(dtype)
-    threads = torch.get_num_threads()
     if flush_denormal and not torch.set_flush_denormal(True):
         pytest.skip("this CPU has no flush-to-zero mode")
-    torch.set_num_threads(1)
     try:
         y = multi_dynconv(x, [ones], sizes=(1,))
         _, (grad_kernel,) = torch.ops.ddet_ops.multi_dynconv_backward(grad_y, x, [ones], [1], 1, 1, False, True)
     finally:
         torch.set_flush_denormal(False)
-        torch.set_num_threads(threads)
     torch.testing.assert_close(y, x, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(grad_kernel, want, rtol=0, atol=0, equal_nan=True)
 

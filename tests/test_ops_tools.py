@@ -1,7 +1,6 @@
 """The GPU check's pieces that run without a GPU: the ptxas resource report and the summary of
 the kernel timings against the GPU targets."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,14 +15,9 @@ sys.path.append(str(REPO))
 from benchmarks import ops  # noqa: E402
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ptxas_report = _load_tool("ptxas_report")
+@pytest.fixture(scope="module")
+def ptxas_report(load_tool):
+    return load_tool("ptxas_report")
 
 LOG = """\
 ptxas info    : Compiling entry function '_ZN8ddet_ops2v213gather_stripsILb0EfEEvNS_8GeometryE' for 'sm_90'
@@ -38,7 +32,7 @@ ptxas info    : Used 40 registers, used 0 barriers
 
 
 @pytest.mark.parametrize("frame,stores,loads,code", [(0, 0, 0, 0), (8, 0, 0, 1), (0, 4, 4, 1)])
-def test_ptxas_report_fails_only_on_v2_kernels_that_spill(tmp_path, capsys, frame, stores, loads, code):
+def test_ptxas_report_fails_only_on_v2_kernels_that_spill(ptxas_report, tmp_path, capsys, frame, stores, loads, code):
     log = tmp_path / "build.log"
     log.write_text(LOG.format(frame=frame, stores=stores, loads=loads))
     assert ptxas_report.main([str(log)]) == code
@@ -46,7 +40,7 @@ def test_ptxas_report_fails_only_on_v2_kernels_that_spill(tmp_path, capsys, fram
     assert "| sm_90 | 128 |" in out and "| sm_90 | 40 | 16 | 8 | 8 |" in out  # v1's spills are reported, not fatal
 
 
-def test_ptxas_report_refuses_a_log_without_resource_lines(tmp_path):
+def test_ptxas_report_refuses_a_log_without_resource_lines(ptxas_report, tmp_path):
     log = tmp_path / "build.log"
     log.write_text("nvcc -c csrc/cuda/dynconv_v2.cu\n")
     assert ptxas_report.main([str(log)]) == 1
@@ -80,8 +74,8 @@ def test_targets_are_judged_from_the_floor_bytes_and_the_copy_bandwidth():
     assert verdict[f"{ops.KERNEL_CASES[2].name}: forward <= 2x floor"] == "FAIL"
 
 
-def test_report_tool_writes_the_summary_and_copes_with_missing_steps(tmp_path, capsys):
-    gpu_timings = _load_tool("gpu_timings")
+def test_report_tool_writes_the_summary_and_copes_with_missing_steps(load_tool, tmp_path, capsys):
+    gpu_timings = load_tool("gpu_timings")
     (tmp_path / "v1.json").write_text(json.dumps(_timings("v1", 2e-3)))
     (tmp_path / "v2.json").write_text(json.dumps(_timings("v2", 1e-3)))
     summary = tmp_path / "summary.md"

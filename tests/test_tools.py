@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,21 +6,14 @@ from PIL import Image
 
 from ddet.data import SKIMAGE_TRAIN_PHOTOS, SKIMAGE_VALIDATION_PHOTOS, folder_photos, skimage_photos
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-training_photos = _load_tool("training_photos")
+@pytest.fixture(scope="module")
+def training_photos(load_tool):
+    return load_tool("training_photos")
 
 
 @pytest.fixture
-def fake_opencv_doc(tmp_path):
+def fake_opencv_doc(training_photos, tmp_path):
     root = tmp_path / "examples"
     rng = np.random.default_rng(0)
     for relative in training_photos.OPENCV_DOC_PHOTOS:
@@ -31,7 +23,7 @@ def fake_opencv_doc(tmp_path):
     return root
 
 
-def test_training_photos_gathers_both_sources_unchanged(fake_opencv_doc, tmp_path):
+def test_training_photos_gathers_both_sources_unchanged(training_photos, fake_opencv_doc, tmp_path):
     out = tmp_path / "photos"
     written = training_photos.gather(out, fake_opencv_doc)
     assert len(written) == len(SKIMAGE_TRAIN_PHOTOS) + len(training_photos.OPENCV_DOC_PHOTOS)
@@ -43,7 +35,7 @@ def test_training_photos_gathers_both_sources_unchanged(fake_opencv_doc, tmp_pat
     assert not set(SKIMAGE_VALIDATION_PHOTOS) & {name.split("_", 1)[1] for name in photos}
 
 
-def test_training_photos_refusals_name_the_problem(fake_opencv_doc, tmp_path):
+def test_training_photos_refusals_name_the_problem(training_photos, fake_opencv_doc, tmp_path):
     with pytest.raises(FileNotFoundError, match="opencv-doc photos not found under .*missing"):
         training_photos.gather(tmp_path / "out", tmp_path / "missing")
     out = tmp_path / "photos"

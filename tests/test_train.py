@@ -334,7 +334,10 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(photos, tmp_path, capsys, m
     assert main(_cli_args(config_path, out)) == 130
     error = capsys.readouterr().err
     assert "Traceback" not in error and error.endswith("\n")
-    assert error.splitlines()[-1] == f"ddet train: interrupted at step 2; checkpoint step-000000002 is kept: continue with ddet train --out {out} --resume"
+    assert error.splitlines()[-1] == (
+        "ddet train: interrupted at step 2; checkpoint step-000000002 is kept: "
+        f"continue with ddet train --out {out} --resume"
+    )
 
 
 def test_a_broken_config_file_is_named_in_one_line(tmp_path):

@@ -4,9 +4,10 @@ from ddet.data.datasets import CHANNELS, TrainingPatches, WholeImages, to_channe
 from ddet.data.degrade import Degradation, degrade, resize
 from ddet.data.io import list_images, read_image, write_image
 from ddet.data.sources import (
-    DecodedCache,
+    REALSR_CAMERAS,
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
+    DecodedCache,
     SyntheticPairs,
     folder_photos,
     paired_folder,
@@ -18,7 +19,7 @@ DATA_KINDS = ("synthetic", "realsr", "folder")
 VALIDATION_SEED = 20200101  # fixed, so every run and `ddet eval` see the same validation pairs
 
 
-def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, cameras=("Canon", "Nikon"), decode_cache=None):
+def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, cameras=REALSR_CAMERAS, decode_cache=None):
     """(training source, validation source or None) for a data kind.
 
     synthetic: photos from ``root`` (default: scikit-image's training photos), validated on the
@@ -47,7 +48,7 @@ def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, camera
 
 
 __all__ = [
-    "CHANNELS", "DATA_KINDS", "DecodedCache", "Degradation", "SKIMAGE_TRAIN_PHOTOS", "SKIMAGE_VALIDATION_PHOTOS",
+    "CHANNELS", "DATA_KINDS", "REALSR_CAMERAS", "DecodedCache", "Degradation", "SKIMAGE_TRAIN_PHOTOS", "SKIMAGE_VALIDATION_PHOTOS",
     "SyntheticPairs", "TrainingPatches", "WholeImages", "degrade", "folder_photos", "list_images",
     "make_sources", "paired_folder", "read_image", "realsr", "resize", "skimage_photos", "to_channels",
     "training_loader", "write_image",

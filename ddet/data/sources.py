@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddet.data.degrade import Degradation, degrade, resize
-from ddet.data.io import atomic_write, list_images, read_image, read_integer_image
+from ddet.data.io import ORIENTATION_TAG, atomic_write, list_images, read_image, read_integer_image
 
 # Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
 # `cat` = `chelsea`); validation photos are held out by name.
@@ -23,7 +23,6 @@ SKIMAGE_TRAIN_PHOTOS = (
 )
 SKIMAGE_VALIDATION_PHOTOS = ("coffee", "chelsea", "camera")
 REALSR_CAMERAS = ("Canon", "Nikon")
-ORIENTATION_TAG = 0x0112
 
 
 def _bicubic_to(lr, shape, path):

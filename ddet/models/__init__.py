@@ -4,6 +4,8 @@
 >>> model = models.create("ddet")                  # Y channel; models.create("ddet", in_channels=3) for RGB
 >>> y = model(x)                                   # x: (N, C, H, W) LR image at HR size, roughly in [0, 1]
 >>> models.names(), models.size_mb(model)          # 5.76 (MB = float32 bytes / 10^6, Table III's unit)
+>>> model = models.create("ddet", pretrained=True, scale=2)   # the bundled x2 weights loaded
+>>> models.pretrained_scales("ddet")               # [2, 3, 4]: the scales with bundled weights
 
 Every model maps (N, C, H, W) to the same shape, for any H and W (padded inside by edge replication
 where the network needs a multiple of 4, then cropped), has ``model.in_channels``,
@@ -38,11 +40,31 @@ name               what                                                   MB (C 
 """
 
 from . import ddet, edrn, edsr, kpn, lpkpn, rcan, srresnet
-from ._registry import create, default_config, describe, names, parameter_count, register, size_mb
+from ._registry import (
+    create,
+    default_config,
+    describe,
+    names,
+    parameter_count,
+    pretrained_file,
+    pretrained_scales,
+    register,
+    size_mb,
+)
 
 for _family in (ddet, kpn, lpkpn, srresnet, edsr, rcan, edrn):
     for _name, _entry in _family.MODELS.items():
         register(_name, _entry)
 del _family, _name, _entry
 
-__all__ = ["create", "names", "describe", "default_config", "parameter_count", "size_mb", "register"]
+__all__ = [
+    "create",
+    "names",
+    "describe",
+    "default_config",
+    "parameter_count",
+    "size_mb",
+    "register",
+    "pretrained_scales",
+    "pretrained_file",
+]

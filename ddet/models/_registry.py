@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, NamedTuple
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 from torch import nn
 
 
 class Entry(NamedTuple):
-    """A registered model: ``build(config)`` makes it; ``description`` says what it is in a line."""
+    """A registered model: ``build(config)`` makes it; ``description`` says what it is in a line;
+    ``pretrained`` maps an SR scale to the file of ``ddet/weights/`` bundled for it."""
 
     build: Callable[[Any], nn.Module]
     config: Any
     description: str
+    pretrained: Mapping[int, str] = MappingProxyType({})
 
 
 _ENTRIES: Dict[str, Entry] = {}
@@ -50,10 +53,36 @@ def default_config(name: str) -> Any:
     return _entry(name).config
 
 
-def create(name: str, **overrides: Any) -> nn.Module:
-    """Build the model registered as ``name``, with configuration fields replaced by ``overrides``.
+def pretrained_scales(name: str) -> List[int]:
+    """The SR scales for which weights of the model ``name`` are bundled (empty when none are)."""
+    return sorted(_entry(name).pretrained)
+
+
+def pretrained_file(name: str, scale: int) -> str:
+    """The file name, inside ``ddet/weights/``, of the weights bundled for ``name`` at ``scale``."""
+    entry = _entry(name)
+    if scale not in entry.pretrained:
+        at_scale = f" at ×{scale}" if entry.pretrained else ""
+        raise ValueError(f"no bundled weights for model {name!r}{at_scale} (bundled: {_bundled()}); pass --weights FILE")
+    return entry.pretrained[scale]
+
+
+def _bundled() -> str:
+    """Every model with bundled weights and their scales, e.g. ``ddet ×2/×3/×4``."""
+    found = [
+        f"{name} {'/'.join(f'×{scale}' for scale in sorted(entry.pretrained))}"
+        for name, entry in _ENTRIES.items()
+        if entry.pretrained
+    ]
+    return ", ".join(found) or "none"
+
+
+def create(name: str, *, pretrained: bool = False, scale: Optional[int] = None, **overrides: Any) -> nn.Module:
+    """Build the model registered as ``name``, with configuration fields replaced by ``overrides``;
+    with ``pretrained=True``, load the weights bundled for the SR ``scale`` into it.
 
     >>> model = create("ddet", in_channels=3)
+    >>> model = create("ddet", pretrained=True, scale=2)
     """
     entry = _entry(name)
     known = [field.name for field in dataclasses.fields(entry.config)]
@@ -63,7 +92,19 @@ def create(name: str, **overrides: Any) -> nn.Module:
             f"model {name!r} has no configuration field(s) {', '.join(map(repr, unknown))}; "
             f"its fields are: {', '.join(known)}"
         )
-    return entry.build(dataclasses.replace(entry.config, **overrides))
+    if not pretrained:
+        if scale is not None:
+            raise ValueError(f"scale={scale} selects bundled weights: pass pretrained=True with it")
+        return entry.build(dataclasses.replace(entry.config, **overrides))
+    if scale is None:
+        raise ValueError(f"pretrained=True needs scale=, one of {pretrained_scales(name) or 'none'} for {name!r}")
+    # Imported here: ddet.weights builds models from its files' metadata, so it imports this package.
+    from ddet.weights import bundled_path, load_weights_into
+
+    path = bundled_path(name, scale)
+    model = entry.build(dataclasses.replace(entry.config, **overrides))
+    load_weights_into(model, path)
+    return model
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -15,13 +15,14 @@ name               layout                                                       
 =================  ============================================================  =========
 ``ddet``           paper text: sizes 3, 5, 7 from one 83-channel head,           5.76
                    trunk features 128 (1.44 M parameters)
-``ddet-released``  ``x4/DDet_x4.prototxt`` (also x3): sizes 9, 7, 5 from heads    6.24
-                   128→81; 128→49, ReLU, 49→49; 128→32, ReLU, 32→25 (1.56 M)
-``ddet-released``  with ``feature_width=64``: ``x2/DDet_x2.prototxt`` (1.43 M),     5.72
+``ddet-released``  ykshi/DDet ``x4/DDet_x4.prototxt`` (also x3): sizes 9, 7, 5   6.24
+                   from heads 128→81; 128→49, ReLU, 49→49; 128→32, ReLU, 32→25
+                   (1.56 M)
+``ddet-released``  with ``feature_width=64``: ``x2/DDet_x2.prototxt`` (1.43 M),  5.72
                    the network behind Table III's 5.7 MB
 =================  ============================================================  =========
 
-The issue's trunk ends in a conv to 128 channels (the released ×3/×4 networks; 64 in ×2). The
+The released trunk ends in a conv to 128 channels (×3/×4 networks; 64 in ×2). The
 paper-text ``ddet`` keeps 128, which puts it within 1% of Table III (with 64 it would be 5.42 MB,
 5% under); ``ddet-released`` defaults to the ×4 file, and ``feature_width=64`` gives the ×2 file.
 
@@ -120,7 +121,12 @@ class DDet(KPN):
 
 
 MODELS = {
-    "ddet": Entry(DDet, DDetConfig(), "DDet, paper layout: MDA sizes 3, 5, 7 + CDM + post-refinement; Table III: 5.7 MB"),
+    "ddet": Entry(
+        DDet,
+        DDetConfig(),
+        "DDet, paper layout: MDA sizes 3, 5, 7 + CDM + post-refinement; Table III: 5.7 MB",
+        pretrained={scale: f"ddet_x{scale}.safetensors" for scale in (2, 3, 4)},
+    ),
     "ddet-released": Entry(
         DDet,
         DDetConfig(heads=RELEASED_HEADS),

@@ -16,15 +16,18 @@ from safetensors.torch import save as save_safetensors
 from ddet.data.io import atomic_write
 
 BUNDLED_DIR = Path(__file__).resolve().parent
-BUNDLED_MODEL = "ddet"
 METADATA_KEYS = ("model", "model_args", "scale", "channels")
 SCALES = ("2", "3", "4")  # as stored: safetensors metadata values are text
 CHANNELS = ("y", "rgb")
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def bundled_path(scale):
-    return BUNDLED_DIR / f"ddet_x{scale}.safetensors"
+def bundled_path(model, scale):
+    """Where the weights bundled for the registry name ``model`` at ``scale`` lie (the model registry
+    says which exist: a ValueError for any other)."""
+    from ddet import models
+
+    return BUNDLED_DIR / models.pretrained_file(model, scale)
 
 
 def save_weights(path, state_dict, model, model_args, scale, channels, dtype=None, extra=None):
@@ -113,8 +116,9 @@ def load_state(model, tensors, path):
     model.load_state_dict(tensors)
 
 
-def load_bundled(scale, device="cpu"):
-    path = bundled_path(scale)
+def load_bundled(model, scale, device="cpu"):
+    """(model in eval mode, metadata) from the weights bundled for the registry name ``model``."""
+    path = bundled_path(model, scale)
     if not path.is_file():
         raise FileNotFoundError(f"no bundled weights for ×{scale} ({path}); pass --weights FILE")
     return load_model(path, device)
@@ -128,7 +132,7 @@ def export_bundled(path, scale):
     fields = {key: metadata[key] for key in METADATA_KEYS}
     extra = {key: value for key, value in metadata.items() if key not in METADATA_KEYS}
     fields["model_args"] = json.loads(fields["model_args"])
-    save_weights(bundled_path(scale), tensors, **fields, dtype=torch.float16, extra=extra)
+    save_weights(bundled_path(metadata["model"], scale), tensors, **fields, dtype=torch.float16, extra=extra)
 
 
-__all__ = ["BUNDLED_MODEL", "bundled_path", "export_bundled", "load_bundled", "load_model", "read_weights", "save_weights"]
+__all__ = ["bundled_path", "export_bundled", "load_bundled", "load_model", "read_weights", "save_weights"]

@@ -1,5 +1,5 @@
 // C++ test of the libtorch build: loads libddet_ops like a C++ user would, calls the ops through
-// the dispatcher, and compares them with a direct evaluation of the formula in DESIGN.md.
+// the dispatcher, and compares them with a direct evaluation of the formula in docs/ops.md.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <dlfcn.h>
