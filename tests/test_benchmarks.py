@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +226,17 @@ def test_reproduction_budget_is_calibrated_once_and_kept(tmp_path, monkeypatch):
 
 def test_one_training_step_is_timed():
     assert 0 < reproduce.seconds_per_step("kpn5", reproduce.QUICK, 2) < 60
+
+
+def test_readme_reproduction_tables_match_the_committed_results():
+    """The README's reproduction tables are rows of the report of the results file it names, and its
+    count of the paper's orderings that hold is that file's."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- reproduce-results: (\S+) -->(.*?)<!-- /reproduce-results -->", readme, re.S)
+    assert block, "README.md has no reproduction results block"
+    payload = json.loads((ROOT / block.group(1)).read_text())
+    report_rows = {line for line in reproduce.report(payload).splitlines() if line.startswith("|")}
+    shown_rows = [line for line in block.group(2).splitlines() if line.startswith("|")]
+    assert len(shown_rows) > len(reproduce.MODELS) and set(shown_rows) <= report_rows
+    held = sum(row["holds"] for row in payload["claims"])
+    assert f"{held} of {len(payload['claims'])} of the paper's orderings hold" in block.group(2)
