@@ -26,7 +26,9 @@ CSRC = "csrc"
 
 def extension():
     # csrc/ by job: the schemas and checks at the top, one folder per device, the test harness apart.
-    sources = sorted(str(path) for pattern in ("*.cpp", "cpu/*.cpp", "testing/*.cpp") for path in Path(CSRC).glob(pattern))
+    sources = sorted(
+        str(path) for pattern in ("*.cpp", "cpu/*.cpp", "testing/*.cpp") for path in Path(CSRC).glob(pattern)
+    )
     # The torch this build compiles against, kept inside the built library (see python_module.cpp).
     built_against = [("DDET_OPS_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx = ["-O3", "-fno-math-errno"]
@@ -39,7 +41,11 @@ def extension():
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if not with_cuda:
         return CppExtension(
-            "ddet_ops._C", sources, define_macros=built_against, extra_compile_args={"cxx": cxx}, extra_link_args=link,
+            "ddet_ops._C",
+            sources,
+            define_macros=built_against,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
             py_limited_api=False,
         )
     sources += sorted(str(path) for path in Path(CSRC).glob("cuda/*.cu"))
@@ -49,8 +55,10 @@ def extension():
         define_macros=[*built_against, ("DDET_WITH_CUDA", None)],
         # -Xptxas -v: every build log shows each kernel's registers, stack frame and spills.
         # DDET_OPS_NVCC_FLAGS adds flags for a tuning build (tools/gpu_sweep.sh).
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v",
-                                                 *os.environ.get("DDET_OPS_NVCC_FLAGS", "").split()]},
+        extra_compile_args={
+            "cxx": cxx,
+            "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v", *os.environ.get("DDET_OPS_NVCC_FLAGS", "").split()],
+        },
         extra_link_args=link,
     )
 

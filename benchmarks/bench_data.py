@@ -55,13 +55,31 @@ def main(argv=None) -> int:
         decoding = patches_per_second(root, None, samples)
         cold = patches_per_second(root, DecodedCache(Path(scratch) / "cache"), samples)
         warm = patches_per_second(root, DecodedCache(Path(scratch) / "cache"), samples)
-    rows = [[f"64² patches from 4 PNG pairs of {size[1]}×{size[0]} (LR at half size), one process", f"{decoding:.1f}", f"{cold:.1f}", f"{warm:.1f}", f"{warm / decoding:.0f}×"]]
-    markdown = "\n".join([
-        "# Training patches per second (CPU)", "",
-        markdown_table(["data", "decode every patch", "DecodedCache, cold", "DecodedCache, warm", "warm / decode"], rows), "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(torch.device("cpu")).items()),
-    ])
-    payload = {"machine": machine(torch.device("cpu")), "pair_size": size, "patches_per_s": {"decode": decoding, "cache_cold": cold, "cache_warm": warm}}
+    rows = [
+        [
+            f"64² patches from 4 PNG pairs of {size[1]}×{size[0]} (LR at half size), one process",
+            f"{decoding:.1f}",
+            f"{cold:.1f}",
+            f"{warm:.1f}",
+            f"{warm / decoding:.0f}×",
+        ]
+    ]
+    markdown = "\n".join(
+        [
+            "# Training patches per second (CPU)",
+            "",
+            markdown_table(
+                ["data", "decode every patch", "DecodedCache, cold", "DecodedCache, warm", "warm / decode"], rows
+            ),
+            "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(torch.device("cpu")).items()),
+        ]
+    )
+    payload = {
+        "machine": machine(torch.device("cpu")),
+        "pair_size": size,
+        "patches_per_s": {"decode": decoding, "cache_cold": cold, "cache_warm": warm},
+    }
     for path in write_results(f"data-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
         print(f"  wrote {path}")
     print(markdown)

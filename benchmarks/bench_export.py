@@ -77,7 +77,11 @@ def largest_differences(found: dict, frames: list) -> dict:
     """{implementation: [max |output - eager| on each frame]}."""
     with torch.no_grad():
         expected = [found["eager"](x) for x in frames]
-        return {name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected)] for name, run in found.items() if name != "eager"}
+        return {
+            name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected)]
+            for name, run in found.items()
+            if name != "eager"
+        }
 
 
 def time_ddet(folder: Path) -> dict:
@@ -85,7 +89,10 @@ def time_ddet(folder: Path) -> dict:
     found, export_s = runners(folder, model, half=True)
     frame = y_frame(512)
     with torch.no_grad():
-        seconds = {name: median_time(functools.partial(run, frame), CPU, min_repeats=7, budget_s=10.0) for name, run in found.items()}
+        seconds = {
+            name: median_time(functools.partial(run, frame), CPU, min_repeats=7, budget_s=10.0)
+            for name, run in found.items()
+        }
     differences = largest_differences(found, [torch.rand(1, 1, *SIZES[0]), frame])
     return {"run_s": seconds, "export_s": export_s, "max_abs_diff": differences}
 
@@ -112,39 +119,72 @@ def checked_or_error(folder: Path, name: str) -> dict:
 def report(ddet_result: dict, checks: dict) -> str:
     eager = ddet_result["run_s"]["eager"]
     rows = [
-        [name, f"{seconds * 1e3:.0f}", f"{seconds / eager:.2f}x",
-         f"{ddet_result['export_s'][name]:.0f}" if name in ddet_result["export_s"] else "",
-         " / ".join(f"{d:.1e}" for d in ddet_result["max_abs_diff"].get(name, []))]
+        [
+            name,
+            f"{seconds * 1e3:.0f}",
+            f"{seconds / eager:.2f}x",
+            f"{ddet_result['export_s'][name]:.0f}" if name in ddet_result["export_s"] else "",
+            " / ".join(f"{d:.1e}" for d in ddet_result["max_abs_diff"].get(name, [])),
+        ]
         for name, seconds in ddet_result["run_s"].items()
     ]
     lines = [
-        "# DDet exported: eager PyTorch, AOTInductor package (pt2), ONNX Runtime (CPU)", "",
+        "# DDet exported: eager PyTorch, AOTInductor package (pt2), ONNX Runtime (CPU)",
+        "",
         "Bundled ×2 weights, one 512×512 Y frame (scikit-image's astronaut), float32 unless marked; "
-        "run times are medians; max |diff| is against eager on a random 97×131 frame / the 512×512 frame.", "",
-        markdown_table(["implementation", "ms / frame", "vs eager", "export s", "max abs diff (97×131 / 512×512)"], rows),
+        "run times are medians; max |diff| is against eager on a random 97×131 frame / the 512×512 frame.",
+        "",
+        markdown_table(
+            ["implementation", "ms / frame", "vs eager", "export s", "max abs diff (97×131 / 512×512)"], rows
+        ),
     ]
     if checks:
         check_rows = [
-            [name, kind, f"{result['export_s'][kind]:.0f}", " / ".join(f"{d:.1e}" for d in result["max_abs_diff"][kind])]
-            for name, result in checks.items() for kind in result.get("export_s", [])
+            [
+                name,
+                kind,
+                f"{result['export_s'][kind]:.0f}",
+                " / ".join(f"{d:.1e}" for d in result["max_abs_diff"][kind]),
+            ]
+            for name, result in checks.items()
+            for kind in result.get("export_s", [])
         ] + [[name, "failed", "", result["error"]] for name, result in checks.items() if "error" in result]
-        lines += ["", "Registered models (default configuration, every weight moved off its initialisation by 0.05·N(0, 1)):", "",
-                  markdown_table(["model", "format", "export s", "max abs diff vs eager (97×131 / 512×512)"], check_rows)]
-    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(CPU).items()),
-              f"onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads."]
+        lines += [
+            "",
+            "Registered models (default configuration, every weight moved off its initialisation by 0.05·N(0, 1)):",
+            "",
+            markdown_table(["model", "format", "export s", "max abs diff vs eager (97×131 / 512×512)"], check_rows),
+        ]
+    lines += [
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(CPU).items()),
+        f"onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", default=[], choices=models.names(), metavar="NAME", help="also check the exports of these models")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=[],
+        choices=models.names(),
+        metavar="NAME",
+        help="also check the exports of these models",
+    )
     parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         ddet_result = time_ddet(Path(scratch) / "ddet")
         checks = {name: checked_or_error(Path(scratch) / name, name) for name in args.models}
     markdown = report(ddet_result, checks)
-    payload = {"machine": machine(CPU), "onnxruntime": onnxruntime.__version__, "ddet_x2_512": ddet_result, "models": checks}
+    payload = {
+        "machine": machine(CPU),
+        "onnxruntime": onnxruntime.__version__,
+        "ddet_x2_512": ddet_result,
+        "models": checks,
+    }
     for path in write_results(f"export-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
         print(f"  wrote {path}")
     print(markdown)

@@ -71,13 +71,22 @@ def in_fresh_process(photo: Path, options: dict, device: str, package: Path | No
     env = dict(os.environ)
     if package is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package), env.get("PYTHONPATH")]))
-    command = [sys.executable, __file__, "--case", json.dumps({"photo": str(photo), "options": options, "device": device})]
-    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1])
+    command = [
+        sys.executable,
+        __file__,
+        "--case",
+        json.dumps({"photo": str(photo), "options": options, "device": device}),
+    ]
+    return json.loads(
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1]
+    )
 
 
 def export_previous(ref: str, folder: Path) -> Path:
     """The ``ddet`` package of commit ``ref`` in ``folder`` (it runs on today's ``ddet_ops``)."""
-    archive = subprocess.run(["git", "archive", ref, "ddet"], cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", ref, "ddet"], cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
@@ -98,8 +107,15 @@ def cases(auto: str, native_half: bool, repeats: int) -> list:
     already is; on the large one the previous and new defaults and bf16 where the hardware has it."""
     same_as_default = SETTINGS[2][0] if auto == "fp32" else SETTINGS[3][0]
     settings = [(label, options) for label, options in SETTINGS if label != same_as_default]
-    plan = [("small", label, options, repeats if options.get("precision", "auto") in ("fp32", "auto") else 1) for label, options in settings]
-    plan += [("large", label, options, 1) for label, options in settings[:3] if native_half or options.get("precision") != "bf16"]
+    plan = [
+        ("small", label, options, repeats if options.get("precision", "auto") in ("fp32", "auto") else 1)
+        for label, options in settings
+    ]
+    plan += [
+        ("large", label, options, 1)
+        for label, options in settings[:3]
+        if native_half or options.get("precision") != "bf16"
+    ]
     return plan
 
 
@@ -109,9 +125,18 @@ def measure(plan: list, photos: dict, device: str, previous: Path) -> list:
         package = previous if label == SETTINGS[0][0] else None
         runs = [in_fresh_process(photos[photo], options, device, package) for _ in range(repeats)]
         seconds = statistics.median(run["seconds"] for run in runs)
-        rows.append({"photo": photos[photo].name, "setting": label, "options": options, "repeats": repeats, "seconds": seconds,
-                     "megapixels_per_s": runs[0]["megapixels"] / seconds, "peak_bytes": max(run["peak_bytes"] for run in runs),
-                     "output_megapixels": runs[0]["megapixels"]})
+        rows.append(
+            {
+                "photo": photos[photo].name,
+                "setting": label,
+                "options": options,
+                "repeats": repeats,
+                "seconds": seconds,
+                "megapixels_per_s": runs[0]["megapixels"] / seconds,
+                "peak_bytes": max(run["peak_bytes"] for run in runs),
+                "output_megapixels": runs[0]["megapixels"],
+            }
+        )
         print(f"{photo}: {label}: {seconds:.1f} s, peak {rows[-1]['peak_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
     return rows
 
@@ -126,16 +151,33 @@ def speedups(rows: list) -> dict:
 
 
 def report(rows: list, device: str, auto: str) -> str:
-    table = [[row["photo"], f"{row['output_megapixels']:.1f}", row["setting"], row["repeats"], f"{row['seconds']:.1f}",
-              f"{row['megapixels_per_s']:.3f}", f"{row['peak_bytes'] / 2**30:.2f}"] for row in rows]
+    table = [
+        [
+            row["photo"],
+            f"{row['output_megapixels']:.1f}",
+            row["setting"],
+            row["repeats"],
+            f"{row['seconds']:.1f}",
+            f"{row['megapixels_per_s']:.3f}",
+            f"{row['peak_bytes'] / 2**30:.2f}",
+        ]
+        for row in rows
+    ]
     gains = ", ".join(f"{photo}: {gain:.2f}×" for photo, gain in speedups(rows).items())
-    return "\n".join([
-        f"# `ddet upscale` ×2 end to end ({device})", "",
-        f"Default precision here: {auto}. Default vs previous default: {gains}. Times are medians of the repeats; "
-        "peak = the process's peak resident memory" + (" (CUDA: the allocator's peak)" if device.startswith("cuda") else "") + ".", "",
-        markdown_table(["photo", "output MP", "setting", "repeats", "s", "MP/s", "peak GiB"], table), "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(torch.device(device)).items()),
-    ])
+    return "\n".join(
+        [
+            f"# `ddet upscale` ×2 end to end ({device})",
+            "",
+            f"Default precision here: {auto}. Default vs previous default: {gains}. Times are medians of the repeats; "
+            "peak = the process's peak resident memory"
+            + (" (CUDA: the allocator's peak)" if device.startswith("cuda") else "")
+            + ".",
+            "",
+            markdown_table(["photo", "output MP", "setting", "repeats", "s", "MP/s", "peak GiB"], table),
+            "",
+            "Machine: " + ", ".join(f"{k} {v}" for k, v in machine(torch.device(device)).items()),
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -144,7 +186,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each float32 case on the small photo (median)")
     parser.add_argument("--quick", action="store_true", help="small photos, one repeat, nothing saved")
     parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
-    parser.add_argument("--previous", default=PREVIOUS, help=f"commit whose ddet package gives the previous default (default {PREVIOUS})")
+    parser.add_argument(
+        "--previous",
+        default=PREVIOUS,
+        help=f"commit whose ddet package gives the previous default (default {PREVIOUS})",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measurement, in a child process
     args = parser.parse_args(argv)
     if args.case:
@@ -163,8 +209,13 @@ def main(argv=None) -> int:
         rows = measure(cases(auto.name, native_half, 1 if args.quick else args.repeats), photos, device, previous)
     markdown = report(rows, device, f"{auto.name} ({auto.reason})")
     if not args.quick:
-        payload = {"machine": machine(torch.device(device)), "previous": args.previous, "auto_precision": auto.name, "rows": rows,
-                   "speedup_default_vs_previous": speedups(rows)}
+        payload = {
+            "machine": machine(torch.device(device)),
+            "previous": args.previous,
+            "auto_precision": auto.name,
+            "rows": rows,
+            "speedup_default_vs_previous": speedups(rows),
+        }
         stem = f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}"
         for path in write_results(stem, payload, markdown, args.out):
             print(f"  wrote {path}")

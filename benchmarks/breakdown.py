@@ -87,14 +87,18 @@ def unfold_reference() -> Iterator[None]:
     with mock.patch.object(ddet_ops, "multi_dynconv", counted):
         yield
     if not calls:
-        raise RuntimeError("DDet never called ddet_ops.multi_dynconv while it was patched: "
-                           "benchmarks/breakdown.py's reference swap no longer reaches the model")
+        raise RuntimeError(
+            "DDet never called ddet_ops.multi_dynconv while it was patched: "
+            "benchmarks/breakdown.py's reference swap no longer reaches the model"
+        )
 
 
 IMPLEMENTATIONS: Dict[str, Callable[[], ContextManager[None]]] = {
     "ddet_ops": nullcontext,
     "unfold reference": unfold_reference,
 }
+
+
 def _training_pair(device: torch.device, batch: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return tuple(torch.rand(batch, generator=gen).to(device) for _ in range(2))
@@ -135,8 +139,11 @@ def mda_stage(device: torch.device, batch: Tuple[int, ...]) -> Callable[[], obje
     return lambda: torch.autograd.grad(model.apply_kernels(image, kernels), (image, kernels), grad_y)
 
 
-def interleaved_medians(calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextManager[None]], Callable[[], object]]],
-                        device: torch.device, repeats: int) -> Dict[Tuple[str, str], float]:
+def interleaved_medians(
+    calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextManager[None]], Callable[[], object]]],
+    device: torch.device,
+    repeats: int,
+) -> Dict[Tuple[str, str], float]:
     """Median seconds of each (implementation, workload) call. The runs are interleaved, one of
     each call in turn, after a first round of warm-ups, so that the load changes of a shared
     machine reach every implementation alike."""
@@ -150,18 +157,29 @@ def interleaved_medians(calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextM
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = False, repeats: Optional[int] = None,
-        progress: Callable[[str], None] = print) -> Dict[str, object]:
+def run(
+    device: torch.device,
+    frame: Optional[Frame] = None,
+    *,
+    quick: bool = False,
+    repeats: Optional[int] = None,
+    progress: Callable[[str], None] = print,
+) -> Dict[str, object]:
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
     batch = QUICK_TRAIN_BATCH if quick else TRAIN_BATCH
     repeats = repeats or (1 if quick else DEFAULT_REPEATS[device.type])
     start = time.perf_counter()
-    progress(f"DDet breakdown on {device}: forward on {frame[0]}x{frame[1]}, training step on "
-             f"{'x'.join(map(str, batch))}, {repeats} repeats")
+    progress(
+        f"DDet breakdown on {device}: forward on {frame[0]}x{frame[1]}, training step on "
+        f"{'x'.join(map(str, batch))}, {repeats} repeats"
+    )
     progress("  profiling DDet on ddet_ops ...")
     shares = {name: time_shares(fn, device) for name, fn in workloads(device, frame, batch).items()}
-    calls = {(impl, name): (swapped_in, fn) for impl, swapped_in in IMPLEMENTATIONS.items()
-             for name, fn in {**workloads(device, frame, batch), MDA_STAGE: mda_stage(device, batch)}.items()}
+    calls = {
+        (impl, name): (swapped_in, fn)
+        for impl, swapped_in in IMPLEMENTATIONS.items()
+        for name, fn in {**workloads(device, frame, batch), MDA_STAGE: mda_stage(device, batch)}.items()
+    }
     progress(f"  timing DDet on {' and on '.join(IMPLEMENTATIONS)}, runs interleaved ...")
     seconds = interleaved_medians(calls, device, repeats)
     progress("  peak memory ...")
@@ -172,8 +190,13 @@ def run(device: torch.device, frame: Optional[Frame] = None, *, quick: bool = Fa
             impls[impl][name] = {"seconds": seconds[impl, name], "peak_extra_bytes": peak_extra_memory(fn, device)}
     return {
         "machine": machine(device),
-        "settings": {"model": MODEL, "frame": list(frame), "train_batch": list(batch), "repeats": repeats,
-                     "dtype": "float32"},
+        "settings": {
+            "model": MODEL,
+            "frame": list(frame),
+            "train_batch": list(batch),
+            "repeats": repeats,
+            "dtype": "float32",
+        },
         "wall_seconds": time.perf_counter() - start,
         "shares": shares,
         "impls": impls,
@@ -196,41 +219,61 @@ def markdown(payload: Dict[str, object]) -> str:
     info, settings = payload["machine"], payload["settings"]
     who = info.get("gpu", info["cpu"])
     unit = "self device time" if info["device"].startswith("cuda") else "self CPU time"
-    share_rows = [[name, f"{s['total'] * 1e3:.1f}", *(_percent(s[group], s["total"]) for group in GROUPS)]
-                  for name, s in payload["shares"].items()]
+    share_rows = [
+        [name, f"{s['total'] * 1e3:.1f}", *(_percent(s[group], s["total"]) for group in GROUPS)]
+        for name, s in payload["shares"].items()
+    ]
     ours, peer = payload["impls"]["ddet_ops"], payload["impls"]["unfold reference"]
     peer_rows = []
     for name in ours:
         a, b = ours[name], peer[name]
         # A zero peak (memory the allocator already held) has no meaningful ratio.
         both_peaks = bool(a["peak_extra_bytes"]) and b["peak_extra_bytes"] is not None
-        peer_rows.append([
-            name, f"{a['seconds'] * 1e3:.1f}", f"{b['seconds'] * 1e3:.1f}", f"{b['seconds'] / a['seconds']:.2f}x",
-            _mb(a["peak_extra_bytes"]), _mb(b["peak_extra_bytes"]),
-            f"{b['peak_extra_bytes'] / a['peak_extra_bytes']:.2f}x" if both_peaks else "n/a",
-        ])
+        peer_rows.append(
+            [
+                name,
+                f"{a['seconds'] * 1e3:.1f}",
+                f"{b['seconds'] * 1e3:.1f}",
+                f"{b['seconds'] / a['seconds']:.2f}x",
+                _mb(a["peak_extra_bytes"]),
+                _mb(b["peak_extra_bytes"]),
+                f"{b['peak_extra_bytes'] / a['peak_extra_bytes']:.2f}x" if both_peaks else "n/a",
+            ]
+        )
     forward_share = payload["shares"]["forward"]["multi_dynconv"] / payload["shares"]["forward"]["total"]
     frame, batch = "x".join(map(str, settings["frame"])), "x".join(map(str, settings["train_batch"]))
-    return "\n".join([
-        f"DDet (`{settings['model']}`) breakdown on {who} ({info['device']}, {info['torch_threads']} threads), "
-        f"torch {info['torch']}, commit {info['commit']}, {info['date']}. "
+    return "\n".join(
+        [
+            f"DDet (`{settings['model']}`) breakdown on {who} ({info['device']}, {info['torch_threads']} threads), "
+            f"torch {info['torch']}, commit {info['commit']}, {info['date']}. "
             f"Whole run: {payload['wall_seconds']:.0f} s.",
-        f"Forward: eval, no gradients, 1x1x{frame}. Training step: forward + L1 loss + backward on {batch}. "
-        f"float32; times are medians of {settings['repeats']} run(s) after a warm-up, "
-        "the two implementations' runs interleaved.",
-        "",
-        f"Share of one profiled call ({unit} of the operators, grouped by name):",
-        "",
-        markdown_table(["workload", "profiled ms", "multi_dynconv", "convolutions", "rest"], share_rows),
-        "",
-        f"multi_dynconv is {100 * forward_share:.2f}% of DDet's forward "
-        f"({'within' if forward_share <= SHARE_TARGET else 'OVER'} the {100 * SHARE_TARGET:.0f}% target).",
-        "",
-        "DDet on ddet_ops against the same network on ddet_ops.reference.multi_dynconv (F.unfold), swapped in by "
-        "patching the `ddet_ops.multi_dynconv` attribute the model calls. Peak: extra memory while the call runs "
-        "(peak of live tensor memory: CUDA allocator statistics, CPU torch.profiler memory events). "
-        "'x' columns: reference / ddet_ops.",
-        "",
-        markdown_table(["workload", "ddet_ops ms", "reference ms", "time x", "ddet_ops peak MB", "reference peak MB",
-                        "peak x"], peer_rows),
-    ])
+            f"Forward: eval, no gradients, 1x1x{frame}. Training step: forward + L1 loss + backward on {batch}. "
+            f"float32; times are medians of {settings['repeats']} run(s) after a warm-up, "
+            "the two implementations' runs interleaved.",
+            "",
+            f"Share of one profiled call ({unit} of the operators, grouped by name):",
+            "",
+            markdown_table(["workload", "profiled ms", "multi_dynconv", "convolutions", "rest"], share_rows),
+            "",
+            f"multi_dynconv is {100 * forward_share:.2f}% of DDet's forward "
+            f"({'within' if forward_share <= SHARE_TARGET else 'OVER'} the {100 * SHARE_TARGET:.0f}% target).",
+            "",
+            "DDet on ddet_ops against the same network on ddet_ops.reference.multi_dynconv (F.unfold), swapped in by "
+            "patching the `ddet_ops.multi_dynconv` attribute the model calls. Peak: extra memory while the call runs "
+            "(peak of live tensor memory: CUDA allocator statistics, CPU torch.profiler memory events). "
+            "'x' columns: reference / ddet_ops.",
+            "",
+            markdown_table(
+                [
+                    "workload",
+                    "ddet_ops ms",
+                    "reference ms",
+                    "time x",
+                    "ddet_ops peak MB",
+                    "reference peak MB",
+                    "peak x",
+                ],
+                peer_rows,
+            ),
+        ]
+    )

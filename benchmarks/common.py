@@ -20,8 +20,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device: torch.device, *, min_repeats: int = 5, max_repeats: int = 25,
-                budget_s: float = 3.0, warmup: int = 1) -> float:
+def median_time(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    min_repeats: int = 5,
+    max_repeats: int = 25,
+    budget_s: float = 3.0,
+    warmup: int = 1,
+) -> float:
     """Median wall time of fn() in seconds: at least min_repeats runs, more while within budget.
 
     CUDA runs are timed with events on the current stream."""
@@ -70,8 +77,11 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
         return torch.cuda.max_memory_allocated(device) - base
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    changes = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    changes = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in changes:
         live += nbytes
@@ -88,8 +98,13 @@ def machine(device: torch.device) -> Dict[str, object]:
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     info = {
@@ -118,8 +133,14 @@ def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(stem: str, payload: Dict[str, object], markdown: str, out_dir: Optional[str] = None,
-                  json_path: Optional[str] = None, markdown_path: Optional[str] = None) -> List[Path]:
+def write_results(
+    stem: str,
+    payload: Dict[str, object],
+    markdown: str,
+    out_dir: Optional[str] = None,
+    json_path: Optional[str] = None,
+    markdown_path: Optional[str] = None,
+) -> List[Path]:
     """Writes JSON and markdown as ``out_dir/<stem>.{json,md}`` and/or to the paths given; returns the
     paths written (none when no destination is given: a run writes only where its user asks)."""
     json_file = Path(json_path) if json_path else Path(out_dir) / f"{stem}.json" if out_dir else None

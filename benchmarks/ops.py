@@ -82,8 +82,9 @@ def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable
     # Every case compiles the same Python function anew (two graphs: with and without autograd);
     # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
     torch._dynamo.reset()
-    compiled = torch.compile(functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True,
-                             dynamic=False, backend=backend)
+    compiled = torch.compile(
+        functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True, dynamic=False, backend=backend
+    )
     return {
         "ddet_ops": functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups),
         "unfold": functools.partial(reference.multi_dynconv, **native),
@@ -95,12 +96,20 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
     gen = torch.Generator(device=device).manual_seed(0)
     n, c, h, w = case.shape
     x = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype).requires_grad_(True)
-    kernels = (torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10).to(
-        case.torch_dtype).requires_grad_(True)
+    kernels = (
+        (torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10)
+        .to(case.torch_dtype)
+        .requires_grad_(True)
+    )
     grad_y = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
     floor_fwd, floor_bwd = (b / bandwidth for b in case.floor_bytes())
-    results: Dict[str, object] = {"case": asdict(case), "floor_fwd_s": floor_fwd, "floor_bwd_s": floor_bwd,
-                                  "output_bytes": case.output_bytes(), "impls": {}}
+    results: Dict[str, object] = {
+        "case": asdict(case),
+        "floor_fwd_s": floor_fwd,
+        "floor_bwd_s": floor_bwd,
+        "output_bytes": case.output_bytes(),
+        "impls": {},
+    }
     for name, fn in implementations(case).items():
         if name in skip:
             continue
@@ -110,11 +119,17 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
             forward = median_time(functools.partial(fn, x, kernels), device)
         training_forward = median_time(functools.partial(fn, x, kernels), device)
         y = fn(x, kernels)
-        backward = median_time(functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device)
+        backward = median_time(
+            functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device
+        )
         del y
         peak = peak_extra_memory(lambda fn=fn: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
-        results["impls"][name] = {"forward_s": forward, "training_forward_s": training_forward,
-                                  "backward_s": backward, "peak_extra_bytes": peak}
+        results["impls"][name] = {
+            "forward_s": forward,
+            "training_forward_s": training_forward,
+            "backward_s": backward,
+            "peak_extra_bytes": peak,
+        }
     return results
 
 
@@ -128,34 +143,59 @@ def summary_rows(all_results: List[Dict[str, object]]) -> List[List[object]]:
         ours = res["impls"].get("ddet_ops")
         for name, r in res["impls"].items():
             peak = r["peak_extra_bytes"]
-            rows.append([
-                res["case"]["name"], name,
-                _ms(r["forward_s"]), f"{r['forward_s'] / res['floor_fwd_s']:.2f}", _ms(r["training_forward_s"]),
-                _ms(r["backward_s"]), f"{r['backward_s'] / res['floor_bwd_s']:.2f}",
-                "n/a" if peak is None else f"{peak / 1e6:.0f}",
-                f"{r['forward_s'] / ours['forward_s']:.1f}x" if ours else "",
-                f"{r['training_forward_s'] / ours['training_forward_s']:.1f}x" if ours else "",
-                f"{r['backward_s'] / ours['backward_s']:.1f}x" if ours else "",
-            ])
+            rows.append(
+                [
+                    res["case"]["name"],
+                    name,
+                    _ms(r["forward_s"]),
+                    f"{r['forward_s'] / res['floor_fwd_s']:.2f}",
+                    _ms(r["training_forward_s"]),
+                    _ms(r["backward_s"]),
+                    f"{r['backward_s'] / res['floor_bwd_s']:.2f}",
+                    "n/a" if peak is None else f"{peak / 1e6:.0f}",
+                    f"{r['forward_s'] / ours['forward_s']:.1f}x" if ours else "",
+                    f"{r['training_forward_s'] / ours['training_forward_s']:.1f}x" if ours else "",
+                    f"{r['backward_s'] / ours['backward_s']:.1f}x" if ours else "",
+                ]
+            )
     return rows
 
 
-HEADERS = ["case", "impl", "fwd ms", "fwd / floor", "train-fwd ms", "bwd ms", "bwd / floor", "peak extra MB",
-           "fwd vs ddet_ops", "train-fwd vs ddet_ops", "bwd vs ddet_ops"]
+HEADERS = [
+    "case",
+    "impl",
+    "fwd ms",
+    "fwd / floor",
+    "train-fwd ms",
+    "bwd ms",
+    "bwd / floor",
+    "peak extra MB",
+    "fwd vs ddet_ops",
+    "train-fwd vs ddet_ops",
+    "bwd vs ddet_ops",
+]
 
 
 def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str, object]]) -> str:
     who = info.get("gpu", info["cpu"])
-    header = (f"ddet_ops operator benchmark on {who} ({info['device']}, {info['torch_threads']} threads), "
-              f"torch {info['torch']}, commit {info['commit']}, {info['date']}.\n"
-              f"Copy bandwidth B = {bandwidth / 1e9:.1f} GB/s (read + write). Floors: bytes / B. "
-              f"Times are medians; fwd: no autograd (inference), train-fwd: inputs require grad; "
-              f"'vs ddet_ops' = that implementation's time / ddet_ops' time.\n")
+    header = (
+        f"ddet_ops operator benchmark on {who} ({info['device']}, {info['torch_threads']} threads), "
+        f"torch {info['torch']}, commit {info['commit']}, {info['date']}.\n"
+        f"Copy bandwidth B = {bandwidth / 1e9:.1f} GB/s (read + write). Floors: bytes / B. "
+        f"Times are medians; fwd: no autograd (inference), train-fwd: inputs require grad; "
+        f"'vs ddet_ops' = that implementation's time / ddet_ops' time.\n"
+    )
     return header + "\n" + markdown_table(HEADERS, summary_rows(all_results))
 
 
-def run(device: torch.device, cases: Optional[List[Case]] = None, skip: Sequence[str] = (),
-        out_dir: Optional[str] = None, json_path: Optional[str] = None, markdown_path: Optional[str] = None) -> str:
+def run(
+    device: torch.device,
+    cases: Optional[List[Case]] = None,
+    skip: Sequence[str] = (),
+    out_dir: Optional[str] = None,
+    json_path: Optional[str] = None,
+    markdown_path: Optional[str] = None,
+) -> str:
     """Runs the cases, prints the results and writes them where asked; returns the markdown table.
 
     The files are rewritten after every case, so a run stopped by a time limit keeps what it measured."""
@@ -188,8 +228,10 @@ KERNEL_CASES = [
         ("1x64x256x256 g1", (1, 64, 256, 256), 1),
     ]
 ]
-DRY_RUN_CASES = [Case("dry 1x3x16x20 float32", (1, 3, 16, 20)), Case("dry 1x4x8x8 g4 bfloat16", (1, 4, 8, 8), 4,
-                                                                    "bfloat16")]
+DRY_RUN_CASES = [
+    Case("dry 1x3x16x20 float32", (1, 3, 16, 20)),
+    Case("dry 1x4x8x8 g4 bfloat16", (1, 4, 8, 8), 4, "bfloat16"),
+]
 PASSES = {"forward": (None, None), "grad_x": (True, False), "grad_k": (False, True), "grad_both": (True, True)}
 
 
@@ -228,15 +270,24 @@ def kernel_bytes(case: Case) -> Dict[str, int]:
     n, c, h, w = case.shape
     elem = torch.empty((), dtype=case.torch_dtype).element_size()
     taps, pixels = case.kernel_channels(), n * h * w
-    return {"forward": elem * pixels * (taps + 2 * c), "grad_x": elem * pixels * (taps + 2 * c),
-            "grad_k": elem * pixels * (taps + 2 * c), "grad_both": elem * pixels * (2 * taps + 3 * c)}
+    return {
+        "forward": elem * pixels * (taps + 2 * c),
+        "grad_x": elem * pixels * (taps + 2 * c),
+        "grad_k": elem * pixels * (taps + 2 * c),
+        "grad_both": elem * pixels * (2 * taps + 3 * c),
+    }
 
 
 def run_kernel_timings(device: torch.device, cases: List[Case], repeats: int, json_path: str, variant: str) -> None:
     """Times every case, rewriting json_path after each so a stopped run keeps what it measured."""
-    payload: Dict[str, object] = {"machine": machine(device), "variant": variant,
-                                  "copy_bytes_per_s": copy_bandwidth(device),
-                                  "read_bytes_per_s": read_bandwidth(device), "repeats": repeats, "results": []}
+    payload: Dict[str, object] = {
+        "machine": machine(device),
+        "variant": variant,
+        "copy_bytes_per_s": copy_bandwidth(device),
+        "read_bytes_per_s": read_bandwidth(device),
+        "repeats": repeats,
+        "results": [],
+    }
     for case in cases:
         times = time_kernels(case, device, repeats)
         payload["results"].append({"case": asdict(case), "seconds": times, "bytes": kernel_bytes(case)})
@@ -252,15 +303,22 @@ def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> 
     kernels.requires_grad_(True)
     out = {}
     for name, fn in implementations(case, backend).items():
-        forward = median_time(functools.partial(fn, x, kernels), device, min_repeats=repeats, max_repeats=repeats,
-                              budget_s=0.0)
+        forward = median_time(
+            functools.partial(fn, x, kernels), device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0
+        )
         y = fn(x, kernels)
-        backward = median_time(functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device,
-                               min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+        backward = median_time(
+            functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True),
+            device,
+            min_repeats=repeats,
+            max_repeats=repeats,
+            budget_s=0.0,
+        )
         del y
         out[name] = {"forward": forward, "backward": backward}
-        print(f"  peers {case.name} {name}: forward {forward * 1e3:.3f} ms, backward {backward * 1e3:.3f} ms",
-              flush=True)
+        print(
+            f"  peers {case.name} {name}: forward {forward * 1e3:.3f} ms, backward {backward * 1e3:.3f} ms", flush=True
+        )
     return out
 
 
@@ -292,8 +350,11 @@ def kernel_table(v1: Dict[str, object], v2: Optional[Dict[str, object]]) -> str:
         for name in PASSES:
             cells = [old["case"]["name"], name, _ms(old["seconds"][name]), f"{_efficiency(old, name, copy):.0%}"]
             if new:
-                cells += [_ms(new["seconds"][name]), f"{_efficiency(new, name, copy):.0%}",
-                          f"{old['seconds'][name] / new['seconds'][name]:.2f}x"]
+                cells += [
+                    _ms(new["seconds"][name]),
+                    f"{_efficiency(new, name, copy):.0%}",
+                    f"{old['seconds'][name] / new['seconds'][name]:.2f}x",
+                ]
             rows.append(cells)
     headers = ["case", "pass", "v1 ms", "v1 % of copy", "v2 ms", "v2 % of copy", "v2 speed-up"]
     return markdown_table(headers[: len(rows[0])] if rows else headers, rows)
@@ -330,11 +391,13 @@ def targets(v1: Dict[str, object], v2: Dict[str, object], peers: Optional[Dict[s
 
 def kernel_report(v1: Dict[str, object], v2: Optional[Dict[str, object]], peers: Optional[Dict[str, object]]) -> str:
     info = (v2 or v1)["machine"]
-    text = (f"ddet_ops kernels on {info.get('gpu', info['cpu'])}, torch {info['torch']}, commit {info['commit']}, "
-            f"{info['date']}. Copy {(v2 or v1)['copy_bytes_per_s'] / 1e9:.0f} GB/s, read "
-            f"{(v2 or v1)['read_bytes_per_s'] / 1e9:.0f} GB/s; medians of {v1['repeats']} "
-            f"{'CUDA-event' if info['device'].startswith('cuda') else 'wall-clock'} timings of the raw ops; "
-            f"% of copy = the pass's floor bytes / time / copy bandwidth.\n\n")
+    text = (
+        f"ddet_ops kernels on {info.get('gpu', info['cpu'])}, torch {info['torch']}, commit {info['commit']}, "
+        f"{info['date']}. Copy {(v2 or v1)['copy_bytes_per_s'] / 1e9:.0f} GB/s, read "
+        f"{(v2 or v1)['read_bytes_per_s'] / 1e9:.0f} GB/s; medians of {v1['repeats']} "
+        f"{'CUDA-event' if info['device'].startswith('cuda') else 'wall-clock'} timings of the raw ops; "
+        f"% of copy = the pass's floor bytes / time / copy bandwidth.\n\n"
+    )
     text += kernel_table(v1, v2) + "\n"
     if v2:
         text += "\n" + markdown_table(["target", "measured", "result"], targets(v1, v2, peers)) + "\n"

@@ -60,9 +60,13 @@ class Budget:
     val_crop: Optional[int] = None  # validate on central crops of this side (default: whole photos)
 
 
-FAST_CPU_PRECISION = {"amp": "bf16", "channels_last": True} if bf16_matrix_units() else {"amp": "none", "channels_last": False}
+FAST_CPU_PRECISION = (
+    {"amp": "bf16", "channels_last": True} if bf16_matrix_units() else {"amp": "none", "channels_last": False}
+)
 FULL = Budget(steps=0, **FAST_CPU_PRECISION)  # steps: from --steps, or calibrated to --hours
-QUICK = Budget(steps=2, batch=2, patch=32, warmup=0, ema=0.0, amp="none", channels_last=False, frame=(32, 32), val_crop=64)
+QUICK = Budget(
+    steps=2, batch=2, patch=32, warmup=0, ema=0.0, amp="none", channels_last=False, frame=(32, 32), val_crop=64
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +108,26 @@ def validation_folder(budget: Budget, runs: Path) -> str:
 def config_for(name: str, budget: Budget, scale: int, runs: Path, threads: int):
     """The ``ddet train`` configuration of one model: identical for every model but its name."""
     return load_config(
-        model=name, scale=scale, data="synthetic", val_root=validation_folder(budget, runs), patch=budget.patch, batch=budget.batch, iterations=budget.steps,
-        lr=budget.lr, schedule="cosine", warmup=budget.warmup, loss="l1", ema=budget.ema, amp=budget.amp,
-        channels_last=budget.channels_last, seed=budget.seed, workers=0, threads=threads,
-        log_every=max(1, budget.steps // 20), validate_every=budget.steps, checkpoint_every=max(1, budget.steps // 4),
+        model=name,
+        scale=scale,
+        data="synthetic",
+        val_root=validation_folder(budget, runs),
+        patch=budget.patch,
+        batch=budget.batch,
+        iterations=budget.steps,
+        lr=budget.lr,
+        schedule="cosine",
+        warmup=budget.warmup,
+        loss="l1",
+        ema=budget.ema,
+        amp=budget.amp,
+        channels_last=budget.channels_last,
+        seed=budget.seed,
+        workers=0,
+        threads=threads,
+        log_every=max(1, budget.steps // 20),
+        validate_every=budget.steps,
+        checkpoint_every=max(1, budget.steps // 4),
         out=str(runs / name),
     )
 
@@ -130,9 +150,16 @@ def scores_of(config, budget: Budget, device: torch.device) -> Dict[str, object]
     records = [json.loads(line) for line in (Path(config.out) / "log.jsonl").read_text().splitlines()]
     final = next(r for r in reversed(records) if "val_psnr" in r and r["step"] == config.iterations)
     dtype = budget.amp if budget.amp != "none" else "float32"
-    timing = table3.measure_model(config.model, device, budget.frame, dtype=dtype, channels_last=budget.channels_last, repeats=3)
-    return {"psnr": final["val_psnr"], "ssim": final["val_ssim"], "bicubic_psnr": final["bicubic_psnr"],
-            "seconds_per_frame": timing["seconds_per_frame"], "frame": timing["frame"]}
+    timing = table3.measure_model(
+        config.model, device, budget.frame, dtype=dtype, channels_last=budget.channels_last, repeats=3
+    )
+    return {
+        "psnr": final["val_psnr"],
+        "ssim": final["val_ssim"],
+        "bicubic_psnr": final["bicubic_psnr"],
+        "seconds_per_frame": timing["seconds_per_frame"],
+        "frame": timing["frame"],
+    }
 
 
 def claim_rows(scores: Dict[str, Dict[str, object]], scale: int) -> List[Dict[str, object]]:
@@ -154,37 +181,68 @@ def _paper_psnr(name: str, scale: int) -> float:
 def report(payload: Dict[str, object]) -> str:
     scale, scores = payload["scale"], payload["scores"]
     bicubic = next(iter(scores.values()))["bicubic_psnr"]
-    table1 = [[name, f"{scores[name]['psnr']:.3f}", f"{scores[name]['psnr'] - bicubic:+.3f}", f"{scores[name]['ssim']:.4f}",
-               f"{scores[name]['seconds_per_frame'] * 1e3:.1f}", _paper_cell(name, scale)] for name in TABLE1_ROWS]
-    table2 = [[name, f"{scores[name]['psnr']:.3f}", f"{scores[name]['psnr'] - scores[TABLE2_RUNGS[0]]['psnr']:+.3f}",
-               f"{paper.TABLE2_X2_PSNR[name]:.2f}", f"{paper.TABLE2_X2_PSNR[name] - paper.TABLE2_X2_PSNR[TABLE2_RUNGS[0]]:+.2f}"]
-              for name in TABLE2_RUNGS]
-    claims = [[row["claim"], f"{row['paper_gap_db']:+.2f}", f"{row['our_gap_db']:+.3f}", "yes" if row["holds"] else "**no**"]
-              for row in payload["claims"]]
+    table1 = [
+        [
+            name,
+            f"{scores[name]['psnr']:.3f}",
+            f"{scores[name]['psnr'] - bicubic:+.3f}",
+            f"{scores[name]['ssim']:.4f}",
+            f"{scores[name]['seconds_per_frame'] * 1e3:.1f}",
+            _paper_cell(name, scale),
+        ]
+        for name in TABLE1_ROWS
+    ]
+    table2 = [
+        [
+            name,
+            f"{scores[name]['psnr']:.3f}",
+            f"{scores[name]['psnr'] - scores[TABLE2_RUNGS[0]]['psnr']:+.3f}",
+            f"{paper.TABLE2_X2_PSNR[name]:.2f}",
+            f"{paper.TABLE2_X2_PSNR[name] - paper.TABLE2_X2_PSNR[TABLE2_RUNGS[0]]:+.2f}",
+        ]
+        for name in TABLE2_RUNGS
+    ]
+    claims = [
+        [row["claim"], f"{row['paper_gap_db']:+.2f}", f"{row['our_gap_db']:+.3f}", "yes" if row["holds"] else "**no**"]
+        for row in payload["claims"]
+    ]
     held = sum(row["holds"] for row in payload["claims"])
     budget, info = payload["budget"], payload["machine"]
     frame = "x".join(map(str, budget["frame"]))
-    return "\n".join([
-        f"# The paper's comparisons on the synthetic cross-camera pairs, ×{scale}", "",
-        f"Every model: {budget['steps']} steps of {budget['batch']} patches of {budget['patch']}² (HR), Adam lr "
-        f"{budget['lr']:g} cosine with {budget['warmup']} warm-up steps, L1, EMA {budget['ema']}, "
+    return "\n".join(
+        [
+            f"# The paper's comparisons on the synthetic cross-camera pairs, ×{scale}",
+            "",
+            f"Every model: {budget['steps']} steps of {budget['batch']} patches of {budget['patch']}² (HR), Adam lr "
+            f"{budget['lr']:g} cosine with {budget['warmup']} warm-up steps, L1, EMA {budget['ema']}, "
             f"{budget['amp']} autocast"
-        f"{' + channels_last' if budget['channels_last'] else ''}, seed {budget['seed']}; "
+            f"{' + channels_last' if budget['channels_last'] else ''}, seed {budget['seed']}; "
             "evaluated (EMA weights) on the "
-        f"{payload['validation_images']} held-out photos, Y PSNR/SSIM by the RealSR protocol "
+            f"{payload['validation_images']} held-out photos, Y PSNR/SSIM by the RealSR protocol "
             f"(bicubic {bicubic:.3f} dB). "
-        f"Time: forward of one {frame} Y frame, median of 3. {info['cpu']}, {info['torch_threads']} threads, "
-        f"torch {info['torch']}, commit {info['commit']}, {info['date']}; "
+            f"Time: forward of one {frame} Y frame, median of 3. {info['cpu']}, {info['torch_threads']} threads, "
+            f"torch {info['torch']}, commit {info['commit']}, {info['date']}; "
             f"whole run {payload['wall_seconds'] / 60:.0f} min.",
-        f"Paper: {paper.SOURCE}, on RealSR (Table I at ×{scale}; Table II at ×2).", "",
-        "## Table I rows", "",
-        markdown_table(["model", "PSNR (dB)", "vs bicubic", "SSIM", f"ms / {frame} frame", f"paper ×{scale} PSNR / SSIM"], table1), "",
-        "## Table II ablation", "",
-        markdown_table(["rung", "PSNR (dB)", "gain over plain", "paper ×2 PSNR", "paper gain"], table2), "",
-        "## The paper's orderings", "",
-        markdown_table(["claim", "paper gap (dB)", "our gap (dB)", "holds here"], claims), "",
-        f"{held} of {len(payload['claims'])} orderings hold on the proxy data.",
-    ])
+            f"Paper: {paper.SOURCE}, on RealSR (Table I at ×{scale}; Table II at ×2).",
+            "",
+            "## Table I rows",
+            "",
+            markdown_table(
+                ["model", "PSNR (dB)", "vs bicubic", "SSIM", f"ms / {frame} frame", f"paper ×{scale} PSNR / SSIM"],
+                table1,
+            ),
+            "",
+            "## Table II ablation",
+            "",
+            markdown_table(["rung", "PSNR (dB)", "gain over plain", "paper ×2 PSNR", "paper gain"], table2),
+            "",
+            "## The paper's orderings",
+            "",
+            markdown_table(["claim", "paper gap (dB)", "our gap (dB)", "holds here"], claims),
+            "",
+            f"{held} of {len(payload['claims'])} orderings hold on the proxy data.",
+        ]
+    )
 
 
 def _paper_cell(name: str, scale: int) -> str:
@@ -203,15 +261,27 @@ def plot(payload: Dict[str, object], path: str) -> None:
     scores = payload["scores"]
     fig, (ours_ax, paper_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, points, title in (
-        (ours_ax, {name: (s["seconds_per_frame"], s["psnr"]) for name, s in scores.items()},
-         f"ours: proxy data ×{payload['scale']}, {payload['machine']['cpu'][:40]}"),
-        (paper_ax, {name: (row.seconds_per_frame, row.psnr_x3) for name, row in paper.TABLE3.items() if name in scores},
-         "paper: RealSR ×3, Table III"),
+        (
+            ours_ax,
+            {name: (s["seconds_per_frame"], s["psnr"]) for name, s in scores.items()},
+            f"ours: proxy data ×{payload['scale']}, {payload['machine']['cpu'][:40]}",
+        ),
+        (
+            paper_ax,
+            {name: (row.seconds_per_frame, row.psnr_x3) for name, row in paper.TABLE3.items() if name in scores},
+            "paper: RealSR ×3, Table III",
+        ),
     ):
         ax.scatter([t for t, _ in points.values()], [p for _, p in points.values()], color="tab:blue")
         for name, (seconds, psnr) in points.items():
-            ax.annotate(name, (seconds, psnr), fontsize=8, xytext=(4, 3), textcoords="offset points",
-                        color="tab:red" if name == "ddet" else "black")
+            ax.annotate(
+                name,
+                (seconds, psnr),
+                fontsize=8,
+                xytext=(4, 3),
+                textcoords="offset points",
+                color="tab:red" if name == "ddet" else "black",
+            )
         ax.set(xscale="log", xlabel="seconds per frame (log)", ylabel="PSNR (dB)", title=title)
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -224,8 +294,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--runs", required=True, metavar="DIR", help="one training run per model under this folder")
     parser.add_argument("--out", metavar="DIR", help="write the tables (markdown, JSON) and the figure (PNG) here")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
-    parser.add_argument("--hours", type=float, default=2.5,
-                        help="wall-clock budget of the whole run: sets the steps per model from a short timing of each (default 2.5)")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=2.5,
+        help="wall-clock budget of the whole run: sets the steps per model from a short timing of each (default 2.5)",
+    )
     parser.add_argument("--steps", type=int, help="training steps per model, instead of --hours")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} tiny steps per model: a smoke test")
@@ -258,7 +332,9 @@ def settled_budget(runs: Path, base: Budget, steps: Optional[int], hours: float,
         saved = json.loads(record.read_text())
         budget = Budget(**{**saved, "frame": tuple(saved["frame"])})
         if steps is not None and steps != budget.steps:
-            raise SystemExit(f"reproduce: {runs} was started with {budget.steps} steps per model; use another --runs for {steps}")
+            raise SystemExit(
+                f"reproduce: {runs} was started with {budget.steps} steps per model; use another --runs for {steps}"
+            )
         print(f"reproduce: continuing {runs} at its budget of {budget.steps} steps per model")
         return budget
     if steps is None and base.steps == 0:
@@ -292,8 +368,10 @@ def seconds_per_step(name: str, budget: Budget, scale: int, repeats: int = 3) ->
     memory_format = torch.channels_last if budget.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     objective, optimizer = Objective(model, "l1"), torch.optim.Adam(model.parameters(), lr=budget.lr)
-    lr_batch, hr_batch = (torch.rand(budget.batch, 1, budget.patch, budget.patch).contiguous(memory_format=memory_format)
-                          for _ in range(2))
+    lr_batch, hr_batch = (
+        torch.rand(budget.batch, 1, budget.patch, budget.patch).contiguous(memory_format=memory_format)
+        for _ in range(2)
+    )
     autocast_dtype = table3.AUTOCAST_DTYPES["float32" if budget.amp == "none" else budget.amp]
     times = []
     for _ in range(repeats + 1):
@@ -316,9 +394,13 @@ def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> Dict[str,
         train_or_resume(config)
         scores[name] = scores_of(config, budget, device)
     return {
-        "machine": machine(device), "scale": scale, "budget": dataclasses.asdict(budget),
+        "machine": machine(device),
+        "scale": scale,
+        "budget": dataclasses.asdict(budget),
         "validation_images": len(make_sources("synthetic", scale, val_root=validation_folder(budget, runs) or None)[1]),
-        "scores": scores, "claims": claim_rows(scores, scale), "wall_seconds": time.perf_counter() - started,
+        "scores": scores,
+        "claims": claim_rows(scores, scale),
+        "wall_seconds": time.perf_counter() - started,
         "paper_source": paper.SOURCE,
     }
 

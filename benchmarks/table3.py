@@ -47,8 +47,10 @@ PAPER_TABLE3: Dict[str, PaperRow] = {
     for name, row in paper.TABLE3.items()
 }
 PAPER_TABLE3["ddet-released"] = PaperRow(
-    "DDet (released x3)", 5.7,
-    note="released x3/x4 layout, not a row of Table III; its 5.7 MB is the x2 file (feature_width=64: 5.72 MB)")
+    "DDet (released x3)",
+    5.7,
+    note="released x3/x4 layout, not a row of Table III; its 5.7 MB is the x2 file (feature_width=64: 5.72 MB)",
+)
 # Models whose architecture is the paper's own: their MB must be within 3% of Table III.
 PAPER_ARCHITECTURES = ("srresnet", "edsr", "kpn5", "kpn7", "kpn13", "kpn19", "lpkpn", "ddet")
 MB_TOLERANCE = 0.03
@@ -73,8 +75,7 @@ def frame_within_budget(frame: Frame, probe_frame: Frame, probe_seconds: float, 
     if predicted <= budget_s:
         return frame
     scale = math.sqrt(budget_s / predicted)
-    return tuple(min(side, max(FRAME_MULTIPLE, int(side * scale) // FRAME_MULTIPLE * FRAME_MULTIPLE))
-                 for side in frame)
+    return tuple(min(side, max(FRAME_MULTIPLE, int(side * scale) // FRAME_MULTIPLE * FRAME_MULTIPLE)) for side in frame)
 
 
 def _forward(model: torch.nn.Module, device: torch.device, dtype: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -103,8 +104,16 @@ def _seconds_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure_model(name: str, device: torch.device, frame: Frame, *, dtype: str = "float32",
-                  channels_last: bool = False, repeats: int = 3, budget_s: float = 15.0) -> Dict[str, object]:
+def measure_model(
+    name: str,
+    device: torch.device,
+    frame: Frame,
+    *,
+    dtype: str = "float32",
+    channels_last: bool = False,
+    repeats: int = 3,
+    budget_s: float = 15.0,
+) -> Dict[str, object]:
     """Times ``name`` and returns its row: ours, the paper's, and how they compare."""
     model = models.create(name).eval().to(device)
     if channels_last:
@@ -118,8 +127,14 @@ def measure_model(name: str, device: torch.device, frame: Frame, *, dtype: str =
     used = frame_within_budget(frame, probe_frame, probe_seconds, repeats + 1, budget_s)
     x = probe if used == probe_frame else _frame(model.in_channels, used, device, channels_last)
     # The probe run already warmed up a model measured on the probe's own frame.
-    seconds = median_time(lambda: forward(x), device, min_repeats=repeats, max_repeats=repeats, budget_s=0.0,
-                          warmup=0 if used == probe_frame else 1)
+    seconds = median_time(
+        lambda: forward(x),
+        device,
+        min_repeats=repeats,
+        max_repeats=repeats,
+        budget_s=0.0,
+        warmup=0 if used == probe_frame else 1,
+    )
     per_mpixel = seconds / (used[0] * used[1]) * 1e6
     mb = models.size_mb(model)
     paper = PAPER_TABLE3.get(name)
@@ -143,8 +158,18 @@ def _or_na(value: Optional[float], fmt: str, scale: float = 1.0, suffix: str = "
     return "n/a" if value is None else format(value * scale, fmt) + suffix
 
 
-HEADERS = ["model", "frame", "ms / frame", "ms / Mpixel", "MB", "paper MB", "MB vs paper",
-           "paper s / frame", "ours / paper time", "paper x3 PSNR (dB)"]
+HEADERS = [
+    "model",
+    "frame",
+    "ms / frame",
+    "ms / Mpixel",
+    "MB",
+    "paper MB",
+    "MB vs paper",
+    "paper s / frame",
+    "ours / paper time",
+    "paper x3 PSNR (dB)",
+]
 
 
 def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
@@ -152,14 +177,20 @@ def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
     for row in rows:
         paper = row["paper"] or {}
         frame = "x".join(map(str, row["frame"])) + (" (reduced)" if row["reduced_frame"] else "")
-        out.append([
-            paper.get("label", row["model"]) + f" (`{row['model']}`)", frame,
-            f"{row['seconds_per_frame'] * 1e3:.1f}", f"{row['seconds_per_mpixel'] * 1e3:.0f}",
-            f"{row['mb']:.2f}", _or_na(paper.get("mb"), ".1f"),
-            _or_na(row["mb_deviation"], "+.1f", 100, "%"),
-            _or_na(paper.get("seconds_per_frame"), ".3f"), _or_na(row["time_vs_paper"], ".2f"),
-            _or_na(paper.get("psnr_x3"), ".2f"),
-        ])
+        out.append(
+            [
+                paper.get("label", row["model"]) + f" (`{row['model']}`)",
+                frame,
+                f"{row['seconds_per_frame'] * 1e3:.1f}",
+                f"{row['seconds_per_mpixel'] * 1e3:.0f}",
+                f"{row['mb']:.2f}",
+                _or_na(paper.get("mb"), ".1f"),
+                _or_na(row["mb_deviation"], "+.1f", 100, "%"),
+                _or_na(paper.get("seconds_per_frame"), ".3f"),
+                _or_na(row["time_vs_paper"], ".2f"),
+                _or_na(paper.get("psnr_x3"), ".2f"),
+            ]
+        )
     return out
 
 
@@ -167,49 +198,76 @@ def markdown(payload: Dict[str, object]) -> str:
     info, settings = payload["machine"], payload["settings"]
     who = info.get("gpu", info["cpu"])
     frame = "x".join(map(str, settings["frame"]))
-    notes = [f"- `{row['model']}`: {row['paper']['note']}"
-             for row in payload["rows"] if row["paper"] and row["paper"]["note"]]
+    notes = [
+        f"- `{row['model']}`: {row['paper']['note']}"
+        for row in payload["rows"]
+        if row["paper"] and row["paper"]["note"]
+    ]
     if any(row["reduced_frame"] for row in payload["rows"]):
-        notes.append(f"- (reduced): {settings['repeats'] + 1} full-frame runs would not fit the per-model budget of "
-                     f"{settings['budget_s']:.0f} s, so the model ran on the largest frame predicted to fit; "
-                     "compare rows by ms / Mpixel.")
-    return "\n".join([
-        f"Table III on {who} ({info['device']}, {info['torch_threads']} threads), torch {info['torch']}, "
-        f"commit {info['commit']}, {info['date']}.",
-        f"Frame {frame} (Y, 1 channel), {settings['dtype']}"
+        notes.append(
+            f"- (reduced): {settings['repeats'] + 1} full-frame runs would not fit the per-model budget of "
+            f"{settings['budget_s']:.0f} s, so the model ran on the largest frame predicted to fit; "
+            "compare rows by ms / Mpixel."
+        )
+    return "\n".join(
+        [
+            f"Table III on {who} ({info['device']}, {info['torch_threads']} threads), torch {info['torch']}, "
+            f"commit {info['commit']}, {info['date']}.",
+            f"Frame {frame} (Y, 1 channel), {settings['dtype']}"
             f"{', channels_last' if settings['channels_last'] else ''}; "
-        f"forward in eval mode without gradients, median of {settings['repeats']} run(s) after a warm-up. "
-        f"Whole run: {payload['wall_seconds']:.0f} s.",
-        f"Paper figures: {PAPER_SOURCE} (n/a: not a row of the paper's table). The paper names neither its GPU "
-        f"nor its frame size; 'ours / paper time' scales our time per pixel to a {PAPER_FRAME[0]}x{PAPER_FRAME[1]} "
-        "frame, the input size of the authors' released networks.",
-        *notes,
-        "",
-        markdown_table(HEADERS, table_rows(payload["rows"])),
-    ])
+            f"forward in eval mode without gradients, median of {settings['repeats']} run(s) after a warm-up. "
+            f"Whole run: {payload['wall_seconds']:.0f} s.",
+            f"Paper figures: {PAPER_SOURCE} (n/a: not a row of the paper's table). The paper names neither its GPU "
+            f"nor its frame size; 'ours / paper time' scales our time per pixel to a {PAPER_FRAME[0]}x{PAPER_FRAME[1]} "
+            "frame, the input size of the authors' released networks.",
+            *notes,
+            "",
+            markdown_table(HEADERS, table_rows(payload["rows"])),
+        ]
+    )
 
 
-def run(device: torch.device, names: Optional[Sequence[str]] = None, frame: Optional[Frame] = None, *,
-        dtype: str = "float32", channels_last: bool = False, repeats: Optional[int] = None,
-        budget_s: Optional[float] = None, progress: Callable[[str], None] = print) -> Dict[str, object]:
+def run(
+    device: torch.device,
+    names: Optional[Sequence[str]] = None,
+    frame: Optional[Frame] = None,
+    *,
+    dtype: str = "float32",
+    channels_last: bool = False,
+    repeats: Optional[int] = None,
+    budget_s: Optional[float] = None,
+    progress: Callable[[str], None] = print,
+) -> Dict[str, object]:
     """Measures every model of ``names`` (default: the paper's Table III) and returns the results."""
     names = list(names or PAPER_TABLE3)
     frame = tuple(frame or DEFAULT_FRAME[device.type])
     repeats = repeats or DEFAULT_REPEATS[device.type]
     budget_s = budget_s or DEFAULT_BUDGET_S[device.type]
-    progress(f"Table III on {device}: frame {frame[0]}x{frame[1]}, {dtype}, {repeats} repeats, "
-             f"budget {budget_s:.0f} s per model")
+    progress(
+        f"Table III on {device}: frame {frame[0]}x{frame[1]}, {dtype}, {repeats} repeats, "
+        f"budget {budget_s:.0f} s per model"
+    )
     start = time.perf_counter()
     rows = []
     for name in names:
-        rows.append(measure_model(name, device, frame, dtype=dtype, channels_last=channels_last, repeats=repeats,
-                                  budget_s=budget_s))
+        rows.append(
+            measure_model(
+                name, device, frame, dtype=dtype, channels_last=channels_last, repeats=repeats, budget_s=budget_s
+            )
+        )
         used = "x".join(map(str, rows[-1]["frame"]))
         progress(f"  {name}: {rows[-1]['seconds_per_frame'] * 1e3:.1f} ms on {used}")
     return {
         "machine": machine(device),
-        "settings": {"frame": list(frame), "dtype": dtype, "channels_last": channels_last, "repeats": repeats,
-                     "budget_s": budget_s, "paper_frame": list(PAPER_FRAME), "paper_source": PAPER_SOURCE},
+        "settings": {
+            "frame": list(frame),
+            "dtype": dtype,
+            "channels_last": channels_last,
+            "repeats": repeats,
+            "budget_s": budget_s,
+            "paper_frame": list(PAPER_FRAME),
+            "paper_source": PAPER_SOURCE,
+        },
         "wall_seconds": time.perf_counter() - start,
         "rows": rows,
     }
@@ -241,19 +299,34 @@ def plot(payload: Dict[str, object], path: str) -> None:
     rows = payload["rows"]
     with_paper_time = [row["paper"] for row in rows if row["paper"] and row["paper"]["seconds_per_frame"]]
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([row["mb"] for row in rows], [row["seconds_at_paper_frame"] for row in rows], color="tab:blue",
-               label="ours")
+    ax.scatter(
+        [row["mb"] for row in rows], [row["seconds_at_paper_frame"] for row in rows], color="tab:blue", label="ours"
+    )
     for row in rows:
-        ax.annotate(row["model"], (row["mb"], row["seconds_at_paper_frame"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            row["model"],
+            (row["mb"], row["seconds_at_paper_frame"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     if with_paper_time:
-        ax.scatter([p["mb"] for p in with_paper_time], [p["seconds_per_frame"] for p in with_paper_time],
-                   facecolors="none", edgecolors="tab:red", label="paper")
+        ax.scatter(
+            [p["mb"] for p in with_paper_time],
+            [p["seconds_per_frame"] for p in with_paper_time],
+            facecolors="none",
+            edgecolors="tab:red",
+            label="paper",
+        )
     ax.legend()
     info = payload["machine"]
-    ax.set(xscale="log", yscale="log", xlabel="parameters (MB, float32)",
-           ylabel=f"seconds per {PAPER_FRAME[0]}x{PAPER_FRAME[1]} frame (from time per pixel)",
-           title=f"Table III trade-off on {info.get('gpu', info['cpu'])} ({payload['settings']['dtype']})")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters (MB, float32)",
+        ylabel=f"seconds per {PAPER_FRAME[0]}x{PAPER_FRAME[1]} frame (from time per pixel)",
+        title=f"Table III trade-off on {info.get('gpu', info['cpu'])} ({payload['settings']['dtype']})",
+    )
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,9 +1,9 @@
 """The ``ddet`` command: ``train``, ``eval``, ``upscale`` and ``export``.
 
-    ddet upscale photo.jpg -o photo_x2.png
-    ddet eval --scale 2 --json results.json
-    ddet train --config configs/ddet_x2.yaml
-    ddet export --scale 2 -o ddet_x2.onnx
+ddet upscale photo.jpg -o photo_x2.png
+ddet eval --scale 2 --json results.json
+ddet train --config configs/ddet_x2.yaml
+ddet export --scale 2 -o ddet_x2.onnx
 """
 
 import argparse
@@ -34,10 +34,16 @@ def add_train_arguments(parser):
     from ddet.train import TrainConfig
 
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint (with a larger --iterations: train it longer)")
-    parser.add_argument("--force", action="store_true",
-                        help="start over in a non-empty --out (its outputs are cleared once the new settings are checked)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (with a larger --iterations: train it longer)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in a non-empty --out (its outputs are cleared once the new settings are checked)",
+    )
     for field in dataclasses.fields(TrainConfig):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         flag = "--" + field.name.replace("_", "-")
@@ -85,20 +91,38 @@ def command_eval(args):
     if args.data == "synthetic":
         source = make_sources("synthetic", scale, val_root=args.data_root)[1]
     elif args.data == "realsr":
-        source = realsr(_required(args.data_root, "--data-root"), scale, args.split, tuple(args.cameras or REALSR_CAMERAS), args.realsr_version)
+        source = realsr(
+            _required(args.data_root, "--data-root"),
+            scale,
+            args.split,
+            tuple(args.cameras or REALSR_CAMERAS),
+            args.realsr_version,
+        )
     else:
         source = paired_folder(_required(args.data_root, "--data-root"))
     if args.json:
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
     print(describe_precision(settings))
-    rows = evaluate_images(model, WholeImages(source, channels, cache=False), args.tile, args.tile_context, device, args.border, patch, True, settings.name)
+    rows = evaluate_images(
+        model,
+        WholeImages(source, channels, cache=False),
+        args.tile,
+        args.tile_context,
+        device,
+        args.border,
+        patch,
+        True,
+        settings.name,
+    )
     mean = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
     for row in rows:
-        print(f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} "
-            f"{row['psnr']:>14.3f} {row['ssim']:>7.4f}")
+        print(
+            f"{row['name']:<24} {row['bicubic_psnr']:>12.3f} {row['bicubic_ssim']:>7.4f} "
+            f"{row['psnr']:>14.3f} {row['ssim']:>7.4f}"
+        )
     print(f"{'mean':<24} {bicubic['psnr']:>12.3f} {bicubic['ssim']:>7.4f} {mean['psnr']:>14.3f} {mean['ssim']:>7.4f}")
     if args.json:
         from ddet.data.io import atomic_write
@@ -110,7 +134,13 @@ def command_eval(args):
             "channels": channels,
             "precision": settings.name,
             "data": args.data,
-            "protocol": {"y": "MATLAB rgb2ycbcr, uint8", "multiple": metrics.MULTIPLE, "border": args.border, "patch": patch, "stride": metrics.OFFICIAL_STRIDE if patch else None},
+            "protocol": {
+                "y": "MATLAB rgb2ycbcr, uint8",
+                "multiple": metrics.MULTIPLE,
+                "border": args.border,
+                "patch": patch,
+                "stride": metrics.OFFICIAL_STRIDE if patch else None,
+            },
             "images": rows,
             "mean": mean,
             "bicubic_mean": bicubic,
@@ -170,7 +200,9 @@ def output_paths(inputs, out, scale, suffix, into_folder=False):
     claimed = {}
     for path, target in zip(inputs, targets):
         if target in claimed:
-            raise ValueError(f"{claimed[target]} and {path} would both be written to {target}; upscale them into different folders")
+            raise ValueError(
+                f"{claimed[target]} and {path} would both be written to {target}; upscale them into different folders"
+            )
         claimed[target] = path
     return targets
 
@@ -198,7 +230,9 @@ def command_upscale(args):
     settings = choose_precision(args.precision, device)
     model, scale, channels, _ = resolve_model(args.model, args.weights, args.scale, device)
     inputs = expand_inputs(args.inputs)
-    targets = output_paths(inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs))
+    targets = output_paths(
+        inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs)
+    )
     for source, target in zip(inputs, targets):
         writable_format(target)
         if target.exists() and target.resolve() == Path(source).resolve():
@@ -206,8 +240,10 @@ def command_upscale(args):
     jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
     skipped = len(targets) - len(jobs)
     if skipped:
-        print(f"skipping {skipped} existing output(s), e.g. {next(t for t in targets if t.exists())} "
-            "(pass --force to overwrite)")
+        print(
+            f"skipping {skipped} existing output(s), e.g. {next(t for t in targets if t.exists())} "
+            "(pass --force to overwrite)"
+        )
     print(describe_precision(settings))
     if not jobs:
         return
@@ -216,7 +252,11 @@ def command_upscale(args):
     tile = args.tile
     if tile is None:
         tile = largest_tile(model, 3 if channels == "rgb" else 1, settings, device, context, _bytes(args.max_memory))
-    _upscale_all(args, jobs, dict(scale=scale, model=model, tile=tile, tile_context=context, precision=settings.name, device=device))
+    _upscale_all(
+        args,
+        jobs,
+        dict(scale=scale, model=model, tile=tile, tile_context=context, precision=settings.name, device=device),
+    )
 
 
 def _bytes(gigabytes):
@@ -236,7 +276,12 @@ def _upscale_all(args, jobs, options):
 
     megapixels = [output_megapixels(source, options["scale"]) for source, _ in jobs]
     started, done = time.perf_counter(), 0
-    bar = tqdm(total=round(sum(megapixels), 2), unit="MP", desc="upscale", bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=round(sum(megapixels), 2),
+        unit="MP",
+        desc="upscale",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]",
+    )
     try:
         for source, target in jobs:
             bar.set_postfix_str(f"{done + 1}/{len(jobs)} {source.name}")
@@ -245,14 +290,19 @@ def _upscale_all(args, jobs, options):
             done += 1
     except KeyboardInterrupt:
         bar.close()
-        print(f"ddet upscale: interrupted while upscaling {source}; {done} of {len(jobs)} file(s) finished and written, "
-            "no partial output", file=sys.stderr)
+        print(
+            f"ddet upscale: interrupted while upscaling {source}; {done} of {len(jobs)} file(s) finished and written, "
+            "no partial output",
+            file=sys.stderr,
+        )
         raise SystemExit(EXIT_INTERRUPTED) from None
     bar.close()
     seconds = time.perf_counter() - started
     total = sum(megapixels)
-    print(f"upscaled {done} file(s), {total:.2f} megapixels in {seconds:.1f} s ({total / seconds:.2f} MP/s) "
-        f"→ {Path(args.output)}")
+    print(
+        f"upscaled {done} file(s), {total:.2f} megapixels in {seconds:.1f} s ({total / seconds:.2f} MP/s) "
+        f"→ {Path(args.output)}"
+    )
 
 
 def command_export(args):
@@ -266,7 +316,15 @@ def command_export(args):
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        path = export(args.output, model=args.model, weights=args.weights, scale=args.scale, format=args.format, dtype=args.dtype, force=args.force)
+        path = export(
+            args.output,
+            model=args.model,
+            weights=args.weights,
+            scale=args.scale,
+            format=args.format,
+            dtype=args.dtype,
+            force=args.force,
+        )
     except ImportError as error:  # a missing optional package: say which extra to install
         raise ValueError(str(error)) from None
     except RuntimeError as error:  # the exporter or AOTInductor cannot handle this model: its first line says why
@@ -293,10 +351,26 @@ def build_parser():
     evaluate.add_argument("--cameras", nargs="+", help="RealSR cameras (default: both, Canon and Nikon)")
     evaluate.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
     evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
-    evaluate.add_argument("--patch", type=int, nargs="?", const=0, default=None, help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)")
+    evaluate.add_argument(
+        "--patch",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)",
+    )
     evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
-    evaluate.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
-    evaluate.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32", help="fp32 (default), bf16, fp16 or auto, as ddet upscale")
+    evaluate.add_argument(
+        "--tile-context",
+        type=int,
+        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    )
+    evaluate.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help="fp32 (default), bf16, fp16 or auto, as ddet upscale",
+    )
     evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     evaluate.add_argument("--json", help="write the per-image table and means here")
     evaluate.add_argument("--force", action="store_true", help="overwrite --json")
@@ -304,14 +378,35 @@ def build_parser():
 
     up = commands.add_parser("upscale", help="upscale photographs")
     up.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images, or folders of images")
-    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder")
+    up.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder"
+    )
     up.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
     up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
     up.add_argument("--weights", help="safetensors file from ddet train")
-    up.add_argument("--precision", choices=PRECISION_CHOICES, default="auto", help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32")
-    up.add_argument("--tile", type=int, default=None, help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)")
-    up.add_argument("--tile-context", type=int, help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)")
-    up.add_argument("--max-memory", type=float, metavar="GB", help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)")
+    up.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
+    )
+    up.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)",
+    )
+    up.add_argument(
+        "--tile-context",
+        type=int,
+        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    )
+    up.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="GB",
+        help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)",
+    )
     up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
@@ -323,7 +418,12 @@ def build_parser():
     exp.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
     exp.add_argument("--model", help="registry name (default: ddet with bundled weights)")
     exp.add_argument("--weights", help="safetensors file from ddet train")
-    exp.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="precision of the exported network (default float32)")
+    exp.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="precision of the exported network (default float32)",
+    )
     exp.add_argument("--force", action="store_true", help="overwrite OUT")
     exp.set_defaults(run=command_export)
     return parser

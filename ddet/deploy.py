@@ -44,7 +44,9 @@ def export_format(path, format=None):
     suffix = Path(path).suffix.lower()
     if format is None:
         if suffix not in FORMATS:
-            raise ValueError(f"cannot tell the format of {path} from its suffix: name it *.onnx or *.pt2, or pass --format")
+            raise ValueError(
+                f"cannot tell the format of {path} from its suffix: name it *.onnx or *.pt2, or pass --format"
+            )
         return FORMATS[suffix]
     if format not in FORMATS.values():
         raise ValueError(f"unknown export format {format!r}: choose onnx or pt2")

@@ -135,7 +135,11 @@ def choose_precision(precision, device):
         reason = "this GPU has bfloat16 units" if native else "this GPU lacks bfloat16 units"
     else:
         native = bf16_matrix_units()
-        reason = "this CPU has bfloat16 matrix units: AMX or AVX-512 BF16" if native else "this CPU has no bfloat16 matrix units: AMX or AVX-512 BF16"
+        reason = (
+            "this CPU has bfloat16 matrix units: AMX or AVX-512 BF16"
+            if native
+            else "this CPU has no bfloat16 matrix units: AMX or AVX-512 BF16"
+        )
     return Precision("bf16", torch.bfloat16, reason) if native else Precision("fp32", None, reason)
 
 
@@ -154,7 +158,9 @@ def prepare_model(model):
 def run_network(model, image, settings, device):
     """The model on one C×H×W float32 tensor under ``settings``; float32 C×H×W on the CPU."""
     batch = image[None].to(device).contiguous(memory_format=torch.channels_last)
-    with torch.autocast(batch.device.type, dtype=settings.autocast or torch.float32, enabled=settings.autocast is not None):
+    with torch.autocast(
+        batch.device.type, dtype=settings.autocast or torch.float32, enabled=settings.autocast is not None
+    ):
         output = model(batch).float()[0].cpu()
     if not torch.isfinite(output).all():  # else it would be written as a black or garbled image
         raise ValueError("the network's output holds NaN or infinity: its weights do not work on this image")
@@ -234,7 +240,9 @@ def _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=None
             result = run_tile(window_top, window_bottom, window_left, window_right)
             if band is None:
                 band = torch.empty(result.shape[0], bottom - top, width)
-            band[:, :, left:right] = result[:, top - window_top : bottom - window_top, left - window_left : right - window_left]
+            band[:, :, left:right] = result[
+                :, top - window_top : bottom - window_top, left - window_left : right - window_left
+            ]
             if on_pixels is not None:
                 on_pixels((bottom - top) * (right - left))
         emit_rows(top, band)
@@ -269,13 +277,27 @@ class _Bicubic:
 
     def window(self, top, bottom, left, right):
         box = tuple(edge / self.scale for edge in (left, top, right, bottom))
-        planes = [np.asarray(plane.resize((right - left, bottom - top), Image.BICUBIC, box=box)) for plane in self.planes]
+        planes = [
+            np.asarray(plane.resize((right - left, bottom - top), Image.BICUBIC, box=box)) for plane in self.planes
+        ]
         return np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
 
 
 @torch.no_grad()
-def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_context=None, max_memory=None, precision="auto",
-            device="auto", progress=False, dtype=np.float32, on_pixels=None):
+def upscale(
+    image,
+    scale=None,
+    model=None,
+    weights=None,
+    tile="auto",
+    tile_context=None,
+    max_memory=None,
+    precision="auto",
+    device="auto",
+    progress=False,
+    dtype=np.float32,
+    on_pixels=None,
+):
     """Upscale ``image`` (path or array) by ``scale`` (default: 2, or the scale of ``weights``).
 
     Returns H·s × W·s × 3: float32 in [0, 1], or with ``dtype=np.uint8`` the rounded 8-bit image
@@ -320,7 +342,9 @@ def upscale(image, scale=None, model=None, weights=None, tile="auto", tile_conte
         restored = np.clip(restored, 0.0, 1.0)
         output[top:bottom] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
 
-    with tqdm(total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress) as bar:
+    with tqdm(
+        total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress
+    ) as bar:
         report = bar.update if on_pixels is None else on_pixels
         _run_tiled(height, width, tile, context, run_tile, emit_rows, report)
     return output
@@ -330,7 +354,9 @@ def _array(tensor):
     return tensor.numpy().transpose(1, 2, 0)
 
 
-def evaluate_images(model, images, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"):
+def evaluate_images(
+    model, images, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"
+):
     """Per-image RealSR-protocol rows {name, psnr, ssim, bicubic_psnr, bicubic_ssim} for a dataset
     of (lr at HR size, hr, name) tensors in the model's channels."""
     rows = []

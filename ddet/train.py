@@ -104,10 +104,15 @@ def load_config(path=None, **overrides):
         if not isinstance(values, dict):
             raise ValueError(f"config {path} must be a mapping of option: value")
     values.update({key: value for key, value in overrides.items() if value is not None})
-    defaults = {field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory() for field in dataclasses.fields(TrainConfig)}
+    defaults = {
+        field.name: field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        for field in dataclasses.fields(TrainConfig)
+    }
     unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown training option(s) {unknown}" + (f" in {path}" if path else "") + f"; known: {sorted(defaults)}")
+        raise ValueError(
+            f"unknown training option(s) {unknown}" + (f" in {path}" if path else "") + f"; known: {sorted(defaults)}"
+        )
     config = TrainConfig(**{name: _typed(name, value, type(defaults[name])) for name, value in values.items()})
     _check(config)
     return config
@@ -140,17 +145,31 @@ def _typed(name, value, kind):
             pass
     elif isinstance(value, kind):
         return value
-    expected = {bool: "true or false", float: "a number", int: "a whole number", str: "text", list: "a list", dict: "a mapping"}[kind]
+    expected = {
+        bool: "true or false",
+        float: "a number",
+        int: "a whole number",
+        str: "text",
+        list: "a list",
+        dict: "a mapping",
+    }[kind]
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 def _check(config):
-    choices = {"channels": ("y", "rgb"), "schedule": ("cosine", "step", "constant"), "loss": tuple(LOSSES), "amp": ("none", *AMP_DTYPES)}
+    choices = {
+        "channels": ("y", "rgb"),
+        "schedule": ("cosine", "step", "constant"),
+        "loss": tuple(LOSSES),
+        "amp": ("none", *AMP_DTYPES),
+    }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
     if config.decode_cache and config.data == "synthetic":
-        raise ValueError("decode_cache is for realsr and folder data (synthetic pairs decode their photos once already)")
+        raise ValueError(
+            "decode_cache is for realsr and folder data (synthetic pairs decode their photos once already)"
+        )
     if config.scale not in (2, 3, 4):
         raise ValueError(f"scale must be 2, 3 or 4, got {config.scale}")
     if config.model not in models.names():
@@ -161,7 +180,16 @@ def _check(config):
         raise ValueError(f"device must be {DEVICE_CHOICES}, got {config.device!r}")
     if config.realsr_version not in (2, 3):
         raise ValueError(f"realsr_version must be 2 or 3, got {config.realsr_version}")
-    for name in ("patch", "batch", "iterations", "step_size", "log_every", "validate_every", "checkpoint_every", "keep_checkpoints"):
+    for name in (
+        "patch",
+        "batch",
+        "iterations",
+        "step_size",
+        "log_every",
+        "validate_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
     for name in ("warmup", "workers", "threads", "seed"):
@@ -275,7 +303,13 @@ def write_checkpoint(config, run, elapsed_s):
     staging = root / f".{name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    export = dict(model=config.model, model_args=model_overrides(config), scale=config.scale, channels=config.channels, extra={"step": run.step})
+    export = dict(
+        model=config.model,
+        model_args=model_overrides(config),
+        scale=config.scale,
+        channels=config.channels,
+        extra={"step": run.step},
+    )
     save_weights(staging / "model.safetensors", run.model.state_dict(), **export)
     if run.ema is not None:
         save_weights(staging / "ema.safetensors", run.ema.module.state_dict(), **export)
@@ -331,7 +365,9 @@ def read_state(folder):
 
 def check_resumable(config, folder):
     before = read_state(folder)["config"]
-    changed = sorted(k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and before.get(k) != v)
+    changed = sorted(
+        k for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES and before.get(k) != v
+    )
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} → {getattr(config, k)!r}" for k in changed)
         raise ValueError(f"cannot resume {folder} with a different configuration ({detail})")
@@ -389,7 +425,9 @@ def _refuse_unsafe_start(out, resume, force):
     if resume and latest is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir(out)}")
     if not resume and out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"output folder {out} is not empty: pass --resume to continue it or --force to start over")
+        raise FileExistsError(
+            f"output folder {out} is not empty: pass --resume to continue it or --force to start over"
+        )
     return latest
 
 
@@ -435,16 +473,29 @@ def _train(config, env, resume, force):
     if resume:
         run.step, run.best, run.elapsed_before = read_checkpoint(latest, run)
         if run.step >= config.iterations:
-            print(f"{out}: the run is complete at step {run.step} (iterations {config.iterations}); "
-                  f"to train longer, resume with --iterations N greater than {run.step}")
+            print(
+                f"{out}: the run is complete at step {run.step} (iterations {config.iterations}); "
+                f"to train longer, resume with --iterations N greater than {run.step}"
+            )
             return None
 
     train_source, val_source = make_sources(
-        config.data, config.scale, config.data_root or None, config.val_root or None,
-        config.realsr_version, tuple(config.cameras), config.decode_cache or None,
+        config.data,
+        config.scale,
+        config.data_root or None,
+        config.val_root or None,
+        config.realsr_version,
+        tuple(config.cameras),
+        config.decode_cache or None,
     )
-    patches = TrainingPatches(train_source, config.patch, config.channels, config.seed,
-                              num_samples=(config.iterations - run.step) * config.batch, first_sample=run.step * config.batch)
+    patches = TrainingPatches(
+        train_source,
+        config.patch,
+        config.channels,
+        config.seed,
+        num_samples=(config.iterations - run.step) * config.batch,
+        first_sample=run.step * config.batch,
+    )
     batches = iter(training_loader(patches, config.batch, config.workers, env.rank, env.world_size))
     val_images = WholeImages(val_source, config.channels) if val_source is not None and env.main else None
 
@@ -464,7 +515,9 @@ def _interrupted_message(out, step):
     latest = latest_checkpoint(out)
     if latest is None:
         return f"interrupted at step {step}, before the first checkpoint: nothing to resume in {out}"
-    return f"interrupted at step {step}; checkpoint {latest.name} is kept: continue with ddet train --out {out} --resume"
+    return (
+        f"interrupted at step {step}; checkpoint {latest.name} is kept: continue with ddet train --out {out} --resume"
+    )
 
 
 def _optimizer_step(config, run, loss):
@@ -487,11 +540,19 @@ def _optimizer_step(config, run, loss):
 def _loop(config, env, run, batches, val_images, device, memory_format, amp_context):
     out = Path(config.out)
     logger = RunLogger(out, config, env.main, run.step)
-    with tqdm(total=config.iterations, initial=run.step, desc=f"train {config.model} ×{config.scale}", disable=not env.main, dynamic_ncols=True) as progress:
+    with tqdm(
+        total=config.iterations,
+        initial=run.step,
+        desc=f"train {config.model} ×{config.scale}",
+        disable=not env.main,
+        dynamic_ncols=True,
+    ) as progress:
         evaluated = run.ema.module if run.ema is not None else run.model
         result = None
         started = time.perf_counter() - run.elapsed_before
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # read only at logs and checkpoints: no sync per step
+        nonfinite = torch.zeros(
+            (), dtype=torch.bool, device=device
+        )  # read only at logs and checkpoints: no sync per step
         checked_step = run.step
         while run.step < config.iterations:
             lr_batch, hr_batch = (t.to(device, non_blocking=True, memory_format=memory_format) for t in next(batches))
@@ -503,7 +564,10 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
             progress.update()
 
             at_end = run.step == config.iterations
-            logging, validating = run.step % config.log_every == 0 or at_end, val_images is not None and (run.step % config.validate_every == 0 or at_end)
+            logging, validating = (
+                run.step % config.log_every == 0 or at_end,
+                val_images is not None and (run.step % config.validate_every == 0 or at_end),
+            )
             checkpointing = run.step % config.checkpoint_every == 0 or at_end
             if not (logging or validating or checkpointing):
                 continue
@@ -513,9 +577,19 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
                 _log_loss(env, run, loss, logger, progress, time.perf_counter() - started)
             if validating:
                 result, bicubic = validate(evaluated, val_images, device)
-                logger.log(run.step, {"val_psnr": result["psnr"], "val_ssim": result["ssim"], "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]})
-                progress.write(f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
-                    f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})")
+                logger.log(
+                    run.step,
+                    {
+                        "val_psnr": result["psnr"],
+                        "val_ssim": result["ssim"],
+                        "bicubic_psnr": bicubic["psnr"],
+                        "bicubic_ssim": bicubic["ssim"],
+                    },
+                )
+                progress.write(
+                    f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
+                    f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})"
+                )
                 if result["psnr"] > run.best["psnr"]:
                     run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
                     logger.export(out / "best.safetensors", evaluated, run.step)
@@ -535,10 +609,11 @@ def _refuse_nonfinite_loss(env, nonfinite, since, step, out):
     if not nonfinite.item():
         return
     latest = latest_checkpoint(out)
-    kept = f"the last good checkpoint, {latest.name}, is kept" if latest is not None else "no checkpoint had been written"
+    kept = (
+        f"the last good checkpoint, {latest.name}, is kept" if latest is not None else "no checkpoint had been written"
+    )
     when = f"at step {step}" if since + 1 == step else f"between steps {since + 1} and {step}"
-    raise ValueError(f"the training loss became NaN or infinite {when}; stopped ({kept}). "
-                     "Lower lr, or set grad_clip")
+    raise ValueError(f"the training loss became NaN or infinite {when}; stopped ({kept}). Lower lr, or set grad_clip")
 
 
 def _log_loss(env, run, loss, logger, progress, elapsed_s):
@@ -575,7 +650,10 @@ class RunLogger:
         if log.exists():
             kept = [line for line in log.read_text().splitlines() if _logged_step(line) <= step]
             atomic_write(log, lambda handle: handle.write("".join(line + "\n" for line in kept).encode()))
-        atomic_write(self.out / "config.yaml", lambda handle: handle.write(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode()))
+        atomic_write(
+            self.out / "config.yaml",
+            lambda handle: handle.write(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode()),
+        )
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -594,7 +672,9 @@ class RunLogger:
     def export(self, path, model, step):
         if self.main:
             c = self.config
-            save_weights(path, model.state_dict(), c.model, model_overrides(c), c.scale, c.channels, extra={"step": step})
+            save_weights(
+                path, model.state_dict(), c.model, model_overrides(c), c.scale, c.channels, extra={"step": step}
+            )
 
     def close(self):
         if self.writer is not None:

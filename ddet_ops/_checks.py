@@ -139,9 +139,7 @@ def _infer_size(k: torch.Tensor, groups: int, name: str) -> int:
     taps = channels // groups
     size = round(taps**0.5)
     if channels % groups != 0 or size * size != taps or size % 2 == 0:
-        raise ValueError(
-            f"{name} has {channels} channels, which is not groups*s^2 (groups={groups}) for an odd size s"
-        )
+        raise ValueError(f"{name} has {channels} channels, which is not groups*s^2 (groups={groups}) for an odd size s")
     return size
 
 
@@ -154,8 +152,7 @@ def _check_kernel(x: torch.Tensor, k: torch.Tensor, name: str, channels: int, wh
         raise ValueError(f"{name} has {k.shape[1]} channels, expected {what}")
     if k.shape[0] != x.shape[0] or k.shape[2:] != x.shape[2:]:
         raise ValueError(
-            f"{name} has batch/spatial size {(k.shape[0], *k.shape[2:])}, "
-            f"but x has {(x.shape[0], *x.shape[2:])}"
+            f"{name} has batch/spatial size {(k.shape[0], *k.shape[2:])}, but x has {(x.shape[0], *x.shape[2:])}"
         )
     if k.dtype != x.dtype:
         raise ValueError(f"{name} has dtype {k.dtype}, but x has dtype {x.dtype}")

@@ -80,7 +80,9 @@ def multi_dynconv_shift_add(
     n, c, h, w = x.shape
     compute = _compute_dtype(x.dtype, compute_dtype)
     reach = (max(sizes) // 2) * dilation
-    padded = F.pad(x.to(compute), (reach, reach, reach, reach)).view(n, groups, c // groups, h + 2 * reach, w + 2 * reach)
+    padded = F.pad(x.to(compute), (reach, reach, reach, reach)).view(
+        n, groups, c // groups, h + 2 * reach, w + 2 * reach
+    )
     out = torch.zeros((n, groups, c // groups, h, w), dtype=compute, device=x.device)
     for s, k in _per_size(kernel_list, sizes, groups):
         weights = k.to(compute).reshape(n, groups, s * s, 1, h, w)

@@ -94,7 +94,18 @@ def test_a_model_over_budget_runs_on_a_reduced_frame_and_is_marked(tmp_path):
 
 def test_autocast_and_channels_last_on_the_cpu_are_saved_under_their_own_name(tmp_path):
     json_path = tmp_path / "t.json"
-    done = bench("--quick", "--models", "ddet", "--dtype", "bf16", "--channels-last", "--json", str(json_path), "--markdown", str(tmp_path / "t.md"))
+    done = bench(
+        "--quick",
+        "--models",
+        "ddet",
+        "--dtype",
+        "bf16",
+        "--channels-last",
+        "--json",
+        str(json_path),
+        "--markdown",
+        str(tmp_path / "t.md"),
+    )
     assert done.returncode == 0, done.stderr
     assert "bf16, channels_last" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("| DDet")
     payload = json.loads(json_path.read_text())
@@ -189,7 +200,9 @@ def test_quick_ops_benchmark_still_runs():
 
 def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
     script = str(ROOT / "benchmarks" / "bench_data.py")
-    done = subprocess.run([sys.executable, script, "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "DecodedCache, warm" in done.stdout
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
@@ -197,7 +210,17 @@ def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
 
 def test_reproduction_quick_run_writes_tables_and_figure_and_resumes(tmp_path):
     script = str(ROOT / "benchmarks" / "reproduce.py")
-    command = [sys.executable, script, "--runs", str(tmp_path / "runs"), "--quick", "--threads", "1", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        script,
+        "--runs",
+        str(tmp_path / "runs"),
+        "--quick",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     payload = json.loads(next((tmp_path / "out").glob("reproduce-*.json")).read_text())

@@ -46,7 +46,24 @@ def test_upscale_several_images_into_a_folder_and_jpeg(tmp_path, photo, weights)
     Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(second)
     folder = tmp_path / "results"
     folder.mkdir()
-    assert main(["upscale", str(photo), str(second), "-o", str(folder), "--weights", str(weights), "--tile", "32", "--tile-context", "16"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(photo),
+                str(second),
+                "-o",
+                str(folder),
+                "--weights",
+                str(weights),
+                "--tile",
+                "32",
+                "--tile-context",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert read_image(folder / "photo_x2.png").shape == (40, 60, 3)
     assert read_image(folder / "second_x2.png").shape == (16, 24, 3)
     assert main(["upscale", str(photo), "-o", str(tmp_path / "single.jpg"), "--weights", str(weights)]) == 0
@@ -64,7 +81,9 @@ def test_upscale_refuses_two_inputs_with_one_target_before_writing(tmp_path, pho
 
 
 def test_upscale_whole_image_with_tile_0_and_refuses_unknown_suffixes(tmp_path, photo, weights, capsys):
-    assert main(["upscale", str(photo), "-o", str(tmp_path / "whole.png"), "--weights", str(weights), "--tile", "0"]) == 0
+    assert (
+        main(["upscale", str(photo), "-o", str(tmp_path / "whole.png"), "--weights", str(weights), "--tile", "0"]) == 0
+    )
     assert read_image(tmp_path / "whole.png").shape == (40, 60, 3)
     assert main(["upscale", str(photo), "-o", str(tmp_path / "out.xyz"), "--weights", str(weights)]) == 2
     assert "out.xyz" in capsys.readouterr().err
@@ -72,9 +91,14 @@ def test_upscale_whole_image_with_tile_0_and_refuses_unknown_suffixes(tmp_path, 
 
 
 def test_upscale_errors_name_the_input(tmp_path, weights, capsys):
-    assert main(["upscale", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 2
+    assert (
+        main(["upscale", str(tmp_path / "absent.png"), "-o", str(tmp_path / "o.png"), "--weights", str(weights)]) == 2
+    )
     assert "absent.png" in capsys.readouterr().err
-    assert main(["upscale", str(tmp_path / "absent.png"), "-o", "o.png", "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert (
+        main(["upscale", str(tmp_path / "absent.png"), "-o", "o.png", "--weights", str(tmp_path / "none.safetensors")])
+        == 2
+    )
     assert "none.safetensors" in capsys.readouterr().err
     assert main(["upscale", str(tmp_path / "x.png"), "-o", "o.png", "--weights", str(weights), "--scale", "4"]) == 2
     assert "×2" in capsys.readouterr().err
@@ -113,7 +137,22 @@ def test_eval_json_stays_standard_when_a_psnr_is_infinite(tmp_path, weights):
         (tmp_path / "pairs" / folder).mkdir(parents=True)
         Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(tmp_path / "pairs" / folder / "flat.png")
     report = tmp_path / "report.json"
-    assert main(["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(tmp_path / "pairs"), "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(weights),
+                "--data",
+                "folder",
+                "--data-root",
+                str(tmp_path / "pairs"),
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
 
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
@@ -156,7 +195,9 @@ def photo_folder(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for index, size in enumerate([(20, 30), (24, 16), (12, 12)]):
-        Image.fromarray(np.random.default_rng(index).integers(0, 256, (*size, 3)).astype(np.uint8)).save(folder / f"p{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (*size, 3)).astype(np.uint8)).save(
+            folder / f"p{index}.png"
+        )
     return folder
 
 
@@ -191,7 +232,9 @@ def _interrupt_on_call(monkeypatch, target, name, call):
     monkeypatch.setattr(target, name, interrupted)
 
 
-def test_ctrl_c_mid_image_leaves_the_finished_files_only_and_says_so(tmp_path, photo_folder, weights, capsys, monkeypatch):
+def test_ctrl_c_mid_image_leaves_the_finished_files_only_and_says_so(
+    tmp_path, photo_folder, weights, capsys, monkeypatch
+):
     from ddet import inference
 
     _interrupt_on_call(monkeypatch, inference, "run_network", 2)  # the second image's first tile
@@ -214,15 +257,36 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, photo, weights, m
 
 def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
     report = tmp_path / "bf16.json"
-    assert main(["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--precision", "bf16", "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(weights),
+                "--data",
+                "folder",
+                "--data-root",
+                str(pairs),
+                "--precision",
+                "bf16",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert "precision: bf16 autocast" in capsys.readouterr().out
     assert json.loads(report.read_text())["precision"] == "bf16"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--border", "-5"], "--border must be at least 0"), (["--patch", "3"], "--patch must be at least 11"),
-    (["--json", "."], ". is a folder"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--border", "-5"], "--border must be at least 0"),
+        (["--patch", "3"], "--patch must be at least 11"),
+        (["--json", "."], ". is a folder"),
+    ],
+)
 def test_eval_refuses_bad_flags_before_any_work(weights, capsys, monkeypatch, flags, message):
     import ddet.inference
 
@@ -243,5 +307,8 @@ def test_weights_that_make_no_finite_image_are_refused(tmp_path, photo, capsys):
     model = models.create("ddet", **TINY_DDET)
     huge = {key: value * 1e30 if value.is_floating_point() else value for key, value in model.state_dict().items()}
     save_weights(tmp_path / "huge.safetensors", huge, "ddet", TINY_DDET, 2, "y")
-    assert main(["upscale", str(photo), "-o", str(tmp_path / "out.png"), "--weights", str(tmp_path / "huge.safetensors")]) == 2
+    assert (
+        main(["upscale", str(photo), "-o", str(tmp_path / "out.png"), "--weights", str(tmp_path / "huge.safetensors")])
+        == 2
+    )
     assert "NaN or infinity" in capsys.readouterr().err and not (tmp_path / "out.png").exists()

@@ -281,7 +281,13 @@ def _png16(path, samples, exif_orientation=None):
         tags = exif_image.getexif()
         tags[0x0112] = exif_orientation
         exif = chunk(b"eXIf", tags.tobytes())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + exif + chunk(b"IDAT", zlib.compress(encoded)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + exif
+        + chunk(b"IDAT", zlib.compress(encoded))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [3, 4])

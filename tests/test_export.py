@@ -63,7 +63,13 @@ class MultiDynConv(torch.nn.Module):
 @needs_onnx
 @pytest.mark.parametrize(
     "sizes, groups, dilation, packed",
-    [((3, 5, 7), 1, 1, True), ((3, 5, 7), 2, 2, True), ((1, 3), 4, 1, False), ((9,), 1, 3, False), ((7, 5), 2, 1, False)],
+    [
+        ((3, 5, 7), 1, 1, True),
+        ((3, 5, 7), 2, 2, True),
+        ((1, 3), 4, 1, False),
+        ((9,), 1, 3, False),
+        ((7, 5), 2, 1, False),
+    ],
 )
 def test_onnx_decomposition_matches_the_op(tmp_path, sizes, groups, dilation, packed):
     import onnx
@@ -79,8 +85,12 @@ def test_onnx_decomposition_matches_the_op(tmp_path, sizes, groups, dilation, pa
     x, kernels = inputs(2, 12, 16)
     module = MultiDynConv(sizes, groups, dilation, packed).eval()
     program = torch.onnx.export(
-        module, (x, kernels), dynamo=True, custom_translation_table=ddet_ops.onnx.TRANSLATION_TABLE,
-        dynamic_shapes=(dynamic, dynamic if packed else [dynamic] * len(sizes)), verbose=False,
+        module,
+        (x, kernels),
+        dynamo=True,
+        custom_translation_table=ddet_ops.onnx.TRANSLATION_TABLE,
+        dynamic_shapes=(dynamic, dynamic if packed else [dynamic] * len(sizes)),
+        verbose=False,
     )
     onnx.checker.check_model(program.model_proto, full_check=True)
     program.save(str(tmp_path / "op.onnx"))
@@ -152,7 +162,9 @@ def test_cli_export_errors_name_the_bad_input(tmp_path, capsys, arguments, messa
 
 def test_cli_export_onnx_without_the_extra_says_which_to_install(tmp_path, capsys, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a)
+    )
     assert main(["export", "-o", str(tmp_path / "model.onnx")]) == 2
     assert "onnxscript" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "model.onnx").exists()

@@ -211,10 +211,15 @@ def test_weights_files_describe_their_model(tmp_path):
         resolve_model(weights=tmp_path / "missing.safetensors")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("scale", "0", "scale must be one of 2, 3, 4"), ("scale", "5", "scale must be one of"),
-    ("channels", "rgba", "channels must be one of"), ("model_args", "[1]", "model_args must be a JSON mapping"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("scale", "0", "scale must be one of 2, 3, 4"),
+        ("scale", "5", "scale must be one of"),
+        ("channels", "rgba", "channels must be one of"),
+        ("model_args", "[1]", "model_args must be a JSON mapping"),
+    ],
+)
 def test_weights_metadata_is_checked_by_name(tmp_path, field, value, message):
     metadata = {"model": "ddet", "model_args": '{"in_channels": 1}', "scale": "2", "channels": "y", field: value}
     path = tmp_path / "w.safetensors"
@@ -238,12 +243,17 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
 def test_weights_of_a_foreign_type_are_refused(tmp_path, dtype):
     state = {key: value.to(dtype) for key, value in _tiny().state_dict().items()}
     save_weights(tmp_path / "odd.safetensors", state, "ddet", {**TINY_DDET, "in_channels": 1}, 2, "y")
-    with pytest.raises(ValueError, match=f"odd.safetensors holds tensors of a type ddet does not load.*{str(dtype)[6:]}"):
+    with pytest.raises(
+        ValueError, match=f"odd.safetensors holds tensors of a type ddet does not load.*{str(dtype)[6:]}"
+    ):
         resolve_model(weights=tmp_path / "odd.safetensors")
 
 
 def test_weights_that_do_not_fit_are_summed_up_in_one_line(tmp_path):
     save_weights(tmp_path / "w.safetensors", _tiny().state_dict(), "ddet", {"in_channels": 1}, 2, "y")
-    with pytest.raises(ValueError, match=r"w.safetensors does not fit this DDet: tensors \d+ missing \(first: .*\d+ of another shape \(first: ") as caught:
+    with pytest.raises(
+        ValueError,
+        match=r"w.safetensors does not fit this DDet: tensors \d+ missing \(first: .*\d+ of another shape \(first: ",
+    ) as caught:
         resolve_model(weights=tmp_path / "w.safetensors")
     assert "\n" not in str(caught.value)

@@ -439,7 +439,9 @@ def _reach(model, size=112):
     return reach
 
 
-@pytest.mark.parametrize("name, blocks", [("ddet", 1), ("ddet-released", 2), ("ddet-plain", 0), ("kpn7", 1), ("kpn19", 0)])
+@pytest.mark.parametrize(
+    "name, blocks", [("ddet", 1), ("ddet-released", 2), ("ddet-plain", 0), ("kpn7", 1), ("kpn19", 0)]
+)
 def test_receptive_radius_is_how_far_the_gradient_reaches(name, blocks):
     torch.manual_seed(0)
     model = models.create(name, width=16, blocks=blocks, feature_width=16)

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
+from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ddet_ops
 from ddet_ops import MultiDynConv, dynconv, multi_dynconv, reference
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 
 # (N, C, H, W, sizes, groups, dilation)
 CASES = [
@@ -82,7 +82,9 @@ def test_v1_device_code_path_matches_reference(case):
     gx, (gk,) = torch.ops.ddet_ops_testing.pixelwise_v1_backward(
         grad_y, x, [packed], list(sizes), groups, dilation, True, True
     )
-    y_ref, gx_ref, (gk_ref,) = grads(reference.multi_dynconv, x, packed, grad_y, sizes=sizes, groups=groups, dilation=dilation)
+    y_ref, gx_ref, (gk_ref,) = grads(
+        reference.multi_dynconv, x, packed, grad_y, sizes=sizes, groups=groups, dilation=dilation
+    )
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(gx, gx_ref)
     torch.testing.assert_close(gk, gk_ref)
@@ -115,8 +117,15 @@ def _strip_case(case, dtype):
     args = ([packed], list(sizes), groups, dilation)
     y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
     gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
-    want = grads(reference.multi_dynconv, x.double(), packed.double(), grad_y.double(), sizes=sizes, groups=groups,
-                 dilation=dilation)
+    want = grads(
+        reference.multi_dynconv,
+        x.double(),
+        packed.double(),
+        grad_y.double(),
+        sizes=sizes,
+        groups=groups,
+        dilation=dilation,
+    )
     for name, got, ref in [("y", y, want[0]), ("grad_x", gx, want[1]), ("grad_k", gk, want[2][0])]:
         assert got.dtype == dtype
         assert _relative_error(got, ref) < STRIP_TOLERANCE[dtype], (name, case)
@@ -392,7 +401,8 @@ def test_a_size_whose_square_wraps_is_refused_in_every_dtype_without_a_crash():
         "for dtype in (torch.bfloat16, torch.float16, torch.float32):\n"
         "    x, k = torch.zeros(1, 1, 8, 8, dtype=dtype), torch.zeros(1, 10, 8, 8, dtype=dtype)\n"
         "    for call in (lambda: torch.ops.ddet_ops.multi_dynconv(x, [k], [3, 2**63 - 1], 1, 3),\n"
-        "                 lambda: torch.ops.ddet_ops.multi_dynconv_backward(x, x, [k], [3, 2**63 - 1], 1, 3, True, True)):\n"
+        "                 lambda: torch.ops.ddet_ops.multi_dynconv_backward("
+        "x, x, [k], [3, 2**63 - 1], 1, 3, True, True)):\n"
         "        try:\n"
         "            call()\n"
         "            print('accepted')\n"
@@ -407,13 +417,26 @@ def test_a_size_whose_square_wraps_is_refused_in_every_dtype_without_a_crash():
 META_BACKWARD_CALLS = [
     # (grad_y, x, kernels, sizes, groups, dilation, fragment): one of them on the meta device.
     (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8, device="meta")], [3], 1, 1, "meta"),
-    (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8, device="meta")], [2], -1, 0,
-     "groups"),
+    (torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8, device="meta")], [2], -1, 0, "groups"),
     (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [3], 1, 1, "meta"),
-    (torch.zeros(1, 1, 8, 7, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"),
-     [torch.zeros(1, 9, 8, 8, device="meta")], [3], 1, 1, "grad_y has shape"),
-    (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"),
-     [torch.zeros(1, 25, 8, 8, device="meta")], [3], 1, 1, "channels"),
+    (
+        torch.zeros(1, 1, 8, 7, device="meta"),
+        torch.zeros(1, 1, 8, 8, device="meta"),
+        [torch.zeros(1, 9, 8, 8, device="meta")],
+        [3],
+        1,
+        1,
+        "grad_y has shape",
+    ),
+    (
+        torch.zeros(1, 1, 8, 8, device="meta"),
+        torch.zeros(1, 1, 8, 8, device="meta"),
+        [torch.zeros(1, 25, 8, 8, device="meta")],
+        [3],
+        1,
+        1,
+        "channels",
+    ),
     (torch.zeros(1, 1, 8, 8, device="meta"), torch.zeros(1, 1, 8, 8, device="meta"), [], [3], 1, 1, "empty"),
 ]
 
@@ -429,14 +452,18 @@ def test_forward_on_meta_tensors_with_no_kernels_names_the_problem():
         torch.ops.ddet_ops.multi_dynconv(torch.zeros(1, 1, 8, 8, device="meta"), [], [3], 1, 1)
 
 
-@pytest.mark.parametrize("grad_y,fragment", [
-    (torch.zeros(1, 1, 8, 7), "grad_y has shape"),
-    (torch.zeros(1, 1, 8, 8, dtype=torch.float64), "grad_y has dtype"),
-])
+@pytest.mark.parametrize(
+    "grad_y,fragment",
+    [
+        (torch.zeros(1, 1, 8, 7), "grad_y has shape"),
+        (torch.zeros(1, 1, 8, 8, dtype=torch.float64), "grad_y has dtype"),
+    ],
+)
 def test_backward_names_what_is_wrong_with_grad_y(grad_y, fragment):
     with pytest.raises(RuntimeError, match=fragment):
-        torch.ops.ddet_ops.multi_dynconv_backward(grad_y, torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [3], 1,
-                                                  1, True, True)
+        torch.ops.ddet_ops.multi_dynconv_backward(
+            grad_y, torch.zeros(1, 1, 8, 8), [torch.zeros(1, 9, 8, 8)], [3], 1, 1, True, True
+        )
 
 
 @settings(max_examples=40, deadline=None)
@@ -522,7 +549,9 @@ def test_half_types_convert_exactly_in_the_vector_paths(dtype, flush_denormal, o
     gen = torch.Generator().manual_seed(0)
     shape = (1, 1, 8, 1024)
     x = (torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-30, 20, shape, generator=gen).float())).to(dtype)
-    grad_y = (torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-20, 10, shape, generator=gen).float())).to(dtype)
+    grad_y = (torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-20, 10, shape, generator=gen).float())).to(
+        dtype
+    )
     x[0, 0, 0, : len(SPECIAL_VALUES)] = torch.tensor(SPECIAL_VALUES).to(dtype)
     grad_y[0, 0, 0, : len(SPECIAL_VALUES)] = 1
     ones = torch.ones(shape, dtype=dtype)
@@ -551,8 +580,12 @@ def test_dilation_beyond_the_image_leaves_only_the_centre_tap(dtype):
 
 def _kernel_version_probe(value):
     env = dict(os.environ, DDET_OPS_CUDA_KERNELS=value)
-    return subprocess.run([sys.executable, "-c", "import ddet_ops; print(ddet_ops.cuda_kernels())"], env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", "import ddet_ops; print(ddet_ops.cuda_kernels())"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_cuda_kernel_version_comes_from_the_environment():
@@ -637,8 +670,9 @@ def test_torch_compile_fullgraph_gradient_penalty():
     leaves = (x.requires_grad_(True), packed.requires_grad_(True))
     # Dynamo traces autograd.grad only when asked to.
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        compiled = torch.compile(lambda x, packed: penalty(multi_dynconv, x, packed), fullgraph=True,
-                                 backend="aot_eager")
+        compiled = torch.compile(
+            lambda x, packed: penalty(multi_dynconv, x, packed), fullgraph=True, backend="aot_eager"
+        )
         got = torch.autograd.grad(compiled(*leaves), leaves)
     want = torch.autograd.grad(penalty(reference.multi_dynconv, *leaves), leaves)
     for a, b in zip(got, want):

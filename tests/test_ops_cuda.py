@@ -5,9 +5,9 @@ covers the indexing)."""
 
 import pytest
 import torch
+from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 
 from ddet_ops import multi_dynconv, reference
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 
 pytestmark = [
     pytest.mark.cuda,
@@ -95,10 +95,13 @@ def test_opcheck():
     x.requires_grad_(True)
     packed = torch.cat(kernels, 1).requires_grad_(True)
     torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [packed], [3, 5], 2, 1))
-    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [k.requires_grad_(True) for k in kernels],
-                                                                     [3, 5], 2, 2))
-    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv_backward.default,
-                          (grad_y, x.detach(), [packed.detach()], [3, 5], 2, 1, True, True))
+    torch.library.opcheck(
+        torch.ops.ddet_ops.multi_dynconv.default, (x, [k.requires_grad_(True) for k in kernels], [3, 5], 2, 2)
+    )
+    torch.library.opcheck(
+        torch.ops.ddet_ops.multi_dynconv_backward.default,
+        (grad_y, x.detach(), [packed.detach()], [3, 5], 2, 1, True, True),
+    )
 
 
 def test_torch_compile_fullgraph_inductor():
@@ -132,7 +135,8 @@ def test_channels_last_and_non_contiguous():
     want = multi_dynconv(x, packed, (3, 5))
     torch.testing.assert_close(
         multi_dynconv(x.to(memory_format=torch.channels_last), packed.to(memory_format=torch.channels_last), (3, 5)),
-        want)
+        want,
+    )
     torch.testing.assert_close(multi_dynconv(x.transpose(2, 3).contiguous().transpose(2, 3), packed, (3, 5)), want)
 
 
@@ -165,15 +169,18 @@ def test_more_than_2_to_the_31_kernel_elements():
     kc = packed.detach()[..., -crop:, -crop:].cpu().double().requires_grad_(True)
     yc = reference.multi_dynconv(xc, kc, (3, 5, 7))
     # Output pixels at least 3 (the largest reach) inside the crop's top/left cut see the same inputs.
-    torch.testing.assert_close(y.detach()[..., -crop + 3:, -crop + 3:].cpu().double(), yc[..., 3:, 3:],
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        y.detach()[..., -crop + 3 :, -crop + 3 :].cpu().double(), yc[..., 3:, 3:], rtol=1e-4, atol=1e-4
+    )
     # Kernel gradients there need grad_y at the pixel and x within reach: also inside the crop.
     yc.backward(grad_y[..., -crop:, -crop:].cpu().double())
-    torch.testing.assert_close(packed.grad[..., -crop + 3:, -crop + 3:].cpu().double(), kc.grad[..., 3:, 3:],
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        packed.grad[..., -crop + 3 :, -crop + 3 :].cpu().double(), kc.grad[..., 3:, 3:], rtol=1e-4, atol=1e-4
+    )
     # grad_x at a pixel gathers from neighbours within reach, whose grad_y lies within the crop.
-    torch.testing.assert_close(x.grad[..., -crop + 6:, -crop + 6:].cpu().double(), xc.grad[..., 6:, 6:],
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        x.grad[..., -crop + 6 :, -crop + 6 :].cpu().double(), xc.grad[..., 6:, 6:], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_kernel_versions_agree(tmp_path):
@@ -197,8 +204,9 @@ def test_kernel_versions_agree(tmp_path):
     )
     path = tmp_path / "v1.pt"
     env = dict(os.environ, DDET_OPS_CUDA_KERNELS="v1")
-    done = subprocess.run([sys.executable, "-c", script, str(path), os.path.dirname(__file__)], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), os.path.dirname(__file__)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0 and done.stdout.split() == ["v1"], done.stderr
     v1 = torch.load(path)
     for dtype, tolerance in TOLERANCE.items():

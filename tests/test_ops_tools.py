@@ -19,6 +19,7 @@ from benchmarks import ops  # noqa: E402
 def ptxas_report(load_tool):
     return load_tool("ptxas_report")
 
+
 LOG = """\
 ptxas info    : Compiling entry function '_ZN8ddet_ops2v213gather_stripsILb0EfEEvNS_8GeometryE' for 'sm_90'
 ptxas info    : Function properties for _ZN8ddet_ops2v213gather_stripsILb0EfEEvNS_8GeometryE
@@ -49,12 +50,21 @@ def test_ptxas_report_refuses_a_log_without_resource_lines(ptxas_report, tmp_pat
 def _timings(variant, seconds, copy=1e12):
     results = []
     for case in ops.KERNEL_CASES[:3]:
-        results.append({"case": {"name": case.name, "dtype": case.dtype, "groups": case.groups,
-                                 "shape": list(case.shape)},
-                        "seconds": dict.fromkeys(ops.PASSES, seconds), "bytes": ops.kernel_bytes(case)})
-    return {"machine": {"gpu": "test GPU", "cpu": "", "torch": "x", "commit": "c", "date": "d", "device": "cuda"},
-            "variant": variant, "copy_bytes_per_s": copy, "read_bytes_per_s": copy, "repeats": 30,
-            "results": results}
+        results.append(
+            {
+                "case": {"name": case.name, "dtype": case.dtype, "groups": case.groups, "shape": list(case.shape)},
+                "seconds": dict.fromkeys(ops.PASSES, seconds),
+                "bytes": ops.kernel_bytes(case),
+            }
+        )
+    return {
+        "machine": {"gpu": "test GPU", "cpu": "", "torch": "x", "commit": "c", "date": "d", "device": "cuda"},
+        "variant": variant,
+        "copy_bytes_per_s": copy,
+        "read_bytes_per_s": copy,
+        "repeats": 30,
+        "results": results,
+    }
 
 
 def test_targets_are_judged_from_the_floor_bytes_and_the_copy_bandwidth():
@@ -79,8 +89,17 @@ def test_report_tool_writes_the_summary_and_copes_with_missing_steps(load_tool, 
     (tmp_path / "v1.json").write_text(json.dumps(_timings("v1", 2e-3)))
     (tmp_path / "v2.json").write_text(json.dumps(_timings("v2", 1e-3)))
     summary = tmp_path / "summary.md"
-    args = ["report", "--v1", str(tmp_path / "v1.json"), "--v2", str(tmp_path / "v2.json"),
-            "--peers", str(tmp_path / "missing.json"), "--markdown", str(summary)]
+    args = [
+        "report",
+        "--v1",
+        str(tmp_path / "v1.json"),
+        "--v2",
+        str(tmp_path / "v2.json"),
+        "--peers",
+        str(tmp_path / "missing.json"),
+        "--markdown",
+        str(summary),
+    ]
     assert gpu_timings.main(args) == 0
     text = summary.read_text()
     assert "test GPU" in text and "2.00x" in text and "| target | measured | result |" in text

@@ -60,9 +60,24 @@ def darkened_pairs(tmp_path_factory):
 
 def _config(photos, out, **overrides):
     values = dict(
-        model="kpn5", model_args=TINY["kpn5"], data="synthetic", data_root=str(photos / "train"),
-        val_root=str(photos / "val"), scale=2, patch=16, batch=4, iterations=4, lr=1e-3, warmup=0,
-        ema=0.0, workers=0, threads=1, log_every=1, validate_every=1000, checkpoint_every=2, out=str(out),
+        model="kpn5",
+        model_args=TINY["kpn5"],
+        data="synthetic",
+        data_root=str(photos / "train"),
+        val_root=str(photos / "val"),
+        scale=2,
+        patch=16,
+        batch=4,
+        iterations=4,
+        lr=1e-3,
+        warmup=0,
+        ema=0.0,
+        workers=0,
+        threads=1,
+        log_every=1,
+        validate_every=1000,
+        checkpoint_every=2,
+        out=str(out),
     )
     values.update(overrides)
     return load_config(**values)
@@ -88,8 +103,16 @@ def _batch_loss(config, weights=None):
 @pytest.mark.parametrize("name", ["ddet", "kpn5", "lpkpn"])
 def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
     config = _config(
-        photos, tmp_path / name, model=name, model_args=TINY[name], data="folder", data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs), iterations=10, checkpoint_every=100, lr=1e-3,
+        photos,
+        tmp_path / name,
+        model=name,
+        model_args=TINY[name],
+        data="folder",
+        data_root=str(darkened_pairs),
+        val_root=str(darkened_pairs),
+        iterations=10,
+        checkpoint_every=100,
+        lr=1e-3,
     )
     result = train(config)
     assert set(result) == {"psnr", "ssim"}
@@ -101,8 +124,18 @@ def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp_path, amp):
     config = _config(
-        photos, tmp_path / amp, model="ddet", model_args=TINY["ddet"], data="folder", data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs), iterations=10, checkpoint_every=5, lr=1e-3, amp=amp, channels_last=True,
+        photos,
+        tmp_path / amp,
+        model="ddet",
+        model_args=TINY["ddet"],
+        data="folder",
+        data_root=str(darkened_pairs),
+        val_root=str(darkened_pairs),
+        iterations=10,
+        checkpoint_every=5,
+        lr=1e-3,
+        amp=amp,
+        channels_last=True,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -118,7 +151,9 @@ def test_run_writes_checkpoints_logs_and_weights(photos, tmp_path):
     train(_config(photos, out, iterations=6, checkpoint_every=2, keep_checkpoints=2, validate_every=3, ema=0.9))
     assert (out / "checkpoints" / "latest").read_text() == "step-000000006"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000000004", "step-000000006"]
-    assert {"model.safetensors", "ema.safetensors", "state.pt"} <= {p.name for p in (out / "checkpoints" / "step-000000006").iterdir()}
+    assert {"model.safetensors", "ema.safetensors", "state.pt"} <= {
+        p.name for p in (out / "checkpoints" / "step-000000006").iterdir()
+    }
     metadata = read_weights(out / "model.safetensors")[1]
     assert metadata["model"] == "kpn5" and metadata["scale"] == "2" and metadata["channels"] == "y"
     assert (out / "best.safetensors").is_file()
@@ -129,7 +164,14 @@ def test_run_writes_checkpoints_logs_and_weights(photos, tmp_path):
 
 def _run_cli(args, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "ddet.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddet.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kwargs,
+    )
 
 
 def _cli_args(config_path, out, *extra):
@@ -146,7 +188,9 @@ def _write_config(config, path):
 @pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     # Slow enough per step (larger patches) that the kill lands mid-run.
-    config = _config(photos, tmp_path / "unused", iterations=30, checkpoint_every=1, patch=32, batch=8, ema=0.9, lr=1e-3)
+    config = _config(
+        photos, tmp_path / "unused", iterations=30, checkpoint_every=1, patch=32, batch=8, ema=0.9, lr=1e-3
+    )
     config_path = _write_config(config, tmp_path / "config.yaml")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert _run_cli(_cli_args(config_path, straight)).wait(timeout=300) == 0
@@ -161,12 +205,18 @@ def test_kill_and_resume_equals_an_uninterrupted_run(photos, tmp_path):
     stopped_at = int(latest.read_text().split("-")[1])
     assert 5 <= stopped_at < 30, "the kill came too late to test resuming"
     assert not (killed / "model.safetensors").exists()
-    before_kill = [line for line in (killed / "log.jsonl").read_text().splitlines() if yaml.safe_load(line)["step"] <= stopped_at]
+    before_kill = [
+        line for line in (killed / "log.jsonl").read_text().splitlines() if yaml.safe_load(line)["step"] <= stopped_at
+    ]
 
     resumed = _run_cli(_cli_args(config_path, killed, "--resume"))
     output = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, output
-    for name in ("checkpoints/step-000000030/model.safetensors", "checkpoints/step-000000030/ema.safetensors", "model.safetensors"):
+    for name in (
+        "checkpoints/step-000000030/model.safetensors",
+        "checkpoints/step-000000030/ema.safetensors",
+        "model.safetensors",
+    ):
         expected, actual = _weights(straight / name), _weights(killed / name)
         assert all(torch.equal(expected[k], actual[k]) for k in expected), name
     records = [yaml.safe_load(line) for line in (killed / "log.jsonl").read_text().splitlines()]
@@ -181,10 +231,27 @@ def test_torchrun_two_processes_match_one(photos, tmp_path):
     config = _config(photos, tmp_path / "unused", iterations=3, batch=4, checkpoint_every=3)
     config_path = _write_config(config, tmp_path / "config.yaml")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "ddet.cli", *_cli_args(config_path, tmp_path / "one")], cwd=REPO, env=env, capture_output=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, "-m", "ddet.cli", *_cli_args(config_path, tmp_path / "one")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr.decode()[-2000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ddet.cli"]
-    double = subprocess.run([*launcher, *_cli_args(config_path, tmp_path / "two")], cwd=REPO, env=env, capture_output=True, timeout=300)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ddet.cli",
+    ]
+    double = subprocess.run(
+        [*launcher, *_cli_args(config_path, tmp_path / "two")], cwd=REPO, env=env, capture_output=True, timeout=300
+    )
     assert double.returncode == 0, double.stderr.decode()[-4000:]
     one, two = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
     for key in one:
@@ -230,9 +297,14 @@ def test_yaml_values_are_typed_or_refused_by_name(tmp_path):
     config = load_config(path)
     assert (config.lr, config.batch, config.ema) == (1e-4, 8, 0.0)
     assert (type(config.lr), type(config.batch), type(config.ema)) == (float, int, float)
-    for text, option in (("lr: fast\n", "lr must be a number"), ("batch: 2.5\n", "batch must be a whole number"),
-                         ("init:\n", "init must be text"), ("amp: true\n", "amp must be text"),
-                         ("cameras: Canon\n", "cameras must be a list"), ("iterations: true\n", "iterations must be a whole")):
+    for text, option in (
+        ("lr: fast\n", "lr must be a number"),
+        ("batch: 2.5\n", "batch must be a whole number"),
+        ("init:\n", "init must be text"),
+        ("amp: true\n", "amp must be text"),
+        ("cameras: Canon\n", "cameras must be a list"),
+        ("iterations: true\n", "iterations must be a whole"),
+    ):
         path.write_text(text)
         with pytest.raises(ValueError, match=option):
             load_config(path)
@@ -272,13 +344,25 @@ def test_boolean_options_have_on_and_off_flags():
     assert parser.parse_args(["train"]).channels_last is None  # the config file decides
 
 
-@pytest.mark.parametrize("bad", [
-    ["--model", "nope"], ["--lr", "-1"], ["--lr", "nan"], ["--ema", "2.0"], ["--grad-clip", "-1"],
-    ["--model-args", "{width: 16, blocks: -1, feature_width: 16}"], ["--init", "missing.safetensors"],
-    ["--data-root", "missing-folder"], ["--workers", "-1"], ["--schedule", "step", "--step-size", "0"],
-    ["--device", "meta"], ["--device", "tpu"], ["--iterations", str(10**30)],
-    ["--model-args", "{width: 100000000000, blocks: 1, feature_width: 16}"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--model", "nope"],
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--ema", "2.0"],
+        ["--grad-clip", "-1"],
+        ["--model-args", "{width: 16, blocks: -1, feature_width: 16}"],
+        ["--init", "missing.safetensors"],
+        ["--data-root", "missing-folder"],
+        ["--workers", "-1"],
+        ["--schedule", "step", "--step-size", "0"],
+        ["--device", "meta"],
+        ["--device", "tpu"],
+        ["--iterations", str(10**30)],
+        ["--model-args", "{width: 100000000000, blocks: 1, feature_width: 16}"],
+    ],
+)
 def test_force_keeps_the_old_run_when_the_new_settings_are_bad(photos, tmp_path, capsys, bad):
     out = tmp_path / "run"
     config_path = _write_config(_config(photos, out, iterations=2), tmp_path / "config.yaml")

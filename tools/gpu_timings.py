@@ -53,8 +53,11 @@ def load(path):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.step == "report":
-        markdown = ops.kernel_report(load(args.v1), load(args.v2), load(args.peers)) if load(args.v1) else (
-            "no kernel timings were written\n")
+        markdown = (
+            ops.kernel_report(load(args.v1), load(args.v2), load(args.peers))
+            if load(args.v1)
+            else ("no kernel timings were written\n")
+        )
         Path(args.markdown).write_text(markdown)
         print(markdown)
         return 0
@@ -67,8 +70,11 @@ def main(argv=None) -> int:
         variant = ops.kernel_variant(device)
         ops.run_kernel_timings(device, cases, repeats, args.json, variant)
     else:
-        cases = ops.DRY_RUN_CASES if args.dry_run else [c for c in ops.KERNEL_CASES
-                                                        if c.name.startswith(HEADLINE) and c.dtype != "float16"]
+        cases = (
+            ops.DRY_RUN_CASES
+            if args.dry_run
+            else [c for c in ops.KERNEL_CASES if c.name.startswith(HEADLINE) and c.dtype != "float16"]
+        )
         # The dry run traces torch.compile's graphs but leaves inductor's minutes of CPU compiling out.
         ops.run_peers(device, cases, repeats, args.json, backend="eager" if args.dry_run else "inductor")
     return 0

@@ -30,10 +30,29 @@ OPENCV_DOC_PHOTOS = {
     **{
         f"data/{name}": Path(name).stem
         for name in (
-            "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg",
-            "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png", "ela_original.jpg",
-            "fruits.jpg", "graf1.png", "home.jpg", "left.jpg", "leuvenA.jpg", "messi5.jpg", "orange.jpg",
-            "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "stuff.jpg",
+            "aero1.jpg",
+            "aero3.jpg",
+            "aloeL.jpg",
+            "apple.jpg",
+            "baboon.jpg",
+            "basketball1.png",
+            "board.jpg",
+            "box_in_scene.png",
+            "building.jpg",
+            "butterfly.jpg",
+            "chicky_512.png",
+            "ela_original.jpg",
+            "fruits.jpg",
+            "graf1.png",
+            "home.jpg",
+            "left.jpg",
+            "leuvenA.jpg",
+            "messi5.jpg",
+            "orange.jpg",
+            "rubberwhale1.png",
+            "smarties.png",
+            "squirrel_cls.jpg",
+            "stuff.jpg",
         )
     },
     **{f"text/scenetext0{index}.jpg": f"scenetext0{index}" for index in range(1, 7)},
@@ -69,7 +88,11 @@ def gather(out, opencv_doc=DEFAULT_OPENCV_DOC, force=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="folder to write the photographs into")
-    parser.add_argument("--opencv-doc", default=str(DEFAULT_OPENCV_DOC), help=f"opencv-doc's examples folder (default {DEFAULT_OPENCV_DOC})")
+    parser.add_argument(
+        "--opencv-doc",
+        default=str(DEFAULT_OPENCV_DOC),
+        help=f"opencv-doc's examples folder (default {DEFAULT_OPENCV_DOC})",
+    )
     parser.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     args = parser.parse_args(argv)
     try:

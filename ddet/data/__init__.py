@@ -37,7 +37,11 @@ def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, camera
     if kind not in DATA_KINDS:
         raise ValueError(f"unknown data kind {kind!r}; choose from {DATA_KINDS}")
     if not root:
-        raise ValueError(f"data {kind!r} needs " + ("the RealSR folder" if kind == "realsr" else "a folder with hr/ and lr/") + " (--data-root)")
+        raise ValueError(
+            f"data {kind!r} needs "
+            + ("the RealSR folder" if kind == "realsr" else "a folder with hr/ and lr/")
+            + " (--data-root)"
+        )
     cache = DecodedCache(decode_cache) if decode_cache else None
     if kind == "realsr":
         return (
@@ -48,8 +52,26 @@ def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, camera
 
 
 __all__ = [
-    "CHANNELS", "DATA_KINDS", "REALSR_CAMERAS", "DecodedCache", "Degradation", "SKIMAGE_TRAIN_PHOTOS", "SKIMAGE_VALIDATION_PHOTOS",
-    "SyntheticPairs", "TrainingPatches", "WholeImages", "degrade", "folder_photos", "list_images",
-    "make_sources", "paired_folder", "read_image", "realsr", "resize", "skimage_photos", "to_channels",
-    "training_loader", "write_image",
+    "CHANNELS",
+    "DATA_KINDS",
+    "REALSR_CAMERAS",
+    "DecodedCache",
+    "Degradation",
+    "SKIMAGE_TRAIN_PHOTOS",
+    "SKIMAGE_VALIDATION_PHOTOS",
+    "SyntheticPairs",
+    "TrainingPatches",
+    "WholeImages",
+    "degrade",
+    "folder_photos",
+    "list_images",
+    "make_sources",
+    "paired_folder",
+    "read_image",
+    "realsr",
+    "resize",
+    "skimage_photos",
+    "to_channels",
+    "training_loader",
+    "write_image",
 ]

@@ -7,13 +7,16 @@ Images are channel-last numpy arrays of floats in [0, 1]; Y lies in [16/255, 235
 import numpy as np
 
 # Rows give Y, Cb, Cr from R, G, B in [0, 1], in units of 1/255 (MATLAB's coefficients).
-_RGB_TO_YCBCR = np.array(
-    [
-        [65.481, 128.553, 24.966],
-        [-37.797, -74.203, 112.0],
-        [112.0, -93.786, -18.214],
-    ]
-) / 255.0
+_RGB_TO_YCBCR = (
+    np.array(
+        [
+            [65.481, 128.553, 24.966],
+            [-37.797, -74.203, 112.0],
+            [112.0, -93.786, -18.214],
+        ]
+    )
+    / 255.0
+)
 _YCBCR_OFFSET = np.array([16.0, 128.0, 128.0]) / 255.0
 _YCBCR_TO_RGB = np.linalg.inv(_RGB_TO_YCBCR)
 

@@ -38,7 +38,9 @@ class TrainingPatches(Dataset):
         for index in range(len(source)):
             height, width = source.size(index)
             if min(height, width) < patch:
-                raise ValueError(f"image {source.names[index]} ({height}×{width}) is smaller than the patch size {patch}")
+                raise ValueError(
+                    f"image {source.names[index]} ({height}×{width}) is smaller than the patch size {patch}"
+                )
 
     def __len__(self):
         return self.num_samples
@@ -81,7 +83,11 @@ class WholeImages(Dataset):
         if self.cached is not None and index in self.cached:
             return self.cached[index]
         lr, hr = self.source.pair(index)
-        item = (to_tensor(to_channels(lr, self.channels)), to_tensor(to_channels(hr, self.channels)), self.source.names[index])
+        item = (
+            to_tensor(to_channels(lr, self.channels)),
+            to_tensor(to_channels(hr, self.channels)),
+            self.source.names[index],
+        )
         if self.cached is not None:
             self.cached[index] = item
         return item

@@ -44,7 +44,9 @@ class Degradation:
 def resize(image, height, width):
     """Bicubic resize (antialiased when shrinking) of a float H×W×C array, channel by channel."""
     channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((width, height), Image.BICUBIC))
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F").resize((width, height), Image.BICUBIC)
+        )
         for c in range(image.shape[-1])
     ]
     return np.stack(channels, axis=-1)
@@ -61,12 +63,20 @@ def _misalign(image, rng, spec):
     cos, sin = math.cos(angle), math.sin(angle)
     # Pillow's affine maps output (x, y) to input (a x + b y + c, d x + e y + f).
     coefficients = (
-        cos, -sin, centre_x - cos * centre_x + sin * centre_y + shift_x,
-        sin, cos, centre_y - sin * centre_x - cos * centre_y + shift_y,
+        cos,
+        -sin,
+        centre_x - cos * centre_x + sin * centre_y + shift_x,
+        sin,
+        cos,
+        centre_y - sin * centre_x - cos * centre_y + shift_y,
     )
     size = (padded.shape[1], padded.shape[0])
     warped = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(padded[..., c]), mode="F").transform(size, Image.AFFINE, coefficients, Image.BICUBIC))
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(padded[..., c]), mode="F").transform(
+                size, Image.AFFINE, coefficients, Image.BICUBIC
+            )
+        )
         for c in range(image.shape[-1])
     ]
     return np.stack(warped, axis=-1)[pad : pad + height, pad : pad + width]

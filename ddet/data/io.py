@@ -61,7 +61,9 @@ def read_integer_image(path):
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 grey = np.asarray(image)
                 if grey.min() < 0 or grey.max() > 65535:
-                    raise ValueError(f"32-bit pixels from {grey.min()} to {grey.max()}: only 8 and 16 bits are supported")
+                    raise ValueError(
+                        f"32-bit pixels from {grey.min()} to {grey.max()}: only 8 and 16 bits are supported"
+                    )
                 return np.repeat(grey.astype(np.uint16)[..., None], 3, axis=2), 65535.0
             return np.asarray(image.convert("RGB")), 255.0
     except ImageTooLarge:
@@ -76,7 +78,12 @@ def read_integer_image(path):
 
 def _is_png16_colour(image):
     """A 16-bit colour PNG, which Pillow would decode at 8 bits."""
-    return image.format == "PNG" and image.mode in ("RGB", "RGBA") and bool(image.tile) and image.tile[0][3].endswith(";16B")
+    return (
+        image.format == "PNG"
+        and image.mode in ("RGB", "RGBA")
+        and bool(image.tile)
+        and image.tile[0][3].endswith(";16B")
+    )
 
 
 class ImageTooLarge(ValueError):
@@ -157,7 +164,9 @@ def writable_format(path):
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format not in Image.SAVE:
-        raise ValueError(f"cannot tell an image format Pillow writes from the suffix of {path} (use .png, .jpg, .tif, .webp, ...)")
+        raise ValueError(
+            f"cannot tell an image format Pillow writes from the suffix of {path} (use .png, .jpg, .tif, .webp, ...)"
+        )
     return image_format
 
 

@@ -18,8 +18,21 @@ from ddet.data.io import ORIENTATION_TAG, atomic_write, list_images, read_image,
 # Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
 # `cat` = `chelsea`); validation photos are held out by name.
 SKIMAGE_TRAIN_PHOTOS = (
-    "astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
-    "retina", "moon", "coins", "brick", "grass", "gravel", "clock", "page", "text", "cell",
+    "astronaut",
+    "rocket",
+    "stereo_motorcycle",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "moon",
+    "coins",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "page",
+    "text",
+    "cell",
 )
 SKIMAGE_VALIDATION_PHOTOS = ("coffee", "chelsea", "camera")
 REALSR_CAMERAS = ("Canon", "Nikon")
@@ -29,7 +42,9 @@ def _bicubic_to(lr, shape, path):
     if lr.shape[:2] == tuple(shape):
         return lr
     if lr.shape[0] > shape[0] or lr.shape[1] > shape[1]:
-        raise ValueError(f"LR image {path} ({lr.shape[0]}×{lr.shape[1]}) is larger than its HR image ({shape[0]}×{shape[1]})")
+        raise ValueError(
+            f"LR image {path} ({lr.shape[0]}×{lr.shape[1]}) is larger than its HR image ({shape[0]}×{shape[1]})"
+        )
     return np.clip(resize(lr, shape[0], shape[1]), 0.0, 1.0)
 
 
@@ -215,4 +230,3 @@ class SyntheticPairs:
         lr = degrade(hr[y0:y1, x0:x1], self.scale, rng, self.spec)
         window = (top - y0, left - x0, height, width)
         return _window(lr, window), _window(hr, region)
-

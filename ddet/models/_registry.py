@@ -63,7 +63,9 @@ def pretrained_file(name: str, scale: int) -> str:
     entry = _entry(name)
     if scale not in entry.pretrained:
         at_scale = f" at ×{scale}" if entry.pretrained else ""
-        raise ValueError(f"no bundled weights for model {name!r}{at_scale} (bundled: {_bundled()}); pass --weights FILE")
+        raise ValueError(
+            f"no bundled weights for model {name!r}{at_scale} (bundled: {_bundled()}); pass --weights FILE"
+        )
     return entry.pretrained[scale]
 
 

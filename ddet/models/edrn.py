@@ -38,7 +38,9 @@ __all__ = ["EDRNConfig", "EDRN", "EncoderDecoder"]
 
 
 def _down(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(conv3x3(in_channels, out_channels, stride=2), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        conv3x3(in_channels, out_channels, stride=2), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
+    )
 
 
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -105,5 +107,9 @@ class EDRN(GlobalResidualNet):
 
 
 MODELS = {
-    "edrn": Entry(EDRN, EDRNConfig(), "EDRN (NTIRE 2019 Real SR, Cheng et al.), encoder-decoder of RCAN groups; Table III: 131.9 MB"),
+    "edrn": Entry(
+        EDRN,
+        EDRNConfig(),
+        "EDRN (NTIRE 2019 Real SR, Cheng et al.), encoder-decoder of RCAN groups; Table III: 131.9 MB",
+    ),
 }

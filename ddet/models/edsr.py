@@ -44,5 +44,9 @@ class EDSR(GlobalResidualNet):
 
 
 MODELS = {
-    "edsr": Entry(EDSR, EDSRConfig(), "EDSR (Lim et al. 2017), 32 blocks x 256 channels, residual scaling 0.1; Table III: 153.5 MB"),
+    "edsr": Entry(
+        EDSR,
+        EDSRConfig(),
+        "EDSR (Lim et al. 2017), 32 blocks x 256 channels, residual scaling 0.1; Table III: 153.5 MB",
+    ),
 }

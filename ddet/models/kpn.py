@@ -120,7 +120,9 @@ class KPNConfig:
         if self.width % TRUNK_SCALE**2:
             raise ValueError(f"{type(self).__name__}.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
         if not self.heads or not all(isinstance(h, KernelHeadSpec) for h in self.heads):
-            raise ValueError(f"{type(self).__name__}.heads must be a non-empty tuple of KernelHeadSpec, got {self.heads!r}")
+            raise ValueError(
+                f"{type(self).__name__}.heads must be a non-empty tuple of KernelHeadSpec, got {self.heads!r}"
+            )
 
     @property
     def sizes(self) -> Tuple[int, ...]:

@@ -169,5 +169,7 @@ class LPKPN(SameSizeNet):
 
 
 MODELS = {
-    "lpkpn": Entry(LPKPN, LPKPNConfig(), "LP-KPN of RealSR (Cai et al. 2019), 3 pyramid levels, K = 5; Table III: 5.7 MB"),
+    "lpkpn": Entry(
+        LPKPN, LPKPNConfig(), "LP-KPN of RealSR (Cai et al. 2019), 3 pyramid levels, K = 5; Table III: 5.7 MB"
+    ),
 }

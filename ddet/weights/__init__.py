@@ -36,7 +36,12 @@ def save_weights(path, state_dict, model, model_args, scale, channels, dtype=Non
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).detach().cpu().contiguous()
         for key, value in state_dict.items()
     }
-    metadata = {"model": model, "model_args": json.dumps(model_args, sort_keys=True), "scale": str(scale), "channels": channels}
+    metadata = {
+        "model": model,
+        "model_args": json.dumps(model_args, sort_keys=True),
+        "scale": str(scale),
+        "channels": channels,
+    }
     metadata.update({key: str(value) for key, value in (extra or {}).items()})
     payload = save_safetensors(tensors, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(payload))
@@ -107,10 +112,16 @@ def load_state(model, tensors, path):
     expected = model.state_dict()
     missing = [key for key in expected if key not in tensors]
     unexpected = [key for key in tensors if key not in expected]
-    misshapen = [f"{key} {tuple(tensors[key].shape)} for {tuple(value.shape)}" for key, value in expected.items()
-                 if key in tensors and tensors[key].shape != value.shape]
-    problems = [f"{len(found)} {what} (first: {found[0]})" for what, found in
-                (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen)) if found]
+    misshapen = [
+        f"{key} {tuple(tensors[key].shape)} for {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in tensors and tensors[key].shape != value.shape
+    ]
+    problems = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for what, found in (("missing", missing), ("unexpected", unexpected), ("of another shape", misshapen))
+        if found
+    ]
     if problems:
         raise ValueError(f"weights file {path} does not fit this {type(model).__name__}: tensors {'; '.join(problems)}")
     model.load_state_dict(tensors)
