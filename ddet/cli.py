@@ -125,7 +125,7 @@ def command_eval(args):
         )
     print(f"{'mean':<24} {bicubic['psnr']:>12.3f} {bicubic['ssim']:>7.4f} {mean['psnr']:>14.3f} {mean['ssim']:>7.4f}")
     if args.json:
-        from ddet.data.io import atomic_write
+        from ddet.files import atomic_write
 
         report = {
             "model": name,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddet.data.io import atomic_write
+from ddet.files import atomic_write
 from ddet.inference import resolve_model
 
 __all__ = ["export", "export_format", "read_tensor", "write_tensor", "FORMATS", "EXPORT_EXTRA"]

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from ddet import metrics, models
 from ddet.data import DATA_KINDS, REALSR_CAMERAS, TrainingPatches, WholeImages, make_sources, training_loader
-from ddet.data.io import atomic_write, fsync_directory
 from ddet.device import CHOICES as DEVICE_CHOICES
 from ddet.device import pick_device
+from ddet.files import atomic_write, fsync_directory
 from ddet.inference import evaluate_images
 from ddet.weights import load_weights_into, save_weights
 

@@ -6,8 +6,6 @@ are decoded by ``ddet.data.png16`` at full precision.
 """
 
 import math
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -20,6 +18,7 @@ except ImportError:  # not on Windows
     resource = None
 
 from ddet.data.png16 import read_png16
+from ddet.files import atomic_write
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation → the array operation that displays the image upright (as ImageOps.exif_transpose).
@@ -168,40 +167,3 @@ def writable_format(path):
             f"cannot tell an image format Pillow writes from the suffix of {path} (use .png, .jpg, .tif, .webp, ...)"
         )
     return image_format
-
-
-def atomic_write(path, write):
-    """Call ``write(binary file)`` on a temporary file beside ``path``, fsync it and rename it onto
-    ``path``, so a crash leaves either the old file or the complete new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_directory(folder):
-    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

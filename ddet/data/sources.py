@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ddet.data.degrade import Degradation, degrade, resize
-from ddet.data.io import ORIENTATION_TAG, atomic_write, list_images, read_image, read_integer_image
+from ddet.data.io import ORIENTATION_TAG, list_images, read_image, read_integer_image
+from ddet.files import atomic_write
 
 # Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
 # `cat` = `chelsea`); validation photos are held out by name.

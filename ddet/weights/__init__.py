@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ddet.data.io import atomic_write
+from ddet.files import atomic_write
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 METADATA_KEYS = ("model", "model_args", "scale", "channels")
