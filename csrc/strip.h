@@ -1,11 +1,14 @@
 // The per-thread arithmetic of the v2 CUDA kernels, written once for the host and the device.
 //
-// A v2 thread owns a strip of consecutive pixels of one row (16 bytes of scalar_t: 4 float, 8
-// half or bfloat16, 2 double), so the weights of one tap at the strip are one 128-bit load.
-// Kernel sizes 1, 3, 5 and 7 at dilation 1 are compile-time specialisations: their taps are
-// unrolled and the source row segment a kernel row touches sits in registers, read once for all
-// the taps of that row; strips whose window lies inside the image take the interior path (no
-// bounds checks), the others the border path. Any other size or dilation takes the generic path.
+// A v2 thread owns a strip of consecutive pixels of one row (4 float, half or bfloat16, 2
+// double: 8 or 16 bytes), so the weights of one tap at the strip are one vector load. Kernel
+// sizes 1, 3, 5 and 7 at dilation 1 are compile-time specialisations: their taps are unrolled,
+// a kernel row's weights are loaded once for all the thread's channels, and the source row
+// segment the row touches once for all its taps. Rows whose width is a multiple of the strip,
+// with 16-byte aligned tensors, are read as aligned vectors only (each wholly inside or outside
+// the image, so border strips run the same instructions); other rows take scalar loads, with
+// bounds checks only where the window leaves the image. Any other size or dilation takes the
+// generic path.
 //
 //   forward (kGather = false): y[c, h, w]  = sum_t K_t[h, w] * x[c, h + di, w + dj]
 //   grad_x  (kGather = true):  gx[c, h, w] = sum_t K_t[h - di, w - dj] * gy[c, h - di, w - dj]
@@ -13,7 +16,7 @@
 // grad_x gathers over the inverse window (no atomics, a fixed order); grad_K is its own kernel,
 // one thread per strip and kernel row, its sums in registers and written with vector stores.
 //
-// The CUDA kernels (cuda/dynconv_v2.cu) run the *_strip functions for every thread index; the
+// The CUDA kernels (cuda/v2_kernels.cuh) run the *_strip functions for every thread index; the
 // test harness (testing/pixel_harness.cpp) runs them serially on the CPU, recording through
 // `trace` which path each strip took, so a test can require that every path was checked.
 #pragma once
@@ -37,18 +40,18 @@ namespace ddet_ops {
 constexpr int kSpecialisedSizes[] = {1, 3, 5, 7};
 constexpr int kLargestSpecialised = 7;
 
-// Pixels per strip: 16 bytes. grad_x reads its weights shifted, one by one, so its strips gain
-// nothing from 16 bytes of half types and take 4, which keeps them within 128 registers.
-template <typename scalar_t, bool kGather = false>
+// Pixels per strip: 4 (16 bytes of float, 8 of half or bfloat16), 2 for double. A thread holds
+// one kernel row's weights for its strip (7 x 4 values for size 7) while it runs the row's taps
+// over its channels; 8 half-type pixels would double that and spill at 128 registers.
+template <typename scalar_t>
 constexpr int strip_width() {
-  return kGather && sizeof(scalar_t) == 2 ? 4 : static_cast<int>(16 / sizeof(scalar_t));
+  return sizeof(scalar_t) == 8 ? 2 : 4;
 }
 
-// Channels whose sums one forward / grad_x thread keeps, each weight loaded once for all of them:
-// 4, or 3 (RGB) for the forward strips of the half types, which are twice as wide.
-template <typename scalar_t, bool kGather>
+// Channels whose sums one forward / grad_x thread keeps, each weight loaded once for all of them.
+template <typename scalar_t>
 constexpr int strip_channels() {
-  return sizeof(scalar_t) == 2 && !kGather ? 3 : 4;
+  return sizeof(scalar_t) == 8 ? 2 : 4;
 }
 
 // The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]".
@@ -61,18 +64,18 @@ struct NoTrace {
 
 DDET_HOST_DEVICE int64_t strips_per_row(const Geometry& geo, int width) { return (geo.W + width - 1) / width; }
 
-template <typename scalar_t, bool kGather>
+template <typename scalar_t>
 DDET_HOST_DEVICE int64_t strip_channel_blocks(const Geometry& geo) {
-  constexpr int kC = strip_channels<scalar_t, kGather>();
+  constexpr int kC = strip_channels<scalar_t>();
   return (geo.channels_per_group + kC - 1) / kC;
 }
 
 // Forward / grad_x threads: one per (n, group, h, block of channels, strip), the strip fastest
 // and then the channel block, so the blocks of one row re-read its weights from cache.
-template <typename scalar_t, bool kGather>
+template <typename scalar_t>
 DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
-  return geo.N * geo.groups * geo.H * strip_channel_blocks<scalar_t, kGather>(geo) *
-         strips_per_row(geo, strip_width<scalar_t, kGather>());
+  return geo.N * geo.groups * geo.H * strip_channel_blocks<scalar_t>(geo) *
+         strips_per_row(geo, strip_width<scalar_t>());
 }
 
 // grad_K threads: one per (n, group, kernel row of any size, h, strip).
@@ -87,46 +90,58 @@ DDET_HOST_DEVICE int64_t grad_kernel_strip_threads(const Geometry& geo) {
   return geo.N * geo.groups * kernel_rows(geo) * geo.H * strips_per_row(geo, strip_width<scalar_t>());
 }
 
-// Whether the planes of `bank` allow aligned 16-byte access at every strip: W a multiple of the
-// strip width and every size's block 16-byte aligned (outputs are allocated aligned).
+// Whether every strip can move its values as aligned 8- or 16-byte vectors: W a multiple of the
+// widest strip (so a strip and each strip-aligned chunk of a row is wholly inside or outside the
+// row), every size's block and both dense tensors 16-byte aligned.
 template <typename scalar_t, typename T>
-DDET_HOST_DEVICE bool strips_can_use_vectors(const Geometry& geo, const KernelBank<T>& bank) {
-  if (geo.W % strip_width<scalar_t>() != 0) return false;
+bool strips_can_use_vectors(const Geometry& geo, const KernelBank<T>& bank, const void* a, const void* b) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (geo.W % strip_width<scalar_t>() != 0 || !aligned(a) || !aligned(b)) return false;
   for (int k = 0; k < geo.num_sizes; ++k) {
-    if (reinterpret_cast<uintptr_t>(bank.data[k]) % 16 != 0) return false;
+    if (!aligned(bank.data[k])) return false;
   }
   return true;
 }
 
-// kV weights at p, with a 128-bit load through the read-only cache when `vector` (and kV values
-// are 16 bytes).
-template <int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void load_strip(const scalar_t* p, bool vector, acc_t* out) {
-  if (vector && kV * sizeof(scalar_t) == 16) {
-    alignas(16) scalar_t v[kV];
+// How a thread reads a row: kVector, whole aligned chunks of kV values (each wholly inside or
+// outside the row, see strips_can_use_vectors); kChecked, value by value with bounds checks;
+// kUnchecked, value by value inside the image.
+enum class Access { kVector, kChecked, kUnchecked };
+
+// kV values at p (aligned to their size, 8 or 16 bytes) in one load; kStreaming for values read
+// once (evict first), else through the read-only cache.
+template <int kV, bool kStreaming, typename scalar_t>
+DDET_HOST_DEVICE void load_vector(const scalar_t* p, scalar_t (&out)[kV]) {
+  constexpr int kBytes = kV * static_cast<int>(sizeof(scalar_t));
+  static_assert(kBytes == 8 || kBytes == 16, "strips are 8 or 16 bytes");
 #if defined(__CUDA_ARCH__)
-    *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(p));
-#else
-    std::memcpy(v, p, sizeof(v));
-#endif
-    DDET_UNROLL
-    for (int u = 0; u < kV; ++u) out[u] = static_cast<acc_t>(v[u]);
+  if constexpr (kBytes == 16) {
+    const uint4 v = kStreaming ? __ldcs(reinterpret_cast<const uint4*>(p)) : __ldg(reinterpret_cast<const uint4*>(p));
+    memcpy(out, &v, kBytes);
   } else {
-    DDET_UNROLL
-    for (int u = 0; u < kV; ++u) out[u] = static_cast<acc_t>(p[u]);
+    const uint2 v = kStreaming ? __ldcs(reinterpret_cast<const uint2*>(p)) : __ldg(reinterpret_cast<const uint2*>(p));
+    memcpy(out, &v, kBytes);
   }
+#else
+  std::memcpy(out, p, kBytes);
+#endif
 }
 
-// Stores the first `valid` of kV sums at p (a 128-bit streaming store when all are valid, kV
-// values are 16 bytes and `vector`: outputs are written once and not read back).
+// Stores the first `valid` of kV sums at p: one streaming vector store when all are valid and
+// `vector` (outputs are written once and not read back).
 template <int kV, typename scalar_t, typename acc_t>
 DDET_HOST_DEVICE void store_strip(scalar_t* p, int valid, bool vector, const acc_t* in) {
-  if (vector && valid == kV && kV * sizeof(scalar_t) == 16) {
+  constexpr int kBytes = kV * static_cast<int>(sizeof(scalar_t));
+  if (vector && valid == kV && (kBytes == 8 || kBytes == 16)) {
     alignas(16) scalar_t v[kV];
     DDET_UNROLL
     for (int u = 0; u < kV; ++u) v[u] = static_cast<scalar_t>(in[u]);
 #if defined(__CUDA_ARCH__)
-    __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(v));
+    if constexpr (kBytes == 16) {
+      __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(v));
+    } else {
+      __stcs(reinterpret_cast<uint2*>(p), *reinterpret_cast<const uint2*>(v));
+    }
 #else
     std::memcpy(p, v, sizeof(v));
 #endif
@@ -138,54 +153,93 @@ DDET_HOST_DEVICE void store_strip(scalar_t* p, int valid, bool vector, const acc
   }
 }
 
-// src[at] as acc_t, or 0 where the column is outside [0, W) (kChecked only).
+// row[col] as acc_t, or 0 where the column is outside [0, W) (kChecked only).
 template <bool kChecked, typename scalar_t, typename acc_t>
 DDET_HOST_DEVICE acc_t load_col(const scalar_t* row, int64_t col, int64_t W) {
   if (kChecked && (col < 0 || col >= W)) return acc_t(0);
   return static_cast<acc_t>(row[col]);
 }
 
-// The taps of one size kS at dilation 1 for a strip at (h, w0) and `count` channels. weights:
-// the size's block of this image and group (tap t's plane at t * hw); src: channel c_begin's
-// plane of x (forward) or grad_y (grad_x). kChecked: the border path. For each kernel row and
-// channel, the row segment [w0 - kR, w0 + kV + kR) the row's taps touch is loaded once into
-// registers; the channels after the first find the row's weights in L1.
-template <int kS, bool kChecked, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
-                                       int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV]) {
+// The kCount values of `row` at columns [w0 + first, w0 + first + kCount), 0 outside [0, W).
+// `first` lies in [-kReach, kReach]; the kernels call this from unrolled loops, so it is a
+// constant there and the chunk selection below folds away. kVector: the aligned chunks of kV
+// values (strip-aligned, within kReach of the strip) the columns fall in, one load each.
+template <int kCount, int kReach, int kV, Access kAccess, bool kStreaming, typename scalar_t, typename out_t>
+DDET_HOST_DEVICE void load_columns(const scalar_t* row, int64_t w0, int first, int64_t W, out_t (&out)[kCount]) {
+  if constexpr (kAccess == Access::kVector) {
+    constexpr int kChunks = (kReach + kV - 1) / kV;
+    DDET_UNROLL
+    for (int q = -kChunks; q <= kChunks; ++q) {
+      if (q * kV >= first + kCount || (q + 1) * kV <= first) continue;
+      alignas(16) scalar_t chunk[kV];
+      const int64_t col = w0 + q * kV;
+      if (col >= 0 && col < W) {
+        load_vector<kV, kStreaming>(row + col, chunk);
+      } else {
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) chunk[v] = scalar_t(0);
+      }
+      DDET_UNROLL
+      for (int v = 0; v < kV; ++v) {
+        const int u = q * kV + v - first;
+        if (u >= 0 && u < kCount) out[u] = static_cast<out_t>(chunk[v]);
+      }
+    }
+  } else {
+    DDET_UNROLL
+    for (int u = 0; u < kCount; ++u) {
+      out[u] = load_col<kAccess == Access::kChecked, scalar_t, out_t>(row, w0 + first + u, W);
+    }
+  }
+}
+
+// The taps of one kernel row i of size kS at dilation 1, for a strip at (h, w0) and `count`
+// channels: the row's kS weight strips are loaded once into registers, then each channel's
+// source segment [w0 - kR, w0 + kV + kR) of the row, once for the row's kS taps. weights: the
+// size's block of this image and group (tap t's plane at t * hw); src: channel c_begin's plane
+// of x (forward) or grad_y (grad_x).
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+                                     int i, int64_t row, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
   constexpr int kR = kS / 2;
   constexpr int kSpan = kV + kS - 1;
   const int64_t hw = plane(geo);
+  acc_t wt[kS][kV];
+  DDET_UNROLL
+  for (int j = 0; j < kS; ++j) {
+    const scalar_t* plane_ij = weights + (i * kS + j) * hw;
+    if (kGather) {  // the weight of the neighbour the tap came from: shifted by the tap's offset
+      load_columns<kV, kR, kV, kAccess, false>(plane_ij + row * geo.W, w0, kR - j, geo.W, wt[j]);
+    } else {
+      load_columns<kV, kR, kV, kAccess, true>(plane_ij + h * geo.W, w0, 0, geo.W, wt[j]);
+    }
+  }
+  DDET_UNROLL
+  for (int c = 0; c < kC; ++c) {
+    if (c >= count) break;
+    acc_t span[kSpan];
+    load_columns<kSpan, kR, kV, kAccess, false>(src + c * hw + row * geo.W, w0, -kR, geo.W, span);
+    DDET_UNROLL
+    for (int j = 0; j < kS; ++j) {
+      DDET_UNROLL
+      for (int v = 0; v < kV; ++v) {
+        acc[c][v] += wt[j][v] * span[kGather ? v + kS - 1 - j : v + j];
+      }
+    }
+  }
+}
+
+// The taps of one size kS at dilation 1, kernel row by kernel row (rows outside the image add
+// nothing); the rows stay a rolled loop, so a thread's registers hold one row at a time.
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+                                       int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
+  constexpr int kR = kS / 2;
   DDET_ROLLED
   for (int i = 0; i < kS; ++i) {
     const int64_t row = kGather ? h - (i - kR) : h + (i - kR);
-    if (kChecked && (row < 0 || row >= geo.H)) continue;
-    DDET_UNROLL
-    for (int c = 0; c < kC; ++c) {
-      if (c >= count) break;
-      acc_t span[kSpan];
-      const scalar_t* src_row = src + c * hw + row * geo.W;
-      DDET_UNROLL
-      for (int u = 0; u < kSpan; ++u) span[u] = load_col<kChecked, scalar_t, acc_t>(src_row, w0 - kR + u, geo.W);
-      DDET_UNROLL
-      for (int j = 0; j < kS; ++j) {
-        acc_t wt[kV];
-        const scalar_t* plane_ij = weights + (i * kS + j) * hw;
-        if (kGather) {  // the weight of the neighbour the tap came from: shifted, so scalar
-          DDET_UNROLL
-          for (int v = 0; v < kV; ++v) {
-            wt[v] = load_col<kChecked, scalar_t, acc_t>(plane_ij + row * geo.W, w0 + v - (j - kR), geo.W);
-          }
-        } else if (kChecked) {
-          DDET_UNROLL
-          for (int v = 0; v < kV; ++v) wt[v] = load_col<true, scalar_t, acc_t>(plane_ij + h * geo.W, w0 + v, geo.W);
-        } else {
-          load_strip<kV>(plane_ij + h * geo.W + w0, vector, wt);
-        }
-        DDET_UNROLL
-        for (int v = 0; v < kV; ++v) acc[c][v] += wt[v] * span[kGather ? v + kS - 1 - j : v + j];
-      }
-    }
+    if (kAccess != Access::kUnchecked && (row < 0 || row >= geo.H)) continue;
+    strip_row_taps<kS, kAccess, kGather>(geo, weights, src, count, i, row, h, w0, acc);
   }
 }
 
@@ -221,15 +275,20 @@ DDET_HOST_DEVICE bool strip_inside(const Geometry& geo, int64_t r, int64_t h, in
   return h - r >= 0 && h + r < geo.H && w0 - r >= 0 && w0 + width - 1 + r < geo.W;
 }
 
+// Vector strips read every row the same way, whole chunks inside or outside it, so the threads of
+// a warp at a border follow the same instructions as those inside; scalar strips inside the image
+// skip the bounds checks.
 template <int kS, bool kGather, int kC, int kV, typename scalar_t, typename acc_t, typename Trace>
 DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
                                       int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV], Trace& trace) {
   const bool inside = strip_inside(geo, kS / 2, h, w0, kV);
-  trace(kGather ? Pass::kGradX : Pass::kForward, kS, inside, inside && vector && !kGather);
-  if (inside) {
-    strip_taps_fixed<kS, false, kGather>(geo, weights, src, count, h, w0, vector, acc);
+  trace(kGather ? Pass::kGradX : Pass::kForward, kS, inside, vector);
+  if (vector) {
+    strip_taps_fixed<kS, Access::kVector, kGather>(geo, weights, src, count, h, w0, acc);
+  } else if (inside) {
+    strip_taps_fixed<kS, Access::kUnchecked, kGather>(geo, weights, src, count, h, w0, acc);
   } else {
-    strip_taps_fixed<kS, true, kGather>(geo, weights, src, count, h, w0, vector, acc);
+    strip_taps_fixed<kS, Access::kChecked, kGather>(geo, weights, src, count, h, w0, acc);
   }
 }
 
@@ -240,9 +299,9 @@ template <bool kGather, typename scalar_t, typename acc_t, typename Trace>
 DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
                                    const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t index,
                                    bool vector, Trace& trace) {
-  constexpr int kV = strip_width<scalar_t, kGather>();
-  constexpr int kC = strip_channels<scalar_t, kGather>();
-  const int64_t strips = strips_per_row(geo, kV), blocks = strip_channel_blocks<scalar_t, kGather>(geo);
+  constexpr int kV = strip_width<scalar_t>();
+  constexpr int kC = strip_channels<scalar_t>();
+  const int64_t strips = strips_per_row(geo, kV), blocks = strip_channel_blocks<scalar_t>(geo);
   const int64_t hw = plane(geo);
   const int64_t w0 = index % strips * kV;
   index /= strips;
@@ -284,7 +343,7 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const s
 // The kernel-gradient strip of one kernel row of size kS at dilation 1: for each tap j of the
 // row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR]. gy: channel 0 of
 // the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane at (h, w0).
-template <int kS, bool kChecked, int kV, typename scalar_t, typename acc_t>
+template <int kS, Access kAccess, int kV, typename scalar_t, typename acc_t>
 DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
                                             int64_t row, int64_t w0, int valid, bool vector) {
   constexpr int kR = kS / 2;
@@ -295,14 +354,19 @@ DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t*
     DDET_UNROLL
     for (int v = 0; v < kV; ++v) acc[j][v] = acc_t(0);
   }
-  if (!kChecked || (row >= 0 && row < geo.H)) {
+  if (kAccess == Access::kUnchecked || (row >= 0 && row < geo.H)) {
     for (int64_t c = 0; c < geo.channels_per_group; ++c) {
       acc_t g[kV], span[kV + kS - 1];
-      DDET_UNROLL
-      for (int v = 0; v < kV; ++v) g[v] = kChecked && v >= valid ? acc_t(0) : static_cast<acc_t>(gy[c * hw + v]);
-      const scalar_t* x_row = x + c * hw + row * geo.W;
-      DDET_UNROLL
-      for (int u = 0; u < kV + kS - 1; ++u) span[u] = load_col<kChecked, scalar_t, acc_t>(x_row, w0 - kR + u, geo.W);
+      if constexpr (kAccess == Access::kVector) {
+        scalar_t raw[kV];
+        load_vector<kV, false>(gy + c * hw, raw);
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) g[v] = static_cast<acc_t>(raw[v]);
+      } else {
+        DDET_UNROLL
+        for (int v = 0; v < kV; ++v) g[v] = v < valid ? static_cast<acc_t>(gy[c * hw + v]) : acc_t(0);
+      }
+      load_columns<kV + kS - 1, kR, kV, kAccess, false>(x + c * hw + row * geo.W, w0, -kR, geo.W, span);
       DDET_UNROLL
       for (int j = 0; j < kS; ++j) {
         DDET_UNROLL
@@ -345,11 +409,13 @@ DDET_HOST_DEVICE void grad_kernel_row_size(const Geometry& geo, const scalar_t* 
                                            int64_t h, int64_t row, int64_t w0, int valid, bool vector,
                                            Trace& trace) {
   const bool inside = strip_inside(geo, kS / 2, h, w0, kV) && row >= 0 && row < geo.H;
-  trace(Pass::kGradK, kS, inside, inside && vector);
-  if (inside) {
-    grad_kernel_row_fixed<kS, false, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+  trace(Pass::kGradK, kS, inside, vector);
+  if (vector) {
+    grad_kernel_row_fixed<kS, Access::kVector, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+  } else if (inside) {
+    grad_kernel_row_fixed<kS, Access::kUnchecked, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
   } else {
-    grad_kernel_row_fixed<kS, true, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kChecked, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
   }
 }
 

@@ -145,6 +145,19 @@ def test_v2_strip_code_matches_reference_on_every_path(dtype):
     assert seen <= everything
 
 
+def test_v2_strips_of_a_misaligned_tensor_take_the_scalar_paths():
+    """A contiguous view one element past an aligned address cannot be read as 16-byte vectors: the
+    strips must notice and still match the reference."""
+    n, c, h, w, sizes = 1, 3, 9, 16, (3, 5)
+    x, kernels = make_inputs(n, c, h, w, sizes, 1)
+    shifted = torch.empty(x.numel() + 1, dtype=x.dtype)[1:].view_as(x).copy_(x)
+    y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(shifted, kernels, list(sizes), 1, 1)
+    _, aligned_paths = torch.ops.ddet_ops_testing.strip_forward(x, kernels, list(sizes), 1, 1)
+    assert not any(path.endswith("vector") for path in forward_paths)
+    assert any(path.endswith("vector") for path in aligned_paths)
+    torch.testing.assert_close(y, reference.multi_dynconv(x, kernels, sizes=sizes))
+
+
 @pytest.mark.parametrize("need", [(True, False), (False, True)], ids=["grad_x", "grad_k"])
 def test_v2_backward_halves_run_alone(need):
     x, kernels = make_inputs(1, 3, 9, 16, (3, 5), 1)

@@ -10,7 +10,7 @@ void grad_kernels_v2(const Problem& p, const at::Tensor& grad_y, std::vector<at:
     v2::grad_kernel_strips<scalar_t><<<blocks_for(threads, v2::kThreadsPerBlock), v2::kThreadsPerBlock, 0,
                                        at::cuda::getCurrentCUDAStream()>>>(
         p.geo, bank, p.x.const_data_ptr<scalar_t>(), grad_y.const_data_ptr<scalar_t>(), threads,
-        strips_can_use_vectors<scalar_t>(p.geo, bank));
+        strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), grad_y.const_data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -56,10 +56,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
 template <bool kGather, typename scalar_t>
 void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
   const auto bank = make_bank<const scalar_t>(p, p.kernels);
-  const int64_t threads = gather_strip_threads<scalar_t, kGather>(p.geo);
+  const int64_t threads = gather_strip_threads<scalar_t>(p.geo);
   gather_strips<kGather, scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
                                      at::cuda::getCurrentCUDAStream()>>>(
-      p.geo, bank, src, out, threads, strips_can_use_vectors<scalar_t>(p.geo, bank));
+      p.geo, bank, src, out, threads, strips_can_use_vectors<scalar_t>(p.geo, bank, src, out));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -73,9 +73,12 @@ std::vector<std::string> strip_paths() {
   for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK}) {
     all(pass, 0, false, false);
     for (int size : kSpecialisedSizes) {
-      all(pass, size, false, false);
-      all(pass, size, true, false);
-      if (pass != Pass::kGradX) all(pass, size, true, true);  // grad_x reads shifted weights
+      for (bool inside : {false, true}) {
+        for (bool vector : {false, true}) {
+          // A vector strip is whole and a size-1 window never leaves the image.
+          if (inside || !vector || size > 1) all(pass, size, inside, vector);
+        }
+      }
     }
   }
   return all.names();
@@ -84,8 +87,8 @@ std::vector<std::string> strip_paths() {
 template <bool kGather, typename scalar_t>
 void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
   const auto bank = make_bank<const scalar_t>(p, p.kernels);
-  const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank);
-  const int64_t threads = gather_strip_threads<scalar_t, kGather>(p.geo);
+  const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
+  const int64_t threads = gather_strip_threads<scalar_t>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
     gather_strip<kGather, scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
   }
@@ -115,7 +118,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<std::string>> strip_
     }
     if (!need_kernels) return;
     const auto bank = make_bank<scalar_t>(p, b.grad_kernels);
-    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank);
+    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), b.grad_y.const_data_ptr());
     const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
       grad_kernel_strip<scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
