@@ -48,10 +48,11 @@ constexpr int strip_width() {
   return sizeof(scalar_t) == 8 ? 2 : 4;
 }
 
-// Channels whose sums one forward / grad_x thread keeps, each weight loaded once for all of them.
+// Channels whose sums one forward / grad_x thread keeps, each weight loaded once for all of them:
+// 4 float, 3 (RGB) half types, whose conversions need registers of their own, 2 double.
 template <typename scalar_t>
 constexpr int strip_channels() {
-  return sizeof(scalar_t) == 8 ? 2 : 4;
+  return sizeof(scalar_t) == 8 ? 2 : sizeof(scalar_t) == 4 ? 4 : 3;
 }
 
 // The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]".
@@ -70,15 +71,46 @@ DDET_HOST_DEVICE int64_t strip_channel_blocks(const Geometry& geo) {
   return (geo.channels_per_group + kC - 1) / kC;
 }
 
-// Forward / grad_x threads: one per (n, group, h, block of channels, strip), the strip fastest
-// and then the channel block, so the blocks of one row re-read its weights from cache.
-template <typename scalar_t>
-DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
-  return geo.N * geo.groups * geo.H * strip_channel_blocks<scalar_t>(geo) *
-         strips_per_row(geo, strip_width<scalar_t>());
+// Threads are numbered in bands of up to kBandStrips strips of a row: the strip within its band
+// fastest, then the pass's inner index (which runs over rows h), then the band, then the image
+// and group. A block of 256 threads so covers one band over several rows, and the source rows
+// its kernel windows share are read from L1 rather than once per row from L2. The last band of a
+// row may be padded with strips past its end, whose threads do nothing.
+constexpr int64_t kBandStrips = 32;
+
+DDET_HOST_DEVICE int64_t band_strips(int64_t strips) { return strips < kBandStrips ? strips : kBandStrips; }
+
+DDET_HOST_DEVICE int64_t banded_threads(const Geometry& geo, int width, int64_t inner_count) {
+  const int64_t strips = strips_per_row(geo, width), band = band_strips(strips);
+  return geo.N * geo.groups * ((strips + band - 1) / band) * inner_count * band;
 }
 
-// grad_K threads: one per (n, group, kernel row of any size, h, strip).
+// A thread's place: its strip's first column (-1 for a padding strip), its inner index and its
+// image and group as n * groups + group.
+struct BandedIndex {
+  int64_t w0, inner, image_group;
+};
+
+DDET_HOST_DEVICE BandedIndex split_banded(const Geometry& geo, int width, int64_t inner_count, int64_t index) {
+  const int64_t strips = strips_per_row(geo, width), band = band_strips(strips);
+  const int64_t bands = (strips + band - 1) / band;
+  const int64_t in_band = index % band;
+  index /= band;
+  const int64_t inner = index % inner_count;
+  index /= inner_count;
+  const int64_t strip = index % bands * band + in_band;
+  return {strip < strips ? strip * width : -1, inner, index / bands};
+}
+
+// Forward / grad_x threads: one per (n, group, band, h, block of channels, strip in band), the
+// channel block inside h, so the blocks of one row re-read its weights from cache.
+template <typename scalar_t>
+DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
+  return banded_threads(geo, strip_width<scalar_t>(), geo.H * strip_channel_blocks<scalar_t>(geo));
+}
+
+// grad_K threads: one per (n, group, band, h, kernel row of any size, strip in band), the kernel
+// rows inside h, so the rows of one pixel share its grad_y and their source rows in L1.
 DDET_HOST_DEVICE int64_t kernel_rows(const Geometry& geo) {
   int64_t rows = 0;
   for (int k = 0; k < geo.num_sizes; ++k) rows += geo.size[k];
@@ -87,7 +119,7 @@ DDET_HOST_DEVICE int64_t kernel_rows(const Geometry& geo) {
 
 template <typename scalar_t>
 DDET_HOST_DEVICE int64_t grad_kernel_strip_threads(const Geometry& geo) {
-  return geo.N * geo.groups * kernel_rows(geo) * geo.H * strips_per_row(geo, strip_width<scalar_t>());
+  return banded_threads(geo, strip_width<scalar_t>(), geo.H * kernel_rows(geo));
 }
 
 // Whether every strip can move its values as aligned 8- or 16-byte vectors: W a multiple of the
@@ -301,15 +333,11 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const s
                                    bool vector, Trace& trace) {
   constexpr int kV = strip_width<scalar_t>();
   constexpr int kC = strip_channels<scalar_t>();
-  const int64_t strips = strips_per_row(geo, kV), blocks = strip_channel_blocks<scalar_t>(geo);
-  const int64_t hw = plane(geo);
-  const int64_t w0 = index % strips * kV;
-  index /= strips;
-  const int64_t first = index % blocks * kC;
-  index /= blocks;
-  const int64_t h = index % geo.H;
-  index /= geo.H;
-  const int64_t group = index % geo.groups, n = index / geo.groups;
+  const int64_t blocks = strip_channel_blocks<scalar_t>(geo), hw = plane(geo);
+  const BandedIndex at = split_banded(geo, kV, geo.H * blocks, index);
+  if (at.w0 < 0) return;
+  const int64_t w0 = at.w0, first = at.inner % blocks * kC, h = at.inner / blocks;
+  const int64_t group = at.image_group % geo.groups, n = at.image_group / geo.groups;
   const int count = static_cast<int>(geo.channels_per_group - first < kC ? geo.channels_per_group - first : kC);
   const int64_t c_begin = group * geo.channels_per_group + first;
   const scalar_t* src_c = src + (n * geo.C + c_begin) * hw;
@@ -340,13 +368,39 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const s
   }
 }
 
+// Channel c's grad_y strip at (h, w0) (gy points at channel 0's) and its source segment
+// [w0 - kR, w0 + kV + kR) of x's row `row`, for the kernel gradients; zeros for a channel past
+// the group's last.
+template <int kS, Access kAccess, int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void grad_kernel_channel(const Geometry& geo, const scalar_t* gy, const scalar_t* x, int64_t c,
+                                          int64_t row, int64_t w0, int valid, acc_t (&g)[kV],
+                                          acc_t (&span)[kV + kS - 1]) {
+  const int64_t hw = plane(geo);
+  if (c >= geo.channels_per_group) {  // past the group's last channel: adds nothing
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) g[v] = acc_t(0);
+    DDET_UNROLL
+    for (int u = 0; u < kV + kS - 1; ++u) span[u] = acc_t(0);
+    return;
+  }
+  if constexpr (kAccess == Access::kVector) {
+    scalar_t raw[kV];
+    load_vector<kV, false>(gy + c * hw, raw);
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) g[v] = static_cast<acc_t>(raw[v]);
+  } else {
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) g[v] = v < valid ? static_cast<acc_t>(gy[c * hw + v]) : acc_t(0);
+  }
+  load_columns<kV + kS - 1, kS / 2, kV, kAccess, false>(x + c * hw + row * geo.W, w0, -(kS / 2), geo.W, span);
+}
+
 // The kernel-gradient strip of one kernel row of size kS at dilation 1: for each tap j of the
 // row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR]. gy: channel 0 of
 // the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane at (h, w0).
 template <int kS, Access kAccess, int kV, typename scalar_t, typename acc_t>
 DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
                                             int64_t row, int64_t w0, int valid, bool vector) {
-  constexpr int kR = kS / 2;
   const int64_t hw = plane(geo);
   acc_t acc[kS][kV];
   DDET_UNROLL
@@ -355,22 +409,21 @@ DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t*
     for (int v = 0; v < kV; ++v) acc[j][v] = acc_t(0);
   }
   if (kAccess == Access::kUnchecked || (row >= 0 && row < geo.H)) {
-    for (int64_t c = 0; c < geo.channels_per_group; ++c) {
-      acc_t g[kV], span[kV + kS - 1];
-      if constexpr (kAccess == Access::kVector) {
-        scalar_t raw[kV];
-        load_vector<kV, false>(gy + c * hw, raw);
-        DDET_UNROLL
-        for (int v = 0; v < kV; ++v) g[v] = static_cast<acc_t>(raw[v]);
-      } else {
-        DDET_UNROLL
-        for (int v = 0; v < kV; ++v) g[v] = v < valid ? static_cast<acc_t>(gy[c * hw + v]) : acc_t(0);
-      }
-      load_columns<kV + kS - 1, kR, kV, kAccess, false>(x + c * hw + row * geo.W, w0, -kR, geo.W, span);
+    // Two channels at a time, so that their loads are in flight together.
+    constexpr int kCB = 2;
+    for (int64_t c0 = 0; c0 < geo.channels_per_group; c0 += kCB) {
+      acc_t g[kCB][kV], span[kCB][kV + kS - 1];
       DDET_UNROLL
-      for (int j = 0; j < kS; ++j) {
+      for (int cb = 0; cb < kCB; ++cb) {
+        grad_kernel_channel<kS, kAccess>(geo, gy, x, c0 + cb, row, w0, valid, g[cb], span[cb]);
+      }
+      DDET_UNROLL
+      for (int cb = 0; cb < kCB; ++cb) {
         DDET_UNROLL
-        for (int v = 0; v < kV; ++v) acc[j][v] += g[v] * span[v + j];
+        for (int j = 0; j < kS; ++j) {
+          DDET_UNROLL
+          for (int v = 0; v < kV; ++v) acc[j][v] += g[cb][v] * span[cb][v + j];
+        }
       }
     }
   }
@@ -425,14 +478,12 @@ DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<sc
                                         const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad_y,
                                         int64_t index, bool vector, Trace& trace) {
   constexpr int kV = strip_width<scalar_t>();
-  const int64_t strips = strips_per_row(geo, kV), rows = kernel_rows(geo), hw = plane(geo);
-  const int64_t w0 = index % strips * kV;
-  index /= strips;
-  const int64_t h = index % geo.H;
-  index /= geo.H;
-  int64_t i = index % rows;
-  index /= rows;
-  const int64_t group = index % geo.groups, n = index / geo.groups;
+  const int64_t rows = kernel_rows(geo), hw = plane(geo);
+  const BandedIndex at = split_banded(geo, kV, geo.H * rows, index);
+  if (at.w0 < 0) return;
+  const int64_t w0 = at.w0, h = at.inner / rows;
+  int64_t i = at.inner % rows;
+  const int64_t group = at.image_group % geo.groups, n = at.image_group / geo.groups;
   int k = 0;
   while (i >= geo.size[k]) i -= geo.size[k++];
   const int s = geo.size[k];

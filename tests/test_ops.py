@@ -90,11 +90,13 @@ def test_v1_device_code_path_matches_reference(case):
     torch.testing.assert_close(gk, gk_ref)
 
 
-# The v2 strip harness: rows that are and are not a multiple of every strip width (4 float, 8
+# The v2 strip harness: rows that are and are not a multiple of every strip width (4 float and
 # half, 2 double), strips inside the image and across its borders, channel blocks with tails,
-# groups, and sizes/dilations off the specialised paths.
+# groups, sizes/dilations off the specialised paths, and rows of more than one band of 32 strips
+# whose last band is padded.
 STRIP_CASES = [
     (1, 3, 11, 32, (1, 3, 5, 7), 1, 1),
+    (1, 2, 5, 140, (3, 5), 1, 1),
     (2, 5, 10, 35, (3, 7, 1, 5), 1, 1),
     (1, 4, 9, 16, (3, 5), 4, 1),
     (1, 2, 7, 13, (3, 9), 2, 2),
