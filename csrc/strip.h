@@ -325,8 +325,8 @@ DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const scalar_t* weigh
 }
 
 // One forward (kGather = false) or grad_x (kGather = true) thread: the sums of every size for a
-// strip of up to strip_channels() channels, written to out. `vector`: the weight planes allow
-// aligned 128-bit access (W a multiple of the strip width, 16-byte aligned blocks).
+// strip of up to strip_channels() channels, written to out. `vector`: every row can be read as
+// aligned vectors (strips_can_use_vectors).
 template <bool kGather, typename scalar_t, typename acc_t, typename Trace>
 DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
                                    const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t index,

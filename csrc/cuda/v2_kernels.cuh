@@ -1,6 +1,6 @@
 // The v2 CUDA kernels (the default): each thread runs the strip functions of strip.h, the code
 // the CPU harness checks against the reference, for its index; threads are numbered with the
-// strip fastest, so a warp's weight loads cover 32 neighbouring 16-byte strips of one plane.
+// strip fastest (in bands of 32), so a warp's weight loads cover 32 neighbouring strips of a plane.
 // forward and grad_x are one kernel template (a gather over the window or its inverse); the
 // kernel gradients are a second kernel, so either backward half runs alone. Indices are 64-bit.
 // Each pass is compiled in its own file (v2_*.cu), so that the build runs them in parallel.
