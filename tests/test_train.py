@@ -121,6 +121,29 @@ def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
     assert after < before * 0.8, (before, after)
 
 
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_the_objective_is_the_loss_of_the_output(loss):
+    torch.manual_seed(0)
+    model = models.create("kpn5", **TINY["kpn5"], in_channels=1)
+    lr_image, hr_image = torch.rand(2, 2, 1, 16, 16).unbind()
+    expected = {"l1": torch.nn.functional.l1_loss, "l2": torch.nn.functional.mse_loss}[loss](model(lr_image), hr_image)
+    torch.testing.assert_close(Objective(model, loss)(lr_image, hr_image), expected, rtol=0, atol=0)
+
+
+def test_the_lpkpn_objective_sums_the_loss_of_every_pyramid_level():
+    torch.manual_seed(0)
+    model = models.create("lpkpn", **TINY["lpkpn"], in_channels=1)
+    for parameter in model.parameters():  # away from the identity start, where every level is exact
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    lr_image, hr_image = torch.rand(2, 2, 1, 16, 16).unbind()
+    _, levels = model.forward_levels(lr_image)
+    targets = model.pyramid(hr_image)
+    expected = sum((level - target).abs().mean() for level, target in zip(levels, targets, strict=True))
+    assert len(levels) == 3
+    assert not torch.allclose(expected, (model(lr_image) - hr_image).abs().mean())
+    torch.testing.assert_close(Objective(model, "l1")(lr_image, hr_image), expected)
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp_path, amp):
     config = _config(

@@ -4,7 +4,7 @@ the same-size image-to-image base class and the initialisations that start a mod
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,8 @@ class SameSizeNet(nn.Module):
     """Base of every model: (N, C, H, W) in, same shape out, for any H and W.
 
     Subclasses set ``in_channels`` and ``multiple`` (the factor H and W must divide by inside the
-    network) and implement :meth:`restore` on the padded image.
+    network) and implement :meth:`restore` on the padded image; one trained with a loss on more than
+    its output overrides :meth:`loss_pairs`.
     """
 
     in_channels: int
@@ -132,6 +133,11 @@ class SameSizeNet(nn.Module):
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (prediction, target) pairs the training loss compares, summed over the pairs: here the
+        output for ``x`` and ``target``; a model trained on intermediate results too returns those."""
+        return [(self(x), target)]
 
 
 def check_ints(config, fields: Sequence[str], *, minimum: int) -> None:

@@ -16,7 +16,8 @@ zeros, which darkens the edges of every level); analysis followed by synthesis i
 Size: 1.43 M parameters = 5.72 MB at C = 1 (Table III: 5.7 MB).
 
 Multi-level loss. The released training network puts one Euclidean loss on every level, between the
-filtered band and the same band of the HR image::
+filtered band and the same band of the HR image; ``model.loss_pairs(lr, hr)`` gives those pairs to
+the trainer::
 
     output, levels = model.forward_levels(lr)
     targets = model.pyramid(hr)
@@ -166,6 +167,11 @@ class LPKPN(SameSizeNet):
         in the same padded frame and crop as :meth:`forward_levels`."""
         padded, h, w = self._padded(hr)
         return self._crop_levels(laplacian_pyramid(padded), h, w)
+
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Every filtered band beside the same band of ``target``: the multi-level loss."""
+        _, levels = self.forward_levels(x)
+        return list(zip(levels, self.pyramid(target)))
 
 
 MODELS = {
