@@ -76,7 +76,7 @@ def command_train(args):
 
 def command_eval(args):
     from ddet import metrics
-    from ddet.data import REALSR_CAMERAS, WholeImages, make_sources, paired_folder, realsr
+    from ddet.data import REALSR_CAMERAS, WholeImages, validation_source
     from ddet.device import pick_device
     from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
@@ -88,18 +88,14 @@ def command_eval(args):
     settings = choose_precision(args.precision, device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
     prepare_model(model)
-    if args.data == "synthetic":
-        source = make_sources("synthetic", scale, val_root=args.data_root)[1]
-    elif args.data == "realsr":
-        source = realsr(
-            _required(args.data_root, "--data-root"),
-            scale,
-            args.split,
-            tuple(args.cameras or REALSR_CAMERAS),
-            args.realsr_version,
-        )
-    else:
-        source = paired_folder(_required(args.data_root, "--data-root"))
+    source = validation_source(
+        args.data,
+        scale,
+        args.data_root,
+        realsr_version=args.realsr_version,
+        cameras=tuple(args.cameras or REALSR_CAMERAS),
+        split=args.split,
+    )
     if args.json:
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
@@ -157,12 +153,6 @@ def _finite_or_null(value):
         return {key: _finite_or_null(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_finite_or_null(item) for item in value]
-    return value
-
-
-def _required(value, flag):
-    if not value:
-        raise ValueError(f"{flag} is required for this data kind")
     return value
 
 

@@ -482,9 +482,9 @@ def _train(config, env, resume, force):
         config.scale,
         config.data_root or None,
         config.val_root or None,
-        config.realsr_version,
-        tuple(config.cameras),
-        config.decode_cache or None,
+        realsr_version=config.realsr_version,
+        cameras=tuple(config.cameras),
+        decode_cache=config.decode_cache or None,
     )
     patches = TrainingPatches(
         train_source,

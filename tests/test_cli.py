@@ -178,12 +178,12 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     if not bundled_path("ddet", scale).is_file():
         pytest.skip(f"bundled ×{scale} weights not trained yet")
     from ddet import metrics, upscale
-    from ddet.data import WholeImages, make_sources
+    from ddet.data import WholeImages, validation_source
     from ddet.inference import evaluate_images, resolve_model
 
     model, model_scale, channels, name = resolve_model(scale=scale)
     assert (model_scale, channels, name) == (scale, "y", "ddet")
-    rows = evaluate_images(model, WholeImages(make_sources("synthetic", scale)[1], "y"))
+    rows = evaluate_images(model, WholeImages(validation_source("synthetic", scale), "y"))
     ours = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
@@ -199,6 +199,22 @@ def photo_folder(tmp_path):
             folder / f"p{index}.png"
         )
     return folder
+
+
+def test_eval_on_synthetic_pairs_of_a_photo_folder_builds_no_training_data(
+    tmp_path, photo_folder, weights, monkeypatch
+):
+    import ddet.data
+
+    def refuse(*args, **kwargs):
+        pytest.fail("eval built training data")
+
+    monkeypatch.setattr(ddet.data, "training_source", refuse)
+    monkeypatch.setattr(ddet.data, "skimage_photos", refuse)
+    report = tmp_path / "report.json"
+    args = ["eval", "--weights", str(weights), "--data-root", str(photo_folder), "--json", str(report)]
+    assert main(args) == 0
+    assert [row["name"] for row in json.loads(report.read_text())["images"]] == ["p0", "p1", "p2"]
 
 
 def test_upscale_a_folder_skips_existing_outputs_and_sums_up(tmp_path, photo_folder, weights, capsys):
@@ -285,6 +301,7 @@ def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
         (["--border", "-5"], "--border must be at least 0"),
         (["--patch", "3"], "--patch must be at least 11"),
         (["--json", "."], ". is a folder"),
+        (["--data", "realsr"], "needs the RealSR folder (--data-root)"),
     ],
 )
 def test_eval_refuses_bad_flags_before_any_work(weights, capsys, monkeypatch, flags, message):

@@ -23,6 +23,8 @@ from ddet.data import (
     sources,
     to_channels,
     training_loader,
+    training_source,
+    validation_source,
     write_image,
 )
 from ddet.data.degrade import _misalign
@@ -157,6 +159,57 @@ def test_skimage_split_is_disjoint_and_loads():
     lr, hr = validation.pair(0)
     assert np.array_equal(lr, validation.pair(0)[0])  # validation pairs are fixed
     assert hr.shape[0] % 4 == 0 and hr.shape[1] % 4 == 0 and lr.shape == hr.shape
+
+
+def _realsr_tree(root, rng, splits=("Train", "Test")):
+    for split in splits:
+        for camera, count in (("Canon", 1), ("Nikon", 2)):
+            for number in range(count):
+                _save_rgb(root / camera / split / "2" / f"{camera}_{split}{number}_HR.png", _random_uint8(rng, 8, 8))
+                _save_rgb(root / camera / split / "2" / f"{camera}_{split}{number}_LR2.png", _random_uint8(rng, 8, 8))
+
+
+def test_a_run_trains_and_validates_on_the_sources_of_their_own_functions(tmp_path):
+    rng = np.random.default_rng(8)
+    for split in ("train", "val"):
+        for index in range(2):
+            _save_rgb(tmp_path / "photos" / split / f"{split}{index}.png", _random_uint8(rng, 12, 10))
+    train, validation = make_sources("synthetic", 2, tmp_path / "photos" / "train", tmp_path / "photos" / "val")
+    assert train.names == training_source("synthetic", 2, tmp_path / "photos" / "train").names == ["train0", "train1"]
+    alone = validation_source("synthetic", 2, tmp_path / "photos" / "val")
+    assert validation.names == alone.names == ["val0", "val1"]
+    assert all(np.array_equal(a, b) for a, b in zip(validation.pair(1), alone.pair(1), strict=True))
+    _realsr_tree(tmp_path / "realsr", rng)
+    train, validation = make_sources("realsr", 2, tmp_path / "realsr", cameras=("Nikon",))
+    assert train.names == ["Nikon_Train0_HR", "Nikon_Train1_HR"]
+    assert validation.names == ["Nikon_Test0_HR", "Nikon_Test1_HR"]
+    assert validation_source("realsr", 2, tmp_path / "realsr", split="Train").names == [
+        "Canon_Train0_HR",
+        "Nikon_Train0_HR",
+        "Nikon_Train1_HR",
+    ]
+    _save_rgb(tmp_path / "pairs" / "hr" / "a.png", _random_uint8(rng, 8, 8))
+    _save_rgb(tmp_path / "pairs" / "lr" / "a.png", _random_uint8(rng, 8, 8))
+    assert make_sources("folder", 2, tmp_path / "pairs")[1] is None
+    assert make_sources("folder", 2, tmp_path / "pairs", tmp_path / "pairs")[1].names == ["a"]
+
+
+def test_validation_data_is_built_without_the_training_data(tmp_path, monkeypatch):
+    _realsr_tree(tmp_path, np.random.default_rng(9), splits=("Test",))  # no Train split at all
+    assert len(validation_source("realsr", 2, tmp_path)) == 3
+    asked = []
+    monkeypatch.setattr("ddet.data.skimage_photos", lambda names: asked.append(names) or {"one": np.ones((4, 4, 3))})
+    assert validation_source("synthetic", 2).names == ["one"]
+    assert asked == [SKIMAGE_VALIDATION_PHOTOS]
+
+
+@pytest.mark.parametrize(
+    "kind, message", [("realsr", "the RealSR folder"), ("folder", "hr/ and lr/"), ("jpeg", "kind")]
+)
+def test_data_without_its_folder_or_of_an_unknown_kind_is_refused_by_name(kind, message):
+    for make in (training_source, validation_source, make_sources):
+        with pytest.raises(ValueError, match=message):
+            make(kind, 2)
 
 
 def test_training_patches_are_a_function_of_seed_and_sample(photos):
