@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet import models  # noqa: E402
-from ddet.data import SKIMAGE_VALIDATION_PHOTOS, skimage_photos, validation_source, write_image  # noqa: E402
+from ddet.data import SKIMAGE_VALIDATION_PHOTOS, DataSpec, skimage_photos, write_image  # noqa: E402
 from ddet.inference import bf16_matrix_units  # noqa: E402
 from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
 
@@ -397,7 +397,7 @@ def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> Dict[str,
         "machine": machine(device),
         "scale": scale,
         "budget": dataclasses.asdict(budget),
-        "validation_images": len(validation_source("synthetic", scale, validation_folder(budget, runs) or None)),
+        "validation_images": len(DataSpec("synthetic", scale).validation(validation_folder(budget, runs) or None)),
         "scores": scores,
         "claims": claim_rows(scores, scale),
         "wall_seconds": time.perf_counter() - started,

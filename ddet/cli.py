@@ -76,7 +76,7 @@ def command_train(args):
 
 def command_eval(args):
     from ddet import metrics
-    from ddet.data import REALSR_CAMERAS, WholeImages, validation_source
+    from ddet.data import REALSR_CAMERAS, DataSpec, WholeImages
     from ddet.device import pick_device
     from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
@@ -88,14 +88,8 @@ def command_eval(args):
     settings = choose_precision(args.precision, device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
     prepare_model(model)
-    source = validation_source(
-        args.data,
-        scale,
-        args.data_root,
-        realsr_version=args.realsr_version,
-        cameras=tuple(args.cameras or REALSR_CAMERAS),
-        split=args.split,
-    )
+    cameras = tuple(args.cameras or REALSR_CAMERAS)
+    source = DataSpec(args.data, scale, args.realsr_version, cameras).validation(args.data_root, args.split)
     if args.json:
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch

@@ -178,12 +178,12 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     if not bundled_path("ddet", scale).is_file():
         pytest.skip(f"bundled ×{scale} weights not trained yet")
     from ddet import metrics, upscale
-    from ddet.data import WholeImages, validation_source
+    from ddet.data import DataSpec, WholeImages
     from ddet.inference import evaluate_images, resolve_model
 
     model, model_scale, channels, name = resolve_model(scale=scale)
     assert (model_scale, channels, name) == (scale, "y", "ddet")
-    rows = evaluate_images(model, WholeImages(validation_source("synthetic", scale), "y"))
+    rows = evaluate_images(model, WholeImages(DataSpec("synthetic", scale).validation(), "y"))
     ours = metrics.summarize(rows)
     bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
@@ -209,7 +209,7 @@ def test_eval_on_synthetic_pairs_of_a_photo_folder_builds_no_training_data(
     def refuse(*args, **kwargs):
         pytest.fail("eval built training data")
 
-    monkeypatch.setattr(ddet.data, "training_source", refuse)
+    monkeypatch.setattr(ddet.data.DataSpec, "training", refuse)
     monkeypatch.setattr(ddet.data, "skimage_photos", refuse)
     report = tmp_path / "report.json"
     args = ["eval", "--weights", str(weights), "--data-root", str(photo_folder), "--json", str(report)]

@@ -10,6 +10,7 @@ from PIL import Image
 from ddet.data import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
+    DataSpec,
     DecodedCache,
     Degradation,
     SyntheticPairs,
@@ -23,8 +24,6 @@ from ddet.data import (
     sources,
     to_channels,
     training_loader,
-    training_source,
-    validation_source,
     write_image,
 )
 from ddet.data.degrade import _misalign
@@ -169,21 +168,21 @@ def _realsr_tree(root, rng, splits=("Train", "Test")):
                 _save_rgb(root / camera / split / "2" / f"{camera}_{split}{number}_LR2.png", _random_uint8(rng, 8, 8))
 
 
-def test_a_run_trains_and_validates_on_the_sources_of_their_own_functions(tmp_path):
+def test_a_run_trains_and_validates_on_the_pairs_its_data_spec_gives(tmp_path):
     rng = np.random.default_rng(8)
     for split in ("train", "val"):
         for index in range(2):
             _save_rgb(tmp_path / "photos" / split / f"{split}{index}.png", _random_uint8(rng, 12, 10))
     train, validation = make_sources("synthetic", 2, tmp_path / "photos" / "train", tmp_path / "photos" / "val")
-    assert train.names == training_source("synthetic", 2, tmp_path / "photos" / "train").names == ["train0", "train1"]
-    alone = validation_source("synthetic", 2, tmp_path / "photos" / "val")
+    assert train.names == DataSpec("synthetic", 2).training(tmp_path / "photos" / "train").names == ["train0", "train1"]
+    alone = DataSpec("synthetic", 2).validation(tmp_path / "photos" / "val")
     assert validation.names == alone.names == ["val0", "val1"]
     assert all(np.array_equal(a, b) for a, b in zip(validation.pair(1), alone.pair(1), strict=True))
     _realsr_tree(tmp_path / "realsr", rng)
     train, validation = make_sources("realsr", 2, tmp_path / "realsr", cameras=("Nikon",))
     assert train.names == ["Nikon_Train0_HR", "Nikon_Train1_HR"]
     assert validation.names == ["Nikon_Test0_HR", "Nikon_Test1_HR"]
-    assert validation_source("realsr", 2, tmp_path / "realsr", split="Train").names == [
+    assert DataSpec("realsr", 2).validation(tmp_path / "realsr", split="Train").names == [
         "Canon_Train0_HR",
         "Nikon_Train0_HR",
         "Nikon_Train1_HR",
@@ -196,20 +195,23 @@ def test_a_run_trains_and_validates_on_the_sources_of_their_own_functions(tmp_pa
 
 def test_validation_data_is_built_without_the_training_data(tmp_path, monkeypatch):
     _realsr_tree(tmp_path, np.random.default_rng(9), splits=("Test",))  # no Train split at all
-    assert len(validation_source("realsr", 2, tmp_path)) == 3
+    assert len(DataSpec("realsr", 2).validation(tmp_path)) == 3
     asked = []
     monkeypatch.setattr("ddet.data.skimage_photos", lambda names: asked.append(names) or {"one": np.ones((4, 4, 3))})
-    assert validation_source("synthetic", 2).names == ["one"]
+    assert DataSpec("synthetic", 2).validation().names == ["one"]
     assert asked == [SKIMAGE_VALIDATION_PHOTOS]
 
 
-@pytest.mark.parametrize(
-    "kind, message", [("realsr", "the RealSR folder"), ("folder", "hr/ and lr/"), ("jpeg", "kind")]
-)
-def test_data_without_its_folder_or_of_an_unknown_kind_is_refused_by_name(kind, message):
-    for make in (training_source, validation_source, make_sources):
+@pytest.mark.parametrize("kind, message", [("realsr", "the RealSR folder"), ("folder", "hr/ and lr/")])
+def test_data_without_its_folder_is_refused_by_name(kind, message):
+    for make in (DataSpec(kind, 2).training, DataSpec(kind, 2).validation, lambda: make_sources(kind, 2)):
         with pytest.raises(ValueError, match=message):
-            make(kind, 2)
+            make()
+
+
+def test_an_unknown_data_kind_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown data kind 'jpeg'"):
+        DataSpec("jpeg", 2)
 
 
 def test_training_patches_are_a_function_of_seed_and_sample(photos):

@@ -1,5 +1,6 @@
 """Training and validation data for real-world SR: RealSR, paired folders, synthetic cross-camera pairs."""
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Union
@@ -26,55 +27,51 @@ PairSource = Union[SyntheticPairs, FilePairs]
 VALIDATION_SEED = 20200101  # fixed, so every run and `ddet eval` see the same validation pairs
 
 
-def training_source(
-    kind: str,
-    scale: int,
-    root: PathLike | None = None,
-    *,
-    realsr_version: int = 2,
-    cameras: Sequence[str] = REALSR_CAMERAS,
-    decode_cache: PathLike | None = None,
-) -> PairSource:
-    """The pairs training patches are cut from.
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A kind of data at an SR scale: where training patches and validation images come from.
 
-    synthetic: photos from ``root`` (default: scikit-image's training photos), degraded afresh for
-        every patch; realsr: ``root`` is the RealSR folder, its Train split; folder: ``root`` is a
-        paired folder (``hr/``, ``lr/``).
-
-    ``decode_cache``: a folder where the files of realsr and folder data are kept decoded (see
-    ``DecodedCache``).
+    synthetic: cross-camera pairs made from photos, by default scikit-image's (training photos for
+        training, the held-out ones for validation); realsr: a RealSR folder, cameras ``cameras``
+        of dataset version ``realsr_version``; folder: a paired folder (``hr/``, ``lr/``).
     """
-    _check_kind(kind)
-    if kind == "synthetic":
-        return SyntheticPairs(folder_photos(root) if root else skimage_photos(SKIMAGE_TRAIN_PHOTOS), scale)
-    cache = DecodedCache(decode_cache) if decode_cache else None
-    if kind == "realsr":
-        return realsr(_needed_root(kind, root), scale, "Train", cameras, realsr_version, cache)
-    return paired_folder(_needed_root(kind, root), cache)
 
+    kind: str
+    scale: int
+    realsr_version: int = 2
+    cameras: Sequence[str] = REALSR_CAMERAS
 
-def validation_source(
-    kind: str,
-    scale: int,
-    root: PathLike | None = None,
-    *,
-    realsr_version: int = 2,
-    cameras: Sequence[str] = REALSR_CAMERAS,
-    split: str = "Test",
-) -> PairSource:
-    """Whole-image pairs to validate a run or evaluate a model on; the same pairs every time.
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; choose from {DATA_KINDS}")
 
-    synthetic: the photos in ``root`` (default: scikit-image's held-out photos), degraded with the
-        fixed ``VALIDATION_SEED``; realsr: ``split`` of the RealSR folder ``root``; folder: ``root``
-        is a paired folder (``hr/``, ``lr/``).
-    """
-    _check_kind(kind)
-    if kind == "synthetic":
-        photos = folder_photos(root) if root else skimage_photos(SKIMAGE_VALIDATION_PHOTOS)
-        return SyntheticPairs(photos, scale, fixed_seed=VALIDATION_SEED)
-    if kind == "realsr":
-        return realsr(_needed_root(kind, root), scale, split, cameras, realsr_version)
-    return paired_folder(_needed_root(kind, root))
+    def training(self, root: PathLike | None = None, decode_cache: PathLike | None = None) -> PairSource:
+        """The pairs training patches are cut from: the photos in ``root`` degraded afresh for every
+        patch, RealSR's Train split, or the paired folder ``root``. ``decode_cache``: a folder
+        where the files of realsr and folder data are kept decoded (see ``DecodedCache``)."""
+        if self.kind == "synthetic":
+            return SyntheticPairs(folder_photos(root) if root else skimage_photos(SKIMAGE_TRAIN_PHOTOS), self.scale)
+        cache = DecodedCache(decode_cache) if decode_cache else None
+        if self.kind == "realsr":
+            return realsr(self._needed(root), self.scale, "Train", self.cameras, self.realsr_version, cache)
+        return paired_folder(self._needed(root), cache)
+
+    def validation(self, root: PathLike | None = None, split: str = "Test") -> PairSource:
+        """Whole-image pairs to validate a run or evaluate a model on, the same every time: the
+        photos in ``root`` degraded with the fixed ``VALIDATION_SEED``, RealSR's ``split``, or the
+        paired folder ``root``."""
+        if self.kind == "synthetic":
+            photos = folder_photos(root) if root else skimage_photos(SKIMAGE_VALIDATION_PHOTOS)
+            return SyntheticPairs(photos, self.scale, fixed_seed=VALIDATION_SEED)
+        if self.kind == "realsr":
+            return realsr(self._needed(root), self.scale, split, self.cameras, self.realsr_version)
+        return paired_folder(self._needed(root))
+
+    def _needed(self, root: PathLike | None) -> PathLike:
+        if not root:
+            folder = "the RealSR folder" if self.kind == "realsr" else "a folder with hr/ and lr/"
+            raise ValueError(f"data {self.kind!r} needs {folder} (--data-root)")
+        return root
 
 
 def make_sources(
@@ -87,37 +84,23 @@ def make_sources(
     cameras: Sequence[str] = REALSR_CAMERAS,
     decode_cache: PathLike | None = None,
 ) -> tuple[PairSource, PairSource | None]:
-    """(training source, validation source or None) of a training run.
-
-    ``root`` is the training data of :func:`training_source`; ``val_root`` that of
-    :func:`validation_source`, by default scikit-image's held-out photos for synthetic data, the
-    Test split of ``root`` for RealSR, and no validation for a paired folder.
-    """
-    train = training_source(
-        kind, scale, root, realsr_version=realsr_version, cameras=cameras, decode_cache=decode_cache
-    )
+    """(training source, validation source or None) of a training run: :meth:`DataSpec.training`
+    of ``root`` and :meth:`DataSpec.validation` of ``val_root``, by default scikit-image's held-out
+    photos for synthetic data, the Test split of ``root`` for RealSR, and no validation for a
+    paired folder."""
+    data = DataSpec(kind, scale, realsr_version, cameras)
+    train = data.training(root, decode_cache)
     if kind == "realsr":
         val_root = val_root or root
     elif kind == "folder" and not val_root:
         return train, None
-    return train, validation_source(kind, scale, val_root, realsr_version=realsr_version, cameras=cameras)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in DATA_KINDS:
-        raise ValueError(f"unknown data kind {kind!r}; choose from {DATA_KINDS}")
-
-
-def _needed_root(kind: str, root: PathLike | None) -> PathLike:
-    if not root:
-        folder = "the RealSR folder" if kind == "realsr" else "a folder with hr/ and lr/"
-        raise ValueError(f"data {kind!r} needs {folder} (--data-root)")
-    return root
+    return train, data.validation(val_root)
 
 
 __all__ = [
     "CHANNELS",
     "DATA_KINDS",
+    "DataSpec",
     "REALSR_CAMERAS",
     "DecodedCache",
     "Degradation",
@@ -137,7 +120,5 @@ __all__ = [
     "skimage_photos",
     "to_channels",
     "training_loader",
-    "training_source",
-    "validation_source",
     "write_image",
 ]
