@@ -30,9 +30,9 @@ from torch import nn
 import ddet_ops
 
 from ._registry import Entry
-from .layers import ResidualBlock, ResidualGroup, SameSizeNet, centre_tap_init, check_ints, conv3x3
+from .layers import NetConfig, ResidualBlock, ResidualGroup, SameSizeNet, centre_tap_init, check_ints, conv3x3
 
-__all__ = ["Trunk", "feature_decoder", "KernelHeadSpec", "KernelHead", "KPNConfig", "KPN"]
+__all__ = ["Trunk", "feature_decoder", "KernelHeadSpec", "KernelHead", "TrunkConfig", "KPNConfig", "KPN"]
 
 TRUNK_SCALE = 4
 
@@ -104,21 +104,28 @@ class KernelHead(nn.Sequential):
 
 
 @dataclass(frozen=True)
-class KPNConfig:
-    """``width``: trunk channels (divisible by 16 for the ×4 shuffle; also the decoder's hidden
-    width). ``feature_width``: channels of the full-resolution features the heads read."""
+class TrunkConfig(NetConfig):
+    """The fields of a network on the KPN trunk: ``width``: trunk channels (divisible by 16 for the
+    ×4 shuffle; also the decoder's hidden width). ``feature_width``: channels of the
+    full-resolution features the kernel heads read."""
 
-    in_channels: int = 1
-    width: int = 64
-    blocks: int = 16
     feature_width: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ints(self, ("feature_width",), minimum=1)
+        if self.width % TRUNK_SCALE**2:
+            raise ValueError(f"{type(self).__name__}.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
+
+
+@dataclass(frozen=True)
+class KPNConfig(TrunkConfig):
+    """The trunk's fields and the kernel ``heads``."""
+
     heads: Tuple[KernelHeadSpec, ...] = (KernelHeadSpec((5,)),)
 
     def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "feature_width"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
-        if self.width % TRUNK_SCALE**2:
-            raise ValueError(f"{type(self).__name__}.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
+        super().__post_init__()
         if not self.heads or not all(isinstance(h, KernelHeadSpec) for h in self.heads):
             raise ValueError(
                 f"{type(self).__name__}.heads must be a non-empty tuple of KernelHeadSpec, got {self.heads!r}"

@@ -43,7 +43,7 @@ from torch import nn
 import ddet_ops
 
 from ._registry import Entry
-from .kpn import TRUNK_SCALE, KernelHead, KernelHeadSpec, Trunk, feature_decoder
+from .kpn import TRUNK_SCALE, KernelHead, KernelHeadSpec, Trunk, TrunkConfig, feature_decoder
 from .layers import SameSizeNet, check_image, check_ints, pad_to_multiple
 
 __all__ = ["LPKPNConfig", "LPKPN", "laplacian_pyramid", "reconstruct", "reduce", "expand"]
@@ -98,21 +98,15 @@ def reconstruct(bands: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class LPKPNConfig:
-    """``width``: trunk channels (divisible by 16) and the hidden width of every level's decoder;
-    ``feature_width``: channels the kernel heads read; ``kernel_size``: K of every level."""
+class LPKPNConfig(TrunkConfig):
+    """The trunk's fields (``width`` is also the hidden width of every level's decoder) and
+    ``kernel_size``, K of every level."""
 
-    in_channels: int = 1
-    width: int = 64
-    blocks: int = 16
-    feature_width: int = 64
     kernel_size: int = 5
 
     def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "feature_width", "kernel_size"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
-        if self.width % TRUNK_SCALE**2:
-            raise ValueError(f"LPKPNConfig.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
+        super().__post_init__()
+        check_ints(self, ("kernel_size",), minimum=1)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"LPKPNConfig.kernel_size must be odd, got {self.kernel_size}")
 
