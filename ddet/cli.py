@@ -317,6 +317,25 @@ def command_export(args):
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def add_model_arguments(parser):
+    """--model, --weights and --scale: which network a command runs."""
+    parser.add_argument("--model", help="registry name (default: ddet with bundled weights)")
+    parser.add_argument("--weights", help="safetensors file from ddet train")
+    parser.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
+
+
+def add_running_arguments(parser, *, tile_help, precision, precision_help):
+    """--tile, --tile-context, --precision and --device: how a command runs the network on images."""
+    parser.add_argument("--tile", type=int, default=None, help=tile_help)
+    parser.add_argument(
+        "--tile-context",
+        type=int,
+        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    )
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=precision, help=precision_help)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -326,9 +345,7 @@ def build_parser():
     train.set_defaults(run=command_train)
 
     evaluate = commands.add_parser("eval", help="PSNR/SSIM under the RealSR protocol, with the bicubic baseline")
-    evaluate.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    evaluate.add_argument("--weights", help="safetensors file from ddet train")
-    evaluate.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
+    add_model_arguments(evaluate)
     evaluate.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
     evaluate.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
     evaluate.add_argument("--split", default="Test", help="RealSR split (default Test)")
@@ -343,19 +360,12 @@ def build_parser():
         default=None,
         help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)",
     )
-    evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
-    evaluate.add_argument(
-        "--tile-context",
-        type=int,
-        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    add_running_arguments(
+        evaluate,
+        tile_help="run the model in tiles of this size",
+        precision="fp32",
+        precision_help="fp32 (default), bf16, fp16 or auto, as ddet upscale",
     )
-    evaluate.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="fp32",
-        help="fp32 (default), bf16, fp16 or auto, as ddet upscale",
-    )
-    evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     evaluate.add_argument("--json", help="write the per-image table and means here")
     evaluate.add_argument("--force", action="store_true", help="overwrite --json")
     evaluate.set_defaults(run=command_eval)
@@ -365,25 +375,12 @@ def build_parser():
     up.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder"
     )
-    up.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
-    up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    up.add_argument("--weights", help="safetensors file from ddet train")
-    up.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="auto",
-        help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
-    )
-    up.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)",
-    )
-    up.add_argument(
-        "--tile-context",
-        type=int,
-        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    add_model_arguments(up)
+    add_running_arguments(
+        up,
+        tile_help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image)",
+        precision="auto",
+        precision_help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
     )
     up.add_argument(
         "--max-memory",
@@ -391,7 +388,6 @@ def build_parser():
         metavar="GB",
         help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)",
     )
-    up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
     up.set_defaults(run=command_upscale)
@@ -399,9 +395,7 @@ def build_parser():
     exp = commands.add_parser("export", help="export a model to ONNX or to a compiled PyTorch package (pt2)")
     exp.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write: *.onnx or *.pt2")
     exp.add_argument("--format", choices=("onnx", "pt2"), help="default: from the suffix of OUT")
-    exp.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
-    exp.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    exp.add_argument("--weights", help="safetensors file from ddet train")
+    add_model_arguments(exp)
     exp.add_argument(
         "--dtype",
         choices=("float32", "float16"),

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ddet import models
-from ddet.cli import main
+from ddet.cli import build_parser, main
 from ddet.data import read_image
 from ddet.weights import bundled_path, save_weights
 
@@ -329,3 +329,19 @@ def test_weights_that_make_no_finite_image_are_refused(tmp_path, photo, capsys):
         == 2
     )
     assert "NaN or infinity" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    "command, precision",
+    [(["eval"], "fp32"), (["upscale", "in.png", "-o", "out.png"], "auto"), (["export", "-o", "m.onnx"], None)],
+)
+def test_commands_share_the_model_and_running_options(command, precision):
+    model = ["--model", "kpn5", "--weights", "w.safetensors", "--scale", "3"]
+    args = build_parser().parse_args([*command, *model])
+    assert (args.model, args.weights, args.scale) == ("kpn5", "w.safetensors", 3)
+    if precision is None:
+        return
+    assert (args.precision, args.device, args.tile, args.tile_context) == (precision, "auto", None, None)
+    running = ["--tile", "64", "--tile-context", "8", "--precision", "bf16", "--device", "cpu"]
+    args = build_parser().parse_args([*command, *running])
+    assert (args.tile, args.tile_context, args.precision, args.device) == (64, 8, "bf16", "cpu")
