@@ -5,7 +5,7 @@ autograd, and as in training) and backward (gradients of x and of the kernels) o
 
 * ``ddet_ops``  - the fused kernels,
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
-* ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv_shift_add``,
+* ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv(formulation="shift_add")``,
 
 each as a multiple of its floor (docs/ops.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
 bytes_bwd = elem*N*H*W*(2*sum groups*s^2 + 3C), divided by B), and the peak extra memory of one
@@ -83,7 +83,10 @@ def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable
     # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
     torch._dynamo.reset()
     compiled = torch.compile(
-        functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True, dynamic=False, backend=backend
+        functools.partial(reference.multi_dynconv, formulation="shift_add", **native),
+        fullgraph=True,
+        dynamic=False,
+        backend=backend,
     )
     return {
         "ddet_ops": functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups),

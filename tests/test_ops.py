@@ -168,9 +168,11 @@ def test_test_only_ops_are_not_in_the_production_namespace():
 def test_shift_add_reference_agrees_with_unfold_reference():
     x, kernels = make_inputs(2, 4, 7, 9, (3, 5), 2)
     torch.testing.assert_close(
-        reference.multi_dynconv_shift_add(x, kernels, groups=2, dilation=2),
+        reference.multi_dynconv(x, kernels, groups=2, dilation=2, formulation="shift_add"),
         reference.multi_dynconv(x, kernels, groups=2, dilation=2),
     )
+    with pytest.raises(ValueError, match="formulation must be one of .'unfold', 'shift_add'., got 'im2col'"):
+        reference.multi_dynconv(x, kernels, groups=2, formulation="im2col")
 
 
 @pytest.mark.parametrize("packed", [False, True])
