@@ -25,7 +25,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import breakdown, ops, table3  # noqa: E402
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
 
 
@@ -103,9 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def save_and_print(stem: str, payload: dict, markdown: str, args: argparse.Namespace) -> None:
-    for path in write_results(stem, payload, markdown, args.out, args.json, args.markdown):
-        print(f"  wrote {path}")
-    print(markdown)
+    write_and_print(stem, payload, markdown, args.out, json_path=args.json, markdown_path=args.markdown)
 
 
 def main(argv=None) -> int:

@@ -152,3 +152,11 @@ def write_results(
             path.write_text(text)
             written.append(path)
     return written
+
+
+def write_and_print(stem: str, payload: Dict[str, object], markdown: str, out_dir: Optional[str], **paths) -> None:
+    """:func:`write_results` (``paths``: its json_path and markdown_path), saying what it wrote,
+    then the markdown on the terminal."""
+    for path in write_results(stem, payload, markdown, out_dir, **paths):
+        print(f"  wrote {path}")
+    print(markdown)
