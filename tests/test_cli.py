@@ -116,9 +116,14 @@ def pairs(tmp_path):
     return tmp_path / "pairs"
 
 
+def eval_folder(weights, pairs, report):
+    """The ``ddet eval`` arguments that score ``weights`` on a paired folder into the JSON ``report``."""
+    return ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--json", str(report)]
+
+
 def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, pairs, weights, capsys):
     report = tmp_path / "report.json"
-    args = ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--json", str(report)]
+    args = eval_folder(weights, pairs, report)
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "bicubic" in table and "mean" in table
@@ -137,22 +142,7 @@ def test_eval_json_stays_standard_when_a_psnr_is_infinite(tmp_path, weights):
         (tmp_path / "pairs" / folder).mkdir(parents=True)
         Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(tmp_path / "pairs" / folder / "flat.png")
     report = tmp_path / "report.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--weights",
-                str(weights),
-                "--data",
-                "folder",
-                "--data-root",
-                str(tmp_path / "pairs"),
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    assert main(eval_folder(weights, tmp_path / "pairs", report)) == 0
 
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
@@ -273,24 +263,7 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, photo, weights, m
 
 def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
     report = tmp_path / "bf16.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--weights",
-                str(weights),
-                "--data",
-                "folder",
-                "--data-root",
-                str(pairs),
-                "--precision",
-                "bf16",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    assert main([*eval_folder(weights, pairs, report), "--precision", "bf16"]) == 0
     assert "precision: bf16 autocast" in capsys.readouterr().out
     assert json.loads(report.read_text())["precision"] == "bf16"
 

@@ -83,6 +83,12 @@ def _config(photos, out, **overrides):
     return load_config(**values)
 
 
+def _darkened_config(photos, darkened_pairs, out, model, **overrides):
+    """Ten steps of a tiny ``model`` on the darkened pairs, validated on them."""
+    data = dict(data="folder", data_root=str(darkened_pairs), val_root=str(darkened_pairs))
+    return _config(photos, out, model=model, model_args=TINY[model], **data, iterations=10, lr=1e-3, **overrides)
+
+
 def _weights(path):
     return read_weights(path)[0]
 
@@ -102,18 +108,7 @@ def _batch_loss(config, weights=None):
 
 @pytest.mark.parametrize("name", ["ddet", "kpn5", "lpkpn"])
 def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
-    config = _config(
-        photos,
-        tmp_path / name,
-        model=name,
-        model_args=TINY[name],
-        data="folder",
-        data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs),
-        iterations=10,
-        checkpoint_every=100,
-        lr=1e-3,
-    )
+    config = _darkened_config(photos, darkened_pairs, tmp_path / name, name, checkpoint_every=100)
     result = train(config)
     assert set(result) == {"psnr", "ssim"}
     before = _batch_loss(config)
@@ -146,19 +141,8 @@ def test_the_lpkpn_objective_sums_the_loss_of_every_pyramid_level():
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp_path, amp):
-    config = _config(
-        photos,
-        tmp_path / amp,
-        model="ddet",
-        model_args=TINY["ddet"],
-        data="folder",
-        data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs),
-        iterations=10,
-        checkpoint_every=5,
-        lr=1e-3,
-        amp=amp,
-        channels_last=True,
+    config = _darkened_config(
+        photos, darkened_pairs, tmp_path / amp, "ddet", checkpoint_every=5, amp=amp, channels_last=True
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
