@@ -7,9 +7,14 @@ import sys
 
 import pytest
 import torch
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_checks import (
+    DOUBLE_BACKWARD_CASES,
+    assert_compiled_gradients_match,
+    double_backward_id,
+    gradgradcheck_case,
+)
 
 import ddet_ops
 from ddet_ops import MultiDynConv, dynconv, multi_dynconv, reference
@@ -223,13 +228,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     def loss(x, packed):
         return (multi_dynconv(x, packed, (3, 5, 7)) * x).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    loss(xe, pe).backward()
-    compiled(xc, pc).backward()
-    torch.testing.assert_close(xc.grad, xe.grad)
-    torch.testing.assert_close(pc.grad, pe.grad)
+    assert_compiled_gradients_match(loss, x, packed, backend="aot_eager")
 
 
 def test_backward_is_bitwise_deterministic():

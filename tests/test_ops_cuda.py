@@ -5,7 +5,12 @@ covers the indexing)."""
 
 import pytest
 import torch
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
+from op_checks import (
+    DOUBLE_BACKWARD_CASES,
+    assert_compiled_gradients_match,
+    double_backward_id,
+    gradgradcheck_case,
+)
 
 from ddet_ops import multi_dynconv, reference
 
@@ -111,13 +116,7 @@ def test_torch_compile_fullgraph_inductor():
     def loss(x, packed):
         return (multi_dynconv(x, packed, (3, 5, 7)).relu() * grad_y).sum()
 
-    compiled = torch.compile(loss, fullgraph=True)
-    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    loss(xe, pe).backward()
-    compiled(xc, pc).backward()
-    torch.testing.assert_close(xc.grad, xe.grad)
-    torch.testing.assert_close(pc.grad, pe.grad)
+    assert_compiled_gradients_match(loss, x, packed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
