@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Tuple
 
 # Appended, not prepended: an installed ddet_ops (with its compiled kernels) must win over the
 # source folder of the same name in the repository root.
@@ -29,7 +28,7 @@ from benchmarks.common import write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
 
 
-def frame_size(text: str) -> Tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(side) for side in text.lower().split("x"))
     except ValueError:

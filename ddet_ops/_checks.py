@@ -7,11 +7,11 @@ bad argument before anything is dispatched, including under ``torch.compile`` tr
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 
-KernelsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
+KernelsArg = torch.Tensor | Sequence[torch.Tensor]
 
 # More kernel sizes than this in one call are refused, as by the C++ kernels.
 MAX_SIZES = 16
@@ -36,7 +36,7 @@ def check_groups_and_dilation(groups: int, dilation: int) -> None:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
 
 
-def check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     """A non-empty sequence of at most MAX_SIZES valid kernel sizes, as a tuple."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise ValueError(f"sizes must be a sequence of ints such as (3, 5, 7), got {sizes!r}")
@@ -48,10 +48,10 @@ def check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
 def normalize(
     x: torch.Tensor,
     kernels: KernelsArg,
-    sizes: Optional[Sequence[int]],
+    sizes: Sequence[int] | None,
     groups: int,
     dilation: int,
-) -> Tuple[List[torch.Tensor], List[int]]:
+) -> tuple[list[torch.Tensor], list[int]]:
     """Validate the public arguments; return the kernel tensors (one packed tensor, or one per
     size) and the list of sizes.  A packed tensor is passed on as it is, never split or copied."""
     if not isinstance(x, torch.Tensor):

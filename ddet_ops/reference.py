@@ -14,7 +14,7 @@ Half types are computed in float32 and rounded once at the end, like the fast ke
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ def _per_size(kernel_list, sizes, groups):
         start = stop
 
 
-def _compute_dtype(dtype: torch.dtype, requested: Optional[torch.dtype]) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
     if requested is not None:
         return requested
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -79,11 +79,11 @@ FORMULATIONS = {"unfold": _unfold_sum, "shift_add": _shift_add_sum}
 def multi_dynconv(
     x: torch.Tensor,
     kernels: KernelsArg,
-    sizes: Optional[Sequence[int]] = None,
+    sizes: Sequence[int] | None = None,
     *,
     groups: int = 1,
     dilation: int = 1,
-    compute_dtype: Optional[torch.dtype] = None,
+    compute_dtype: torch.dtype | None = None,
     formulation: str = "unfold",
 ) -> torch.Tensor:
     """Reference of :func:`ddet_ops.multi_dynconv`, in one of the ``FORMULATIONS`` (see above)."""

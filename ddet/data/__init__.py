@@ -3,7 +3,6 @@
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Union
 
 from ddet.data.datasets import CHANNELS, TrainingPatches, WholeImages, to_channels, training_loader
 from ddet.data.degrade import Degradation, degrade, resize
@@ -22,8 +21,8 @@ from ddet.data.sources import (
 )
 
 DATA_KINDS = ("synthetic", "realsr", "folder")
-PathLike = Union[str, os.PathLike]
-PairSource = Union[SyntheticPairs, FilePairs]
+PathLike = str | os.PathLike
+PairSource = SyntheticPairs | FilePairs
 VALIDATION_SEED = 20200101  # fixed, so every run and `ddet eval` see the same validation pairs
 
 

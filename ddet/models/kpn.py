@@ -22,7 +22,6 @@ a fresh KPN returns its input exactly; see :func:`ddet.models.layers.centre_tap_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -71,7 +70,7 @@ class KernelHeadSpec:
     and 5×5 heads).
     """
 
-    sizes: Tuple[int, ...]
+    sizes: tuple[int, ...]
     hidden: int | None = None
 
     def __post_init__(self):
@@ -122,7 +121,7 @@ class TrunkConfig(NetConfig):
 class KPNConfig(TrunkConfig):
     """The trunk's fields and the kernel ``heads``."""
 
-    heads: Tuple[KernelHeadSpec, ...] = (KernelHeadSpec((5,)),)
+    heads: tuple[KernelHeadSpec, ...] = (KernelHeadSpec((5,)),)
 
     def __post_init__(self):
         super().__post_init__()
@@ -132,7 +131,7 @@ class KPNConfig(TrunkConfig):
             )
 
     @property
-    def sizes(self) -> Tuple[int, ...]:
+    def sizes(self) -> tuple[int, ...]:
         """Kernel sizes of all heads, in the order of the packed kernel channels."""
         return tuple(s for head in self.heads for s in head.sizes)
 

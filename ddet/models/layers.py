@@ -4,8 +4,8 @@ the same-size image-to-image base class and the initialisations that start a mod
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +135,7 @@ class SameSizeNet(nn.Module):
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (prediction, target) pairs the training loss compares, summed over the pairs: here the
         output for ``x`` and ``target``; a model trained on intermediate results too returns those."""
         return [(self(x), target)]

@@ -33,8 +33,8 @@ LP-KPN filters every band by the identity and returns its input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ def expand(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return up[..., 4 : 4 + size[0], 4 : 4 + size[1]]
 
 
-def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> List[torch.Tensor]:
+def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """Bands finest → coarsest: G_l − expand(G_{l+1}) for l < levels − 1, then G_{levels−1}.
 
     Computed in x's dtype even under autocast, so that :func:`reconstruct` inverts it exactly.
@@ -131,7 +131,7 @@ class LPKPN(SameSizeNet):
             for level in range(LEVELS)
         )
 
-    def filtered_bands(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def filtered_bands(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each band of x's pyramid convolved with its level's per-pixel kernels (H, W divide by 4)."""
         features = self.trunk(x)
         return [
@@ -142,27 +142,27 @@ class LPKPN(SameSizeNet):
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return reconstruct(self.filtered_bands(x))
 
-    def _padded(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         check_image(x, self.in_channels, type(self).__name__)
         return pad_to_multiple(x, self.multiple), x.shape[-2], x.shape[-1]
 
     @staticmethod
-    def _crop_levels(bands: Sequence[torch.Tensor], h: int, w: int) -> List[torch.Tensor]:
+    def _crop_levels(bands: Sequence[torch.Tensor], h: int, w: int) -> list[torch.Tensor]:
         return [band[..., : -(-h // 2**level), : -(-w // 2**level)] for level, band in enumerate(bands)]
 
-    def forward_levels(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(output, [filtered band per level, finest → coarsest]); the output equals ``model(x)``."""
         padded, h, w = self._padded(x)
         bands = self.filtered_bands(padded)
         return reconstruct(bands)[..., :h, :w], self._crop_levels(bands, h, w)
 
-    def pyramid(self, hr: torch.Tensor) -> List[torch.Tensor]:
+    def pyramid(self, hr: torch.Tensor) -> list[torch.Tensor]:
         """The targets of the per-level loss: the Laplacian bands of ``hr``, finest → coarsest,
         in the same padded frame and crop as :meth:`forward_levels`."""
         padded, h, w = self._padded(hr)
         return self._crop_levels(laplacian_pyramid(padded), h, w)
 
-    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every filtered band beside the same band of ``target``: the multi-level loss."""
         _, levels = self.forward_levels(x)
         return list(zip(levels, self.pyramid(target)))
