@@ -78,7 +78,7 @@ def largest_differences(found: dict, frames: list) -> dict:
     with torch.no_grad():
         expected = [found["eager"](x) for x in frames]
         return {
-            name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected)]
+            name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected, strict=True)]
             for name, run in found.items()
             if name != "eager"
         }

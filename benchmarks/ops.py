@@ -370,7 +370,7 @@ def targets(v1: dict[str, object], v2: dict[str, object], peers: dict[str, objec
     def check(what: str, value: float, goal: float, text: str, at_most: bool = False) -> None:
         checks.append([what, text, "PASS" if (value <= goal if at_most else value >= goal) else "FAIL"])
 
-    for old, new in zip(v1["results"], v2["results"]):
+    for old, new in zip(v1["results"], v2["results"], strict=True):
         name, dtype = new["case"]["name"], new["case"]["dtype"]
         if new["case"]["groups"] == 1 and new["case"]["shape"][1] >= 8:
             ratio = new["seconds"]["forward"] / (new["bytes"]["forward"] / copy)

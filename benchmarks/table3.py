@@ -119,7 +119,7 @@ def measure_model(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = _forward(model, device, dtype)
-    probe_frame = tuple(min(side, probe_side) for side, probe_side in zip(frame, PROBE_FRAME[device.type]))
+    probe_frame = tuple(min(side, probe_side) for side, probe_side in zip(frame, PROBE_FRAME[device.type], strict=True))
     probe = _frame(model.in_channels, probe_frame, device, channels_last)
     forward(probe)  # the first call pays one-time costs (oneDNN primitives, cuDNN plans, allocations)
     # The faster of two runs: on a shared machine one run can be several times slower than usual.

@@ -182,7 +182,7 @@ def output_paths(inputs, out, scale, suffix, into_folder=False):
         raise ValueError(f"-o {out}: several inputs or a folder need an output folder")
     targets = [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
     claimed = {}
-    for path, target in zip(inputs, targets):
+    for path, target in zip(inputs, targets, strict=True):
         if target in claimed:
             raise ValueError(
                 f"{claimed[target]} and {path} would both be written to {target}; upscale them into different folders"
@@ -217,11 +217,13 @@ def command_upscale(args):
     targets = output_paths(
         inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs)
     )
-    for source, target in zip(inputs, targets):
+    for source, target in zip(inputs, targets, strict=True):
         writable_format(target)
         if target.exists() and target.resolve() == Path(source).resolve():
             raise ValueError(f"{target} is an input too: write the result elsewhere")
-    jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
+    jobs = [
+        (source, target) for source, target in zip(inputs, targets, strict=True) if args.force or not target.exists()
+    ]
     skipped = len(targets) - len(jobs)
     if skipped:
         print(

@@ -92,13 +92,13 @@ def normalize(
             sizes = [_check_size(s) for s in sizes]
             if len(sizes) != len(kernel_list):
                 raise ValueError(f"sizes={sizes} disagrees with the kernel list, which has {len(kernel_list)} tensors")
-            for i, (k, s) in enumerate(zip(kernel_list, sizes)):
+            for i, (k, s) in enumerate(zip(kernel_list, sizes, strict=True)):
                 if k.shape[1] != groups * s * s:
                     raise ValueError(
                         f"sizes={sizes} disagrees with the kernel list: kernels[{i}] has {k.shape[1]} channels, "
                         f"not groups*s^2 = {groups}*{s * s}"
                     )
-        for i, (k, s) in enumerate(zip(kernel_list, sizes)):
+        for i, (k, s) in enumerate(zip(kernel_list, sizes, strict=True)):
             _check_kernel(x, k, f"kernels[{i}]", groups * s * s, f"groups*s^2 = {groups}*{s * s}")
     if len(sizes) > MAX_SIZES:
         raise ValueError(f"at most {MAX_SIZES} kernel sizes per call, got {len(sizes)}")

@@ -27,7 +27,7 @@ __all__ = ["multi_dynconv", "dynconv", "FORMULATIONS"]
 def _per_size(kernel_list, sizes, groups):
     """Yield (size, kernel tensor of that size) pairs, slicing a packed tensor by channel."""
     if len(kernel_list) == len(sizes):
-        yield from zip(sizes, kernel_list)
+        yield from zip(sizes, kernel_list, strict=True)
         return
     start = 0
     for s in sizes:

@@ -259,7 +259,7 @@ def test_decoded_cache_gives_the_same_patches_and_decodes_each_file_once(tmp_pat
     plain, cached = paired_folder(root), paired_folder(root, DecodedCache(tmp_path / "cache"))
     region = (3, 5, 16, 20)
     for index, name in enumerate(plain.names):
-        for expected, got in zip(plain.pair(index, region=region), cached.pair(index, region=region)):
+        for expected, got in zip(plain.pair(index, region=region), cached.pair(index, region=region), strict=True):
             assert got.dtype == np.float32 and got.shape == (16, 20, 3)
             if name == "small":  # the resized LR is stored at 16 bits
                 np.testing.assert_allclose(got, expected, rtol=0, atol=0.5 / 65535 + 1e-7)

@@ -359,7 +359,7 @@ def test_lpkpn_levels_and_targets_line_up():
 def test_fresh_lpkpn_filters_every_band_by_the_identity():
     model = tiny("lpkpn")
     x = image(1, 1, 13, 11)
-    for level, target in zip(model.forward_levels(x)[1], model.pyramid(x)):
+    for level, target in zip(model.forward_levels(x)[1], model.pyramid(x), strict=True):
         torch.testing.assert_close(level, target, rtol=0, atol=1e-6)
 
 

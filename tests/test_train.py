@@ -101,7 +101,7 @@ def _batch_loss(config, weights=None):
         model.load_state_dict(weights)
     source = make_sources(config.data, config.scale, config.data_root, config.val_root)[0]
     patches = TrainingPatches(source, config.patch, config.channels, config.seed, num_samples=config.batch)
-    lr, hr = (torch.stack(t) for t in zip(*[patches[i] for i in range(config.batch)]))
+    lr, hr = (torch.stack(t) for t in zip(*[patches[i] for i in range(config.batch)], strict=True))
     with torch.no_grad():
         return Objective(model, config.loss)(lr, hr).item()
 

@@ -33,6 +33,7 @@ LP-KPN filters every band by the identity and returns its input.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> list[torch.Tenso
         gaussians = [x]
         for _ in range(levels - 1):
             gaussians.append(reduce(gaussians[-1]))
-        bands = [fine - expand(coarse, fine.shape[-2:]) for fine, coarse in zip(gaussians, gaussians[1:])]
+        bands = [fine - expand(coarse, fine.shape[-2:]) for fine, coarse in itertools.pairwise(gaussians)]
         return bands + [gaussians[-1]]
 
 
@@ -136,7 +137,7 @@ class LPKPN(SameSizeNet):
         features = self.trunk(x)
         return [
             ddet_ops.dynconv(band, level(features).to(band.dtype))
-            for band, level in zip(laplacian_pyramid(x), self.levels)
+            for band, level in zip(laplacian_pyramid(x), self.levels, strict=True)
         ]
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class LPKPN(SameSizeNet):
     def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every filtered band beside the same band of ``target``: the multi-level loss."""
         _, levels = self.forward_levels(x)
-        return list(zip(levels, self.pyramid(target)))
+        return list(zip(levels, self.pyramid(target), strict=True))
 
 
 MODELS = {
