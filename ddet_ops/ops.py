@@ -122,7 +122,7 @@ def _dense(grad_kernels, kernels) -> list[torch.Tensor] | None:
     """Per-tensor kernel cotangents with the missing ones as zeros; None when all are missing."""
     if all(g is None for g in grad_kernels):
         return None
-    return [torch.zeros_like(k) if g is None else g for g, k in zip(grad_kernels, kernels)]
+    return [torch.zeros_like(k) if g is None else g for g, k in zip(grad_kernels, kernels, strict=True)]
 
 
 def _double_backward(ctx, grad_grad_x, grad_grad_kernels):
