@@ -380,8 +380,7 @@ def validate(model, images, device):
     model.eval()
     rows = evaluate_images(model, images, device=device)
     model.train()
-    bicubic = [{"psnr": row["bicubic_psnr"], "ssim": row["bicubic_ssim"]} for row in rows]
-    return metrics.summarize(rows), metrics.summarize(bicubic)
+    return metrics.summarize(rows), metrics.summarize(rows, prefix="bicubic_")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     assert (model_scale, channels, name) == (scale, "y", "ddet")
     rows = evaluate_images(model, WholeImages(DataSpec("synthetic", scale).validation(), "y"))
     ours = metrics.summarize(rows)
-    bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
+    bicubic = metrics.summarize(rows, prefix="bicubic_")
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
     assert upscale(np.zeros((20, 30, 3), np.uint8), scale=scale).shape == (20 * scale, 30 * scale, 3)
 
