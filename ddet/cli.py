@@ -94,16 +94,9 @@ def command_eval(args):
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
     print(describe_precision(settings))
+    options = dict(tile=args.tile, context=args.tile_context, device=device, border=args.border, patch=patch)
     rows = evaluate_images(
-        model,
-        WholeImages(source, channels, cache=False),
-        args.tile,
-        args.tile_context,
-        device,
-        args.border,
-        patch,
-        True,
-        settings.name,
+        model, WholeImages(source, channels, cache=False), **options, progress=True, precision=settings.name
     )
     mean, bicubic = metrics.summarize(rows), metrics.summarize(rows, prefix="bicubic_")
     _print_scores(rows, mean, bicubic, name)
