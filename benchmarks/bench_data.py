@@ -20,7 +20,7 @@ from PIL import Image
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: the installed packages win
 
-from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_and_print  # noqa: E402
 from ddet.data import DecodedCache, TrainingPatches, paired_folder, skimage_photos, training_loader  # noqa: E402
 
 
@@ -80,9 +80,7 @@ def main(argv=None) -> int:
         "pair_size": size,
         "patches_per_s": {"decode": decoding, "cache_cold": cold, "cache_warm": warm},
     }
-    for path in write_results(f"data-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
-        print(f"  wrote {path}")
-    print(markdown)
+    write_and_print(f"data-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Tuple
 
 # Appended, not prepended: an installed ddet_ops (with its compiled kernels) must win over the
 # source folder of the same name in the repository root.
@@ -25,11 +24,11 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import breakdown, ops, table3  # noqa: E402
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
 
 
-def frame_size(text: str) -> Tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(side) for side in text.lower().split("x"))
     except ValueError:
@@ -103,9 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def save_and_print(stem: str, payload: dict, markdown: str, args: argparse.Namespace) -> None:
-    for path in write_results(stem, payload, markdown, args.out, args.json, args.markdown):
-        print(f"  wrote {path}")
-    print(markdown)
+    write_and_print(stem, payload, markdown, args.out, json_path=args.json, markdown_path=args.markdown)
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages
 
 import ddet  # noqa: E402
 import ddet_ops  # noqa: E402, F401  (registers the op the pt2 package calls)
-from benchmarks.common import machine, markdown_table, median_time, write_results  # noqa: E402
+from benchmarks.common import machine, markdown_table, median_time, write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
 from ddet.data.color import rgb_to_ycbcr  # noqa: E402
 from ddet.data.sources import skimage_photos  # noqa: E402
@@ -78,7 +78,7 @@ def largest_differences(found: dict, frames: list) -> dict:
     with torch.no_grad():
         expected = [found["eager"](x) for x in frames]
         return {
-            name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected)]
+            name: [(run(x) - y).abs().max().item() for x, y in zip(frames, expected, strict=True)]
             for name, run in found.items()
             if name != "eager"
         }
@@ -185,9 +185,7 @@ def main(argv=None) -> int:
         "ddet_x2_512": ddet_result,
         "models": checks,
     }
-    for path in write_results(f"export-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out):
-        print(f"  wrote {path}")
-    print(markdown)
+    write_and_print(f"export-cpu-{_dt.date.today().isoformat()}", payload, markdown, args.out)
     return 0
 
 

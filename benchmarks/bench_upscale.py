@@ -33,7 +33,7 @@ from PIL import Image
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages: the installed packages win
 
-from benchmarks.common import device_slug, machine, markdown_table, write_results  # noqa: E402
+from benchmarks.common import device_slug, machine, markdown_table, write_and_print  # noqa: E402
 from ddet.data.sources import skimage_photos  # noqa: E402
 
 PREVIOUS = "6e3c5ec"
@@ -208,18 +208,18 @@ def main(argv=None) -> int:
         previous = export_previous(args.previous, Path(scratch))
         rows = measure(cases(auto.name, native_half, 1 if args.quick else args.repeats), photos, device, previous)
     markdown = report(rows, device, f"{auto.name} ({auto.reason})")
-    if not args.quick:
-        payload = {
-            "machine": machine(torch.device(device)),
-            "previous": args.previous,
-            "auto_precision": auto.name,
-            "rows": rows,
-            "speedup_default_vs_previous": speedups(rows),
-        }
-        stem = f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}"
-        for path in write_results(stem, payload, markdown, args.out):
-            print(f"  wrote {path}")
-    print(markdown)
+    if args.quick:
+        print(markdown)
+        return 0
+    payload = {
+        "machine": machine(torch.device(device)),
+        "previous": args.previous,
+        "auto_precision": auto.name,
+        "rows": rows,
+        "speedup_default_vs_previous": speedups(rows),
+    }
+    stem = f"upscale-{device_slug(torch.device(device))}-{_dt.date.today().isoformat()}"
+    write_and_print(stem, payload, markdown, args.out)
     return 0
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from contextlib import contextmanager, nullcontext
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from unittest import mock
 
 import torch
@@ -55,7 +55,7 @@ def op_group(name: str) -> str:
     return "rest"
 
 
-def time_shares(fn: Callable[[], object], device: torch.device) -> Dict[str, float]:
+def time_shares(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
     """Self time of one profiled call of ``fn`` (after a warm-up) per group, in seconds, and the total."""
     fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -78,7 +78,7 @@ def time_shares(fn: Callable[[], object], device: torch.device) -> Dict[str, flo
 def unfold_reference() -> Iterator[None]:
     """DDet on ``ddet_ops.reference.multi_dynconv`` while inside; raises on leaving if the model
     never called it, so that a measurement cannot silently be of ddet_ops twice."""
-    calls: List[int] = []
+    calls: list[int] = []
 
     def counted(*args, **kwargs):
         calls.append(1)
@@ -93,18 +93,18 @@ def unfold_reference() -> Iterator[None]:
         )
 
 
-IMPLEMENTATIONS: Dict[str, Callable[[], ContextManager[None]]] = {
+IMPLEMENTATIONS: dict[str, Callable[[], AbstractContextManager[None]]] = {
     "ddet_ops": nullcontext,
     "unfold reference": unfold_reference,
 }
 
 
-def _training_pair(device: torch.device, batch: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _training_pair(device: torch.device, batch: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return tuple(torch.rand(batch, generator=gen).to(device) for _ in range(2))
 
 
-def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dict[str, Callable[[], object]]:
+def workloads(device: torch.device, frame: Frame, batch: tuple[int, ...]) -> dict[str, Callable[[], object]]:
     """The two measured calls on one DDet: a forward of the frame and a training step of the batch."""
     torch.manual_seed(0)
     model = models.create(MODEL).to(device)
@@ -125,7 +125,7 @@ def workloads(device: torch.device, frame: Frame, batch: Tuple[int, ...]) -> Dic
     return {"forward": forward, "training step": training_step}
 
 
-def mda_stage(device: torch.device, batch: Tuple[int, ...]) -> Callable[[], object]:
+def mda_stage(device: torch.device, batch: tuple[int, ...]) -> Callable[[], object]:
     """Forward + backward of DDet's MDA stage alone (``model.apply_kernels``) on the revised image
     and the kernels that DDet makes for the training batch: the operator's own cost inside DDet,
     which the whole network's peak may hide."""
@@ -140,14 +140,14 @@ def mda_stage(device: torch.device, batch: Tuple[int, ...]) -> Callable[[], obje
 
 
 def interleaved_medians(
-    calls: Dict[Tuple[str, str], Tuple[Callable[[], ContextManager[None]], Callable[[], object]]],
+    calls: dict[tuple[str, str], tuple[Callable[[], AbstractContextManager[None]], Callable[[], object]]],
     device: torch.device,
     repeats: int,
-) -> Dict[Tuple[str, str], float]:
+) -> dict[tuple[str, str], float]:
     """Median seconds of each (implementation, workload) call. The runs are interleaved, one of
     each call in turn, after a first round of warm-ups, so that the load changes of a shared
     machine reach every implementation alike."""
-    samples: Dict[Tuple[str, str], List[float]] = {key: [] for key in calls}
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     for round_number in range(repeats + 1):
         for key, (swapped_in, fn) in calls.items():
             with swapped_in():
@@ -159,12 +159,12 @@ def interleaved_medians(
 
 def run(
     device: torch.device,
-    frame: Optional[Frame] = None,
+    frame: Frame | None = None,
     *,
     quick: bool = False,
-    repeats: Optional[int] = None,
+    repeats: int | None = None,
     progress: Callable[[str], None] = print,
-) -> Dict[str, object]:
+) -> dict[str, object]:
     frame = tuple(frame or (QUICK_FRAME if quick else DEFAULT_FRAME[device.type]))
     batch = QUICK_TRAIN_BATCH if quick else TRAIN_BATCH
     repeats = repeats or (1 if quick else DEFAULT_REPEATS[device.type])
@@ -183,7 +183,7 @@ def run(
     progress(f"  timing DDet on {' and on '.join(IMPLEMENTATIONS)}, runs interleaved ...")
     seconds = interleaved_medians(calls, device, repeats)
     progress("  peak memory ...")
-    impls: Dict[str, Dict[str, Dict[str, float]]] = {impl: {} for impl in IMPLEMENTATIONS}
+    impls: dict[str, dict[str, dict[str, float]]] = {impl: {} for impl in IMPLEMENTATIONS}
     for (impl, name), (swapped_in, fn) in calls.items():
         with swapped_in():
             fn()
@@ -203,7 +203,7 @@ def run(
     }
 
 
-def stem(device: torch.device, payload: Dict[str, object]) -> str:
+def stem(device: torch.device, payload: dict[str, object]) -> str:
     return f"breakdown-{device_slug(device)}-{payload['machine']['date'][:10]}"
 
 
@@ -211,11 +211,11 @@ def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%"
 
 
-def _mb(nbytes: Optional[int]) -> str:
+def _mb(nbytes: int | None) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 1e6:.0f}"
 
 
-def markdown(payload: Dict[str, object]) -> str:
+def markdown(payload: dict[str, object]) -> str:
     info, settings = payload["machine"], payload["settings"]
     who = info.get("gpu", info["cpu"])
     unit = "self device time" if info["device"].startswith("cuda") else "self CPU time"

@@ -9,8 +9,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -35,7 +35,7 @@ def median_time(
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times: List[float] = []
+    times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start_all < budget_s):
         if device.type == "cuda":
@@ -60,7 +60,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 512 * 2**20) -> float:
     return 2 * nbytes / seconds
 
 
-def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak of live tensor memory above the starting point while fn() runs, in bytes.
 
     CUDA: the caching allocator's peak. CPU: the running sum of the allocations and frees that
@@ -89,7 +89,7 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
     return peak
 
 
-def machine(device: torch.device) -> Dict[str, object]:
+def machine(device: torch.device) -> dict[str, object]:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -113,7 +113,7 @@ def machine(device: torch.device) -> Dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "commit": commit,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -127,7 +127,7 @@ def device_slug(device: torch.device) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
 
 
-def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -135,12 +135,12 @@ def markdown_table(headers: List[str], rows: List[List[object]]) -> str:
 
 def write_results(
     stem: str,
-    payload: Dict[str, object],
+    payload: dict[str, object],
     markdown: str,
-    out_dir: Optional[str] = None,
-    json_path: Optional[str] = None,
-    markdown_path: Optional[str] = None,
-) -> List[Path]:
+    out_dir: str | None = None,
+    json_path: str | None = None,
+    markdown_path: str | None = None,
+) -> list[Path]:
     """Writes JSON and markdown as ``out_dir/<stem>.{json,md}`` and/or to the paths given; returns the
     paths written (none when no destination is given: a run writes only where its user asks)."""
     json_file = Path(json_path) if json_path else Path(out_dir) / f"{stem}.json" if out_dir else None
@@ -152,3 +152,11 @@ def write_results(
             path.write_text(text)
             written.append(path)
     return written
+
+
+def write_and_print(stem: str, payload: dict[str, object], markdown: str, out_dir: str | None, **paths) -> None:
+    """:func:`write_results` (``paths``: its json_path and markdown_path), saying what it wrote,
+    then the markdown on the terminal."""
+    for path in write_results(stem, payload, markdown, out_dir, **paths):
+        print(f"  wrote {path}")
+    print(markdown)

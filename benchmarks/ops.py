@@ -5,7 +5,7 @@ autograd, and as in training) and backward (gradients of x and of the kernels) o
 
 * ``ddet_ops``  - the fused kernels,
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
-* ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv_shift_add``,
+* ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv(formulation="shift_add")``,
 
 each as a multiple of its floor (docs/ops.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
 bytes_bwd = elem*N*H*W*(2*sum groups*s^2 + 3C), divided by B), and the peak extra memory of one
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,10 +33,10 @@ SIZES = (3, 5, 7)
 @dataclass(frozen=True)
 class Case:
     name: str
-    shape: Tuple[int, int, int, int]
+    shape: tuple[int, int, int, int]
     groups: int = 1
     dtype: str = "float32"
-    sizes: Tuple[int, ...] = SIZES
+    sizes: tuple[int, ...] = SIZES
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -45,7 +45,7 @@ class Case:
     def kernel_channels(self) -> int:
         return self.groups * sum(s * s for s in self.sizes)
 
-    def floor_bytes(self) -> Tuple[int, int]:
+    def floor_bytes(self) -> tuple[int, int]:
         n, c, h, w = self.shape
         elem = torch.empty((), dtype=self.torch_dtype).element_size()
         taps = self.kernel_channels()
@@ -77,13 +77,16 @@ CUDA_CASES = [
 QUICK_CASES = [Case("quick 1x3x64x64", (1, 3, 64, 64)), Case("quick 2x4x32x32 g4", (2, 4, 32, 32), groups=4)]
 
 
-def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable]:
+def implementations(case: Case, backend: str = "inductor") -> dict[str, Callable]:
     native = dict(sizes=case.sizes, groups=case.groups, compute_dtype=case.torch_dtype)
     # Every case compiles the same Python function anew (two graphs: with and without autograd);
     # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
     torch._dynamo.reset()
     compiled = torch.compile(
-        functools.partial(reference.multi_dynconv_shift_add, **native), fullgraph=True, dynamic=False, backend=backend
+        functools.partial(reference.multi_dynconv, formulation="shift_add", **native),
+        fullgraph=True,
+        dynamic=False,
+        backend=backend,
     )
     return {
         "ddet_ops": functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups),
@@ -92,7 +95,7 @@ def implementations(case: Case, backend: str = "inductor") -> Dict[str, Callable
     }
 
 
-def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Sequence[str] = ()) -> Dict[str, object]:
+def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Sequence[str] = ()) -> dict[str, object]:
     gen = torch.Generator(device=device).manual_seed(0)
     n, c, h, w = case.shape
     x = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype).requires_grad_(True)
@@ -103,7 +106,7 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
     )
     grad_y = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
     floor_fwd, floor_bwd = (b / bandwidth for b in case.floor_bytes())
-    results: Dict[str, object] = {
+    results: dict[str, object] = {
         "case": asdict(case),
         "floor_fwd_s": floor_fwd,
         "floor_bwd_s": floor_bwd,
@@ -137,7 +140,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f}"
 
 
-def summary_rows(all_results: List[Dict[str, object]]) -> List[List[object]]:
+def summary_rows(all_results: list[dict[str, object]]) -> list[list[object]]:
     rows = []
     for res in all_results:
         ours = res["impls"].get("ddet_ops")
@@ -176,7 +179,7 @@ HEADERS = [
 ]
 
 
-def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str, object]]) -> str:
+def report(info: dict[str, object], bandwidth: float, all_results: list[dict[str, object]]) -> str:
     who = info.get("gpu", info["cpu"])
     header = (
         f"ddet_ops operator benchmark on {who} ({info['device']}, {info['torch_threads']} threads), "
@@ -190,11 +193,11 @@ def report(info: Dict[str, object], bandwidth: float, all_results: List[Dict[str
 
 def run(
     device: torch.device,
-    cases: Optional[List[Case]] = None,
+    cases: list[Case] | None = None,
     skip: Sequence[str] = (),
-    out_dir: Optional[str] = None,
-    json_path: Optional[str] = None,
-    markdown_path: Optional[str] = None,
+    out_dir: str | None = None,
+    json_path: str | None = None,
+    markdown_path: str | None = None,
 ) -> str:
     """Runs the cases, prints the results and writes them where asked; returns the markdown table.
 
@@ -203,7 +206,7 @@ def run(
         cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
     info = machine(device)
     bandwidth = copy_bandwidth(device)
-    all_results: List[Dict[str, object]] = []
+    all_results: list[dict[str, object]] = []
     stem = f"ops-{device_slug(device)}-{info['date'][:10]}"
     for case in cases:
         print(f"  measuring {case.name} ...", flush=True)
@@ -250,7 +253,7 @@ def case_inputs(case: Case, device: torch.device):
     return x, kernels, grad_y
 
 
-def time_kernels(case: Case, device: torch.device, repeats: int) -> Dict[str, float]:
+def time_kernels(case: Case, device: torch.device, repeats: int) -> dict[str, float]:
     """Median seconds of each pass of the raw ops (no autograd) on one case."""
     x, kernels, grad_y = case_inputs(case, device)
     args = ([kernels], list(case.sizes), case.groups, 1)
@@ -265,7 +268,7 @@ def time_kernels(case: Case, device: torch.device, repeats: int) -> Dict[str, fl
     return times
 
 
-def kernel_bytes(case: Case) -> Dict[str, int]:
+def kernel_bytes(case: Case) -> dict[str, int]:
     """The fewest bytes each pass must move: each input read once, each output written once."""
     n, c, h, w = case.shape
     elem = torch.empty((), dtype=case.torch_dtype).element_size()
@@ -278,9 +281,9 @@ def kernel_bytes(case: Case) -> Dict[str, int]:
     }
 
 
-def run_kernel_timings(device: torch.device, cases: List[Case], repeats: int, json_path: str, variant: str) -> None:
+def run_kernel_timings(device: torch.device, cases: list[Case], repeats: int, json_path: str, variant: str) -> None:
     """Times every case, rewriting json_path after each so a stopped run keeps what it measured."""
-    payload: Dict[str, object] = {
+    payload: dict[str, object] = {
         "machine": machine(device),
         "variant": variant,
         "copy_bytes_per_s": copy_bandwidth(device),
@@ -295,7 +298,7 @@ def run_kernel_timings(device: torch.device, cases: List[Case], repeats: int, js
         print(f"  {variant} {case.name}: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in times.items()), flush=True)
 
 
-def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> Dict[str, Dict[str, float]]:
+def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> dict[str, dict[str, float]]:
     """Forward and backward (grads of x and the kernels) of ddet_ops and the two peers, inputs
     requiring grad throughout so that torch.compile compiles one graph pair per dtype."""
     x, kernels, grad_y = case_inputs(case, device)
@@ -322,14 +325,14 @@ def time_peers(case: Case, device: torch.device, repeats: int, backend: str) -> 
     return out
 
 
-def run_peers(device: torch.device, cases: List[Case], repeats: int, json_path: str, backend: str = "inductor") -> None:
-    payload: Dict[str, object] = {"machine": machine(device), "compile_backend": backend, "results": []}
+def run_peers(device: torch.device, cases: list[Case], repeats: int, json_path: str, backend: str = "inductor") -> None:
+    payload: dict[str, object] = {"machine": machine(device), "compile_backend": backend, "results": []}
     for case in cases:
         payload["results"].append({"case": asdict(case), "seconds": time_peers(case, device, repeats, backend)})
         write_json(json_path, payload)
 
 
-def write_json(path: str, payload: Dict[str, object]) -> None:
+def write_json(path: str, payload: dict[str, object]) -> None:
     """Atomic: a reader (or a run stopped mid-write) never sees half a file."""
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
@@ -337,12 +340,12 @@ def write_json(path: str, payload: Dict[str, object]) -> None:
     partial.replace(target)
 
 
-def _efficiency(result: Dict[str, object], name: str, copy: float) -> float:
+def _efficiency(result: dict[str, object], name: str, copy: float) -> float:
     """The pass's floor bytes per second as a fraction of the copy bandwidth."""
     return result["bytes"][name] / result["seconds"][name] / copy
 
 
-def kernel_table(v1: Dict[str, object], v2: Optional[Dict[str, object]]) -> str:
+def kernel_table(v1: dict[str, object], v2: dict[str, object] | None) -> str:
     copy = (v2 or v1)["copy_bytes_per_s"]
     rows = []
     for index, old in enumerate(v1["results"]):
@@ -360,14 +363,14 @@ def kernel_table(v1: Dict[str, object], v2: Optional[Dict[str, object]]) -> str:
     return markdown_table(headers[: len(rows[0])] if rows else headers, rows)
 
 
-def targets(v1: Dict[str, object], v2: Dict[str, object], peers: Optional[Dict[str, object]]) -> List[List[str]]:
+def targets(v1: dict[str, object], v2: dict[str, object], peers: dict[str, object] | None) -> list[list[str]]:
     """The GPU targets, each with what was measured and PASS or FAIL."""
     copy, checks = v2["copy_bytes_per_s"], []
 
     def check(what: str, value: float, goal: float, text: str, at_most: bool = False) -> None:
         checks.append([what, text, "PASS" if (value <= goal if at_most else value >= goal) else "FAIL"])
 
-    for old, new in zip(v1["results"], v2["results"]):
+    for old, new in zip(v1["results"], v2["results"], strict=True):
         name, dtype = new["case"]["name"], new["case"]["dtype"]
         if new["case"]["groups"] == 1 and new["case"]["shape"][1] >= 8:
             ratio = new["seconds"]["forward"] / (new["bytes"]["forward"] / copy)
@@ -389,7 +392,7 @@ def targets(v1: Dict[str, object], v2: Dict[str, object], peers: Optional[Dict[s
     return checks
 
 
-def kernel_report(v1: Dict[str, object], v2: Optional[Dict[str, object]], peers: Optional[Dict[str, object]]) -> str:
+def kernel_report(v1: dict[str, object], v2: dict[str, object] | None, peers: dict[str, object] | None) -> str:
     info = (v2 or v1)["machine"]
     text = (
         f"ddet_ops kernels on {info.get('gpu', info['cpu'])}, torch {info['torch']}, commit {info['commit']}, "

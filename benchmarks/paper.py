@@ -6,7 +6,7 @@ names; a row the paper has no registry model for is absent. Nothing here is meas
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple
+from typing import NamedTuple
 
 SOURCE = (
     "Shi, Zhong, Yang, Yang, Lin, 'DDet: Dual-path Dynamic Enhancement Network for Real-World Image "
@@ -20,7 +20,7 @@ class Scores(NamedTuple):
 
 
 # Table I: PSNR (dB) / SSIM on RealSR, by scale.
-TABLE1: Dict[str, Dict[int, Scores]] = {
+TABLE1: dict[str, dict[int, Scores]] = {
     "srresnet": {2: Scores(33.79, 0.918), 3: Scores(30.52, 0.858), 4: Scores(29.03, 0.821)},
     "edsr": {2: Scores(33.57, 0.916), 3: Scores(30.13, 0.847), 4: Scores(28.77, 0.812)},
     "rcan": {2: Scores(33.76, 0.917), 3: Scores(30.36, 0.861), 4: Scores(28.89, 0.820)},
@@ -35,7 +35,7 @@ TABLE1: Dict[str, Dict[int, Scores]] = {
 
 # Table II: the ablation at x2, PSNR (dB); each rung adds one component to the one before
 # (plain = KPN with K = 7, + post-refinement, + CDM, + MDA = DDet).
-TABLE2_X2_PSNR: Dict[str, float] = {"ddet-plain": 33.43, "ddet-pr": 33.80, "ddet-cdm": 34.28, "ddet": 34.37}
+TABLE2_X2_PSNR: dict[str, float] = {"ddet-plain": 33.43, "ddet-pr": 33.80, "ddet-cdm": 34.28, "ddet": 34.37}
 
 
 class EfficiencyRow(NamedTuple):
@@ -46,7 +46,7 @@ class EfficiencyRow(NamedTuple):
 
 
 # Table III: efficiency and parameters at x3.
-TABLE3: Dict[str, EfficiencyRow] = {
+TABLE3: dict[str, EfficiencyRow] = {
     "srresnet": EfficiencyRow("SRResNet", 2.1, 4.9, 30.52),
     "edsr": EfficiencyRow("EDSR", 8.7, 153.5, 30.13),
     "rcan": EfficiencyRow("RCAN", 3.61, 54.8, 30.36),

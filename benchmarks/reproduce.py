@@ -22,7 +22,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 # Appended, not prepended: an installed ddet_ops (with its compiled kernels) must win over the
 # source folder of the same name in the repository root.
@@ -34,7 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet import models  # noqa: E402
-from ddet.data import SKIMAGE_VALIDATION_PHOTOS, make_sources, skimage_photos, write_image  # noqa: E402
+from ddet.data import SKIMAGE_VALIDATION_PHOTOS, DataSpec, skimage_photos, write_image  # noqa: E402
 from ddet.inference import bf16_matrix_units  # noqa: E402
 from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
 
@@ -57,7 +56,7 @@ class Budget:
     channels_last: bool = True
     seed: int = 0
     frame: tuple = (256, 256)  # forward timing
-    val_crop: Optional[int] = None  # validate on central crops of this side (default: whole photos)
+    val_crop: int | None = None  # validate on central crops of this side (default: whole photos)
 
 
 FAST_CPU_PRECISION = (
@@ -144,7 +143,7 @@ def train_or_resume(config) -> None:
         train(config, resume=True)
 
 
-def scores_of(config, budget: Budget, device: torch.device) -> Dict[str, object]:
+def scores_of(config, budget: Budget, device: torch.device) -> dict[str, object]:
     """The run's final validation (EMA weights, RealSR protocol, from its log) and the model's
     forward time on one frame."""
     records = [json.loads(line) for line in (Path(config.out) / "log.jsonl").read_text().splitlines()]
@@ -162,7 +161,7 @@ def scores_of(config, budget: Budget, device: torch.device) -> Dict[str, object]
     }
 
 
-def claim_rows(scores: Dict[str, Dict[str, object]], scale: int) -> List[Dict[str, object]]:
+def claim_rows(scores: dict[str, dict[str, object]], scale: int) -> list[dict[str, object]]:
     rows = []
     for claim in CLAIMS:
         ours = scores[claim.better]["psnr"] - scores[claim.worse]["psnr"]
@@ -178,7 +177,7 @@ def _paper_psnr(name: str, scale: int) -> float:
     return paper.TABLE1[name][scale].psnr if name in paper.TABLE1 else float("nan")
 
 
-def report(payload: Dict[str, object]) -> str:
+def report(payload: dict[str, object]) -> str:
     scale, scores = payload["scale"], payload["scores"]
     bicubic = next(iter(scores.values()))["bicubic_psnr"]
     table1 = [
@@ -250,7 +249,7 @@ def _paper_cell(name: str, scale: int) -> str:
     return "n/a" if scores is None else f"{scores.psnr:.2f} / {scores.ssim:.3f}"
 
 
-def plot(payload: Dict[str, object], path: str) -> None:
+def plot(payload: dict[str, object], path: str) -> None:
     """PSNR against time per frame, ours beside the paper's Table III: the trade-off the paper argues."""
     table3.require_matplotlib()
     import matplotlib
@@ -289,7 +288,7 @@ def plot(payload: Dict[str, object], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, metavar="DIR", help="one training run per model under this folder")
     parser.add_argument("--out", metavar="DIR", help="write the tables (markdown, JSON) and the figure (PNG) here")
@@ -324,7 +323,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def settled_budget(runs: Path, base: Budget, steps: Optional[int], hours: float, scale: int) -> Budget:
+def settled_budget(runs: Path, base: Budget, steps: int | None, hours: float, scale: int) -> Budget:
     """The budget of ``runs``: the one it was started with (kept in budget.json, so that a resumed
     reproduction continues the same runs), else ``base`` with the steps given or calibrated."""
     record = runs / "budget.json"
@@ -385,7 +384,7 @@ def seconds_per_step(name: str, budget: Budget, scale: int, repeats: int = 3) ->
     return statistics.median(times[1:])
 
 
-def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> Dict[str, object]:
+def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> dict[str, object]:
     started = time.perf_counter()
     device = torch.device("cpu")
     scores = {}
@@ -397,7 +396,7 @@ def reproduce(budget: Budget, scale: int, runs: Path, threads: int) -> Dict[str,
         "machine": machine(device),
         "scale": scale,
         "budget": dataclasses.asdict(budget),
-        "validation_images": len(make_sources("synthetic", scale, val_root=validation_folder(budget, runs) or None)[1]),
+        "validation_images": len(DataSpec("synthetic", scale).validation(validation_folder(budget, runs) or None)),
         "scores": scores,
         "claims": claim_rows(scores, scale),
         "wall_seconds": time.perf_counter() - started,

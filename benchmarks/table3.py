@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,7 +23,7 @@ from ddet import models
 from . import paper
 from .common import device_slug, machine, markdown_table, median_time
 
-Frame = Tuple[int, int]
+Frame = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class PaperRow:
 
     label: str
     mb: float
-    seconds_per_frame: Optional[float] = None
-    psnr_x3: Optional[float] = None
+    seconds_per_frame: float | None = None
+    psnr_x3: float | None = None
     note: str = ""
 
 
@@ -42,7 +42,7 @@ _NOTES = {
     "rcan": "published configuration; no configuration of its code gives Table III's MB",
     "edrn": "published configuration; no configuration of its code gives Table III's MB",
 }
-PAPER_TABLE3: Dict[str, PaperRow] = {
+PAPER_TABLE3: dict[str, PaperRow] = {
     name: PaperRow(row.label, row.mb, row.seconds_per_frame, row.psnr_x3, _NOTES.get(name, ""))
     for name, row in paper.TABLE3.items()
 }
@@ -62,7 +62,7 @@ DEFAULT_REPEATS = {"cuda": 10, "cpu": 3}
 DEFAULT_BUDGET_S = {"cuda": 60.0, "cpu": 15.0}  # per model; 11 CPU models then fit in 5 minutes
 # A GPU needs a frame large enough to be busy, or its launch overhead, extrapolated per pixel,
 # would push models onto reduced frames they do not need.
-PROBE_FRAME: Dict[str, Frame] = {"cuda": (256, 256), "cpu": (32, 32)}
+PROBE_FRAME: dict[str, Frame] = {"cuda": (256, 256), "cpu": (32, 32)}
 FRAME_MULTIPLE = 16
 AUTOCAST_DTYPES = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -113,13 +113,13 @@ def measure_model(
     channels_last: bool = False,
     repeats: int = 3,
     budget_s: float = 15.0,
-) -> Dict[str, object]:
+) -> dict[str, object]:
     """Times ``name`` and returns its row: ours, the paper's, and how they compare."""
     model = models.create(name).eval().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = _forward(model, device, dtype)
-    probe_frame = tuple(min(side, probe_side) for side, probe_side in zip(frame, PROBE_FRAME[device.type]))
+    probe_frame = tuple(min(side, probe_side) for side, probe_side in zip(frame, PROBE_FRAME[device.type], strict=True))
     probe = _frame(model.in_channels, probe_frame, device, channels_last)
     forward(probe)  # the first call pays one-time costs (oneDNN primitives, cuDNN plans, allocations)
     # The faster of two runs: on a shared machine one run can be several times slower than usual.
@@ -154,7 +154,7 @@ def measure_model(
     }
 
 
-def _or_na(value: Optional[float], fmt: str, scale: float = 1.0, suffix: str = "") -> str:
+def _or_na(value: float | None, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
     return "n/a" if value is None else format(value * scale, fmt) + suffix
 
 
@@ -172,7 +172,7 @@ HEADERS = [
 ]
 
 
-def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
+def table_rows(rows: Sequence[dict[str, object]]) -> list[list[object]]:
     out = []
     for row in rows:
         paper = row["paper"] or {}
@@ -194,7 +194,7 @@ def table_rows(rows: Sequence[Dict[str, object]]) -> List[List[object]]:
     return out
 
 
-def markdown(payload: Dict[str, object]) -> str:
+def markdown(payload: dict[str, object]) -> str:
     info, settings = payload["machine"], payload["settings"]
     who = info.get("gpu", info["cpu"])
     frame = "x".join(map(str, settings["frame"]))
@@ -229,15 +229,15 @@ def markdown(payload: Dict[str, object]) -> str:
 
 def run(
     device: torch.device,
-    names: Optional[Sequence[str]] = None,
-    frame: Optional[Frame] = None,
+    names: Sequence[str] | None = None,
+    frame: Frame | None = None,
     *,
     dtype: str = "float32",
     channels_last: bool = False,
-    repeats: Optional[int] = None,
-    budget_s: Optional[float] = None,
+    repeats: int | None = None,
+    budget_s: float | None = None,
     progress: Callable[[str], None] = print,
-) -> Dict[str, object]:
+) -> dict[str, object]:
     """Measures every model of ``names`` (default: the paper's Table III) and returns the results."""
     names = list(names or PAPER_TABLE3)
     frame = tuple(frame or DEFAULT_FRAME[device.type])
@@ -273,7 +273,7 @@ def run(
     }
 
 
-def stem(device: torch.device, payload: Dict[str, object]) -> str:
+def stem(device: torch.device, payload: dict[str, object]) -> str:
     settings = payload["settings"]
     variant = "" if settings["dtype"] == "float32" else f"-{settings['dtype']}"
     variant += "-channels-last" if settings["channels_last"] else ""
@@ -287,7 +287,7 @@ def require_matplotlib() -> None:
         raise RuntimeError("--plot needs matplotlib, which is not installed (pip install matplotlib)") from None
 
 
-def plot(payload: Dict[str, object], path: str) -> None:
+def plot(payload: dict[str, object], path: str) -> None:
     """PNG of time per frame (scaled to the paper's frame) against parameters, with the paper's
     points where it gives a time: the trade-off of the paper's figure."""
     require_matplotlib()

@@ -76,7 +76,7 @@ def command_train(args):
 
 def command_eval(args):
     from ddet import metrics
-    from ddet.data import REALSR_CAMERAS, WholeImages, make_sources, paired_folder, realsr
+    from ddet.data import REALSR_CAMERAS, DataSpec, WholeImages
     from ddet.device import pick_device
     from ddet.inference import choose_precision, describe_precision, evaluate_images, prepare_model, resolve_model
 
@@ -88,35 +88,36 @@ def command_eval(args):
     settings = choose_precision(args.precision, device)
     model, scale, channels, name = resolve_model(args.model, args.weights, args.scale, device)
     prepare_model(model)
-    if args.data == "synthetic":
-        source = make_sources("synthetic", scale, val_root=args.data_root)[1]
-    elif args.data == "realsr":
-        source = realsr(
-            _required(args.data_root, "--data-root"),
-            scale,
-            args.split,
-            tuple(args.cameras or REALSR_CAMERAS),
-            args.realsr_version,
-        )
-    else:
-        source = paired_folder(_required(args.data_root, "--data-root"))
+    cameras = tuple(args.cameras or REALSR_CAMERAS)
+    source = DataSpec(args.data, scale, args.realsr_version, cameras).validation(args.data_root, args.split)
     if args.json:
         _refuse_overwrite(Path(args.json), args.force)
     patch = metrics.OFFICIAL_PATCH if args.patch == 0 else args.patch
     print(describe_precision(settings))
+    options = dict(tile=args.tile, context=args.tile_context, device=device, border=args.border, patch=patch)
     rows = evaluate_images(
-        model,
-        WholeImages(source, channels, cache=False),
-        args.tile,
-        args.tile_context,
-        device,
-        args.border,
-        patch,
-        True,
-        settings.name,
+        model, WholeImages(source, channels, cache=False), **options, progress=True, precision=settings.name
     )
-    mean = metrics.summarize(rows)
-    bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
+    mean, bicubic = metrics.summarize(rows), metrics.summarize(rows, prefix="bicubic_")
+    _print_scores(rows, mean, bicubic, name)
+    if args.json:
+        report = dict(
+            model=name,
+            weights=str(args.weights) if args.weights else "bundled",
+            scale=scale,
+            channels=channels,
+            precision=settings.name,
+            data=args.data,
+            protocol=_protocol(args.border, patch),
+            images=rows,
+            mean=mean,
+            bicubic_mean=bicubic,
+        )
+        _write_json(Path(args.json), report)
+
+
+def _print_scores(rows, mean, bicubic, name):
+    """The per-image table of ``ddet eval`` with its mean row, bicubic beside the model ``name``."""
     print(f"{'image':<24} {'bicubic PSNR':>12} {'SSIM':>7} {name + ' PSNR':>14} {'SSIM':>7}")
     for row in rows:
         print(
@@ -124,29 +125,26 @@ def command_eval(args):
             f"{row['psnr']:>14.3f} {row['ssim']:>7.4f}"
         )
     print(f"{'mean':<24} {bicubic['psnr']:>12.3f} {bicubic['ssim']:>7.4f} {mean['psnr']:>14.3f} {mean['ssim']:>7.4f}")
-    if args.json:
-        from ddet.files import atomic_write
 
-        report = {
-            "model": name,
-            "weights": str(args.weights) if args.weights else "bundled",
-            "scale": scale,
-            "channels": channels,
-            "precision": settings.name,
-            "data": args.data,
-            "protocol": {
-                "y": "MATLAB rgb2ycbcr, uint8",
-                "multiple": metrics.MULTIPLE,
-                "border": args.border,
-                "patch": patch,
-                "stride": metrics.OFFICIAL_STRIDE if patch else None,
-            },
-            "images": rows,
-            "mean": mean,
-            "bicubic_mean": bicubic,
-        }
-        text = json.dumps(_finite_or_null(report), indent=2, allow_nan=False)
-        atomic_write(Path(args.json), lambda handle: handle.write(text.encode()))
+
+def _protocol(border, patch):
+    """How ``ddet eval`` scored, as its JSON report records it."""
+    from ddet import metrics
+
+    return {
+        "y": "MATLAB rgb2ycbcr, uint8",
+        "multiple": metrics.MULTIPLE,
+        "border": border,
+        "patch": patch,
+        "stride": metrics.OFFICIAL_STRIDE if patch else None,
+    }
+
+
+def _write_json(path, report):
+    from ddet.files import atomic_write
+
+    text = json.dumps(_finite_or_null(report), indent=2, allow_nan=False)
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def _finite_or_null(value):
@@ -157,12 +155,6 @@ def _finite_or_null(value):
         return {key: _finite_or_null(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_finite_or_null(item) for item in value]
-    return value
-
-
-def _required(value, flag):
-    if not value:
-        raise ValueError(f"{flag} is required for this data kind")
     return value
 
 
@@ -198,7 +190,7 @@ def output_paths(inputs, out, scale, suffix, into_folder=False):
         raise ValueError(f"-o {out}: several inputs or a folder need an output folder")
     targets = [out / f"{Path(path).stem}_x{scale}{suffix}" for path in inputs]
     claimed = {}
-    for path, target in zip(inputs, targets):
+    for path, target in zip(inputs, targets, strict=True):
         if target in claimed:
             raise ValueError(
                 f"{claimed[target]} and {path} would both be written to {target}; upscale them into different folders"
@@ -233,11 +225,13 @@ def command_upscale(args):
     targets = output_paths(
         inputs, args.output, scale, args.suffix, into_folder=any(Path(item).is_dir() for item in args.inputs)
     )
-    for source, target in zip(inputs, targets):
+    for source, target in zip(inputs, targets, strict=True):
         writable_format(target)
         if target.exists() and target.resolve() == Path(source).resolve():
             raise ValueError(f"{target} is an input too: write the result elsewhere")
-    jobs = [(source, target) for source, target in zip(inputs, targets) if args.force or not target.exists()]
+    jobs = [
+        (source, target) for source, target in zip(inputs, targets, strict=True) if args.force or not target.exists()
+    ]
     skipped = len(targets) - len(jobs)
     if skipped:
         print(
@@ -333,25 +327,34 @@ def command_export(args):
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_model_arguments(parser):
+    """--model, --weights and --scale: which network a command runs."""
+    parser.add_argument("--model", help="registry name (default: ddet with bundled weights)")
+    parser.add_argument("--weights", help="safetensors file from ddet train")
+    parser.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
 
-    train = commands.add_parser("train", help="train a model (also under torchrun)")
-    add_train_arguments(train)
-    train.set_defaults(run=command_train)
 
-    evaluate = commands.add_parser("eval", help="PSNR/SSIM under the RealSR protocol, with the bicubic baseline")
-    evaluate.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    evaluate.add_argument("--weights", help="safetensors file from ddet train")
-    evaluate.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
-    evaluate.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
-    evaluate.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
-    evaluate.add_argument("--split", default="Test", help="RealSR split (default Test)")
-    evaluate.add_argument("--cameras", nargs="+", help="RealSR cameras (default: both, Canon and Nikon)")
-    evaluate.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
-    evaluate.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
-    evaluate.add_argument(
+def add_running_arguments(parser, *, tile_help, precision, precision_help):
+    """--tile, --tile-context, --precision and --device: how a command runs the network on images."""
+    parser.add_argument("--tile", type=int, default=None, help=tile_help)
+    parser.add_argument(
+        "--tile-context",
+        type=int,
+        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    )
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=precision, help=precision_help)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+def add_eval_arguments(parser):
+    add_model_arguments(parser)
+    parser.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
+    parser.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
+    parser.add_argument("--split", default="Test", help="RealSR split (default Test)")
+    parser.add_argument("--cameras", nargs="+", help="RealSR cameras (default: both, Canon and Nikon)")
+    parser.add_argument("--realsr-version", type=int, choices=(2, 3), default=2)
+    parser.add_argument("--border", type=int, default=0, help="pixels shaved from each side (default 0)")
+    parser.add_argument(
         "--patch",
         type=int,
         nargs="?",
@@ -359,73 +362,63 @@ def build_parser():
         default=None,
         help="average over patches of this size, stride 800 (bare flag: 1200 as the official script)",
     )
-    evaluate.add_argument("--tile", type=int, default=None, help="run the model in tiles of this size")
-    evaluate.add_argument(
-        "--tile-context",
-        type=int,
-        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
+    add_running_arguments(
+        parser,
+        tile_help="run the model in tiles of this size",
+        precision="fp32",
+        precision_help="fp32 (default), bf16, fp16 or auto, as ddet upscale",
     )
-    evaluate.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="fp32",
-        help="fp32 (default), bf16, fp16 or auto, as ddet upscale",
-    )
-    evaluate.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    evaluate.add_argument("--json", help="write the per-image table and means here")
-    evaluate.add_argument("--force", action="store_true", help="overwrite --json")
-    evaluate.set_defaults(run=command_eval)
+    parser.add_argument("--json", help="write the per-image table and means here")
+    parser.add_argument("--force", action="store_true", help="overwrite --json")
 
-    up = commands.add_parser("upscale", help="upscale photographs")
-    up.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images, or folders of images")
-    up.add_argument(
+
+def add_upscale_arguments(parser):
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images, or folders of images")
+    parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder"
     )
-    up.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
-    up.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    up.add_argument("--weights", help="safetensors file from ddet train")
-    up.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="auto",
-        help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
+    add_model_arguments(parser)
+    add_running_arguments(
+        parser,
+        tile_help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image)",
+        precision="auto",
+        precision_help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
     )
-    up.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image at once)",
-    )
-    up.add_argument(
-        "--tile-context",
-        type=int,
-        help="pixels each tile reads beyond its edges (default: the model's receptive radius, at most 32)",
-    )
-    up.add_argument(
+    parser.add_argument(
         "--max-memory",
         type=float,
         metavar="GB",
         help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)",
     )
-    up.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    up.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
-    up.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
-    up.set_defaults(run=command_upscale)
+    parser.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
 
-    exp = commands.add_parser("export", help="export a model to ONNX or to a compiled PyTorch package (pt2)")
-    exp.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write: *.onnx or *.pt2")
-    exp.add_argument("--format", choices=("onnx", "pt2"), help="default: from the suffix of OUT")
-    exp.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
-    exp.add_argument("--model", help="registry name (default: ddet with bundled weights)")
-    exp.add_argument("--weights", help="safetensors file from ddet train")
-    exp.add_argument(
+
+def add_export_arguments(parser):
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write: *.onnx or *.pt2")
+    parser.add_argument("--format", choices=("onnx", "pt2"), help="default: from the suffix of OUT")
+    add_model_arguments(parser)
+    parser.add_argument(
         "--dtype",
         choices=("float32", "float16"),
         default="float32",
         help="precision of the exported network (default float32)",
     )
-    exp.add_argument("--force", action="store_true", help="overwrite OUT")
-    exp.set_defaults(run=command_export)
+    parser.add_argument("--force", action="store_true", help="overwrite OUT")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, summary, add_arguments, run in (
+        ("train", "train a model (also under torchrun)", add_train_arguments, command_train),
+        ("eval", "PSNR/SSIM under the RealSR protocol, with the bicubic baseline", add_eval_arguments, command_eval),
+        ("upscale", "upscale photographs", add_upscale_arguments, command_upscale),
+        ("export", "export a model to ONNX or a compiled PyTorch package (pt2)", add_export_arguments, command_export),
+    ):
+        command = commands.add_parser(name, help=summary)
+        add_arguments(command)
+        command.set_defaults(run=run)
     return parser
 
 

@@ -224,7 +224,7 @@ def _spans(length, tile, context):
     return spans
 
 
-def _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=None):
+def _run_tiled(height, width, tile, context, run_tile, emit_rows, *, on_pixels=None):
     """Run ``run_tile(top, bottom, left, right)`` (a C×h×w tensor for that window) over a tiling
     of an H×W image, keep each tile's core, and hand finished rows to ``emit_rows(top, rows)``
     (C×n×W tensors) from top to bottom. One band of tiles is held at a time, so memory grows with
@@ -287,6 +287,7 @@ class _Bicubic:
 def upscale(
     image,
     scale=None,
+    *,
     model=None,
     weights=None,
     tile="auto",
@@ -333,21 +334,25 @@ def upscale(
         return run_network(network, to_tensor(network_input), settings, device)
 
     def emit_rows(top, rows):
-        restored = _array(rows)
-        bottom = top + restored.shape[0]
-        if channels == "y":
-            ycbcr = rgb_to_ycbcr(bicubic.window(top, bottom, 0, width))
-            ycbcr[..., :1] = restored
-            restored = ycbcr_to_rgb(ycbcr)
-        restored = np.clip(restored, 0.0, 1.0)
-        output[top:bottom] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
+        restored = _as_rgb(_array(rows), lambda: bicubic.window(top, top + rows.shape[1], 0, width))
+        output[top : top + rows.shape[1]] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
 
     with tqdm(
         total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress
     ) as bar:
         report = bar.update if on_pixels is None else on_pixels
-        _run_tiled(height, width, tile, context, run_tile, emit_rows, report)
+        _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=report)
     return output
+
+
+def _as_rgb(restored, bicubic_rows):
+    """The network's rows as RGB in [0, 1]: a Y network's output takes its colour (CbCr) from the
+    same rows of the bicubic image, which ``bicubic_rows()`` gives."""
+    if restored.shape[-1] == 1:
+        ycbcr = rgb_to_ycbcr(bicubic_rows())
+        ycbcr[..., :1] = restored
+        restored = ycbcr_to_rgb(ycbcr)
+    return np.clip(restored, 0.0, 1.0)
 
 
 def _array(tensor):
@@ -355,7 +360,7 @@ def _array(tensor):
 
 
 def evaluate_images(
-    model, images, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"
+    model, images, *, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"
 ):
     """Per-image RealSR-protocol rows {name, psnr, ssim, bicubic_psnr, bicubic_ssim} for a dataset
     of (lr at HR size, hr, name) tensors in the model's channels."""

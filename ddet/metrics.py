@@ -121,8 +121,9 @@ def evaluate(output, target, border=0, patch=None, stride=OFFICIAL_STRIDE):
     }
 
 
-def summarize(rows):
-    """Mean PSNR and SSIM over per-image result dicts."""
+def summarize(rows, prefix=""):
+    """Mean PSNR and SSIM over per-image result dicts, read from their ``prefix + "psnr"`` and
+    ``prefix + "ssim"`` entries (``prefix="bicubic_"``: the bicubic baseline's)."""
     if not rows:
         raise ValueError("no images to summarize")
-    return {key: float(np.mean([row[key] for row in rows])) for key in ("psnr", "ssim")}
+    return {key: float(np.mean([row[prefix + key] for row in rows])) for key in ("psnr", "ssim")}

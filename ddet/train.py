@@ -64,7 +64,7 @@ class TrainConfig:
     warmup: int = 0
     step_size: int = 200_000  # step schedule: lr × step_gamma every step_size iterations
     step_gamma: float = 0.5
-    loss: str = "l1"  # l1 | l2; models with forward_levels (LP-KPN) get it on every pyramid level
+    loss: str = "l1"  # l1 | l2, summed over the model's loss_pairs (LP-KPN: one on every pyramid level)
     grad_clip: float = 0.0  # max gradient norm, 0 = off
     ema: float = 0.999  # decay of the weight average used for validation and export, 0 = off
     # none | bf16 | fp16 autocast, on CUDA and on the CPU (bf16 runs several times faster on CPUs
@@ -245,11 +245,9 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.loss = model, LOSSES[loss]
 
-    def forward(self, lr, hr):
-        if hasattr(self.model, "forward_levels"):  # LP-KPN: the loss on each Laplacian level
-            _, levels = self.model.forward_levels(lr)
-            return sum(self.loss(level.float(), target) for level, target in zip(levels, self.model.pyramid(hr)))
-        return self.loss(self.model(lr).float(), hr)
+    def forward(self, lr_image, hr_image):
+        pairs = self.model.loss_pairs(lr_image, hr_image)
+        return sum(self.loss(prediction.float(), target) for prediction, target in pairs)
 
 
 @dataclasses.dataclass
@@ -382,8 +380,7 @@ def validate(model, images, device):
     model.eval()
     rows = evaluate_images(model, images, device=device)
     model.train()
-    bicubic = [{"psnr": row["bicubic_psnr"], "ssim": row["bicubic_ssim"]} for row in rows]
-    return metrics.summarize(rows), metrics.summarize(bicubic)
+    return metrics.summarize(rows), metrics.summarize(rows, prefix="bicubic_")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,9 +481,9 @@ def _train(config, env, resume, force):
         config.scale,
         config.data_root or None,
         config.val_root or None,
-        config.realsr_version,
-        tuple(config.cameras),
-        config.decode_cache or None,
+        realsr_version=config.realsr_version,
+        cameras=tuple(config.cameras),
+        decode_cache=config.decode_cache or None,
     )
     patches = TrainingPatches(
         train_source,

@@ -7,11 +7,11 @@ bad argument before anything is dispatched, including under ``torch.compile`` tr
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 
-KernelsArg = Union[torch.Tensor, Sequence[torch.Tensor]]
+KernelsArg = torch.Tensor | Sequence[torch.Tensor]
 
 # More kernel sizes than this in one call are refused, as by the C++ kernels.
 MAX_SIZES = 16
@@ -36,7 +36,7 @@ def check_groups_and_dilation(groups: int, dilation: int) -> None:
         raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
 
 
-def check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
+def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     """A non-empty sequence of at most MAX_SIZES valid kernel sizes, as a tuple."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise ValueError(f"sizes must be a sequence of ints such as (3, 5, 7), got {sizes!r}")
@@ -48,10 +48,10 @@ def check_sizes(sizes: Sequence[int]) -> Tuple[int, ...]:
 def normalize(
     x: torch.Tensor,
     kernels: KernelsArg,
-    sizes: Optional[Sequence[int]],
+    sizes: Sequence[int] | None,
     groups: int,
     dilation: int,
-) -> Tuple[List[torch.Tensor], List[int]]:
+) -> tuple[list[torch.Tensor], list[int]]:
     """Validate the public arguments; return the kernel tensors (one packed tensor, or one per
     size) and the list of sizes.  A packed tensor is passed on as it is, never split or copied."""
     if not isinstance(x, torch.Tensor):
@@ -92,13 +92,13 @@ def normalize(
             sizes = [_check_size(s) for s in sizes]
             if len(sizes) != len(kernel_list):
                 raise ValueError(f"sizes={sizes} disagrees with the kernel list, which has {len(kernel_list)} tensors")
-            for i, (k, s) in enumerate(zip(kernel_list, sizes)):
+            for i, (k, s) in enumerate(zip(kernel_list, sizes, strict=True)):
                 if k.shape[1] != groups * s * s:
                     raise ValueError(
                         f"sizes={sizes} disagrees with the kernel list: kernels[{i}] has {k.shape[1]} channels, "
                         f"not groups*s^2 = {groups}*{s * s}"
                     )
-        for i, (k, s) in enumerate(zip(kernel_list, sizes)):
+        for i, (k, s) in enumerate(zip(kernel_list, sizes, strict=True)):
             _check_kernel(x, k, f"kernels[{i}]", groups * s * s, f"groups*s^2 = {groups}*{s * s}")
     if len(sizes) > MAX_SIZES:
         raise ValueError(f"at most {MAX_SIZES} kernel sizes per call, got {len(sizes)}")

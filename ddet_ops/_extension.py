@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.machinery
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 
@@ -14,7 +13,7 @@ _REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps ."
 _BUILT_AGAINST = b"ddet_ops built against torch "
 
 
-def load(package_path: List[str]) -> None:
+def load(package_path: list[str]) -> None:
     """Import ``ddet_ops._C`` (which registers the ``torch.ops.ddet_ops`` kernels).
 
     ``package_path`` is the package's ``__path__``. Run from a source folder whose package was
@@ -46,7 +45,7 @@ def load(package_path: List[str]) -> None:
         ) from None
 
 
-def _find_library(package_path: List[str]) -> Optional[Path]:
+def _find_library(package_path: list[str]) -> Path | None:
     """The compiled ``_C`` of this package, else of an installed copy it shadows (whose folder is
     then added to ``package_path`` so that ``from . import _C`` finds it)."""
     own = [Path(folder) for folder in package_path]

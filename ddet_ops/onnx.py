@@ -26,7 +26,7 @@ Half-precision inputs are computed in float32 and rounded once, as the fast kern
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -57,7 +57,7 @@ def _ints(*values: int):
     return op.Constant(value_ints=list(values))
 
 
-def _kernel_pieces(kernels: List, sizes: Sequence[int], groups: int) -> List:
+def _kernel_pieces(kernels: list, sizes: Sequence[int], groups: int) -> list:
     """The kernel tensors, one per size where the layout needs it: a packed tensor holds, per size,
     groups·s² channels, so with several groups its sizes must be separated before the taps of a
     group can sit side by side."""

@@ -14,7 +14,7 @@ any order are available.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -26,7 +26,7 @@ __all__ = ["multi_dynconv", "dynconv"]
 def multi_dynconv(
     x: torch.Tensor,
     kernels: KernelsArg,
-    sizes: Optional[Sequence[int]] = None,
+    sizes: Sequence[int] | None = None,
     *,
     groups: int = 1,
     dilation: int = 1,
@@ -77,7 +77,7 @@ def _multi_dynconv_backward_fake(grad_y, x, kernels, sizes, groups, dilation, ne
     check_op_args(x, kernels, sizes, groups, dilation)
     check_grad_y(grad_y, x)
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty((0,))
-    grad_kernels: List[torch.Tensor] = (
+    grad_kernels: list[torch.Tensor] = (
         [torch.empty_like(k, memory_format=torch.contiguous_format) for k in kernels] if need_kernels else []
     )
     return grad_x, grad_kernels
@@ -118,11 +118,11 @@ def _setup_backward_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _dense(grad_kernels, kernels) -> Optional[List[torch.Tensor]]:
+def _dense(grad_kernels, kernels) -> list[torch.Tensor] | None:
     """Per-tensor kernel cotangents with the missing ones as zeros; None when all are missing."""
     if all(g is None for g in grad_kernels):
         return None
-    return [torch.zeros_like(k) if g is None else g for g, k in zip(grad_kernels, kernels)]
+    return [torch.zeros_like(k) if g is None else g for g, k in zip(grad_kernels, kernels, strict=True)]
 
 
 def _double_backward(ctx, grad_grad_x, grad_grad_kernels):

@@ -1,9 +1,9 @@
 """Fixtures shared by the test files."""
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import pytest
 import torch

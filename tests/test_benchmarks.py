@@ -206,6 +206,9 @@ def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "DecodedCache, warm" in done.stdout
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+    assert sorted(line.strip() for line in done.stdout.splitlines() if "wrote" in line) == [
+        f"wrote {path}" for path in sorted(tmp_path.iterdir())
+    ]
 
 
 def test_reproduction_quick_run_writes_tables_and_figure_and_resumes(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ddet import models
-from ddet.cli import main
+from ddet.cli import build_parser, main
 from ddet.data import read_image
 from ddet.weights import bundled_path, save_weights
 
@@ -116,9 +116,14 @@ def pairs(tmp_path):
     return tmp_path / "pairs"
 
 
+def eval_folder(weights, pairs, report):
+    """The ``ddet eval`` arguments that score ``weights`` on a paired folder into the JSON ``report``."""
+    return ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--json", str(report)]
+
+
 def test_eval_writes_a_table_and_json_with_the_bicubic_row(tmp_path, pairs, weights, capsys):
     report = tmp_path / "report.json"
-    args = ["eval", "--weights", str(weights), "--data", "folder", "--data-root", str(pairs), "--json", str(report)]
+    args = eval_folder(weights, pairs, report)
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "bicubic" in table and "mean" in table
@@ -137,22 +142,7 @@ def test_eval_json_stays_standard_when_a_psnr_is_infinite(tmp_path, weights):
         (tmp_path / "pairs" / folder).mkdir(parents=True)
         Image.fromarray(np.full((24, 28, 3), 90, np.uint8)).save(tmp_path / "pairs" / folder / "flat.png")
     report = tmp_path / "report.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--weights",
-                str(weights),
-                "--data",
-                "folder",
-                "--data-root",
-                str(tmp_path / "pairs"),
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    assert main(eval_folder(weights, tmp_path / "pairs", report)) == 0
 
     def refuse(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
@@ -178,14 +168,14 @@ def test_bundled_weights_beat_bicubic_on_the_held_out_photos(scale):
     if not bundled_path("ddet", scale).is_file():
         pytest.skip(f"bundled ×{scale} weights not trained yet")
     from ddet import metrics, upscale
-    from ddet.data import WholeImages, make_sources
+    from ddet.data import DataSpec, WholeImages
     from ddet.inference import evaluate_images, resolve_model
 
     model, model_scale, channels, name = resolve_model(scale=scale)
     assert (model_scale, channels, name) == (scale, "y", "ddet")
-    rows = evaluate_images(model, WholeImages(make_sources("synthetic", scale)[1], "y"))
+    rows = evaluate_images(model, WholeImages(DataSpec("synthetic", scale).validation(), "y"))
     ours = metrics.summarize(rows)
-    bicubic = metrics.summarize([{"psnr": r["bicubic_psnr"], "ssim": r["bicubic_ssim"]} for r in rows])
+    bicubic = metrics.summarize(rows, prefix="bicubic_")
     assert ours["psnr"] - bicubic["psnr"] > BUNDLED_GAINS_DB[scale] and ours["ssim"] > bicubic["ssim"], (ours, bicubic)
     assert upscale(np.zeros((20, 30, 3), np.uint8), scale=scale).shape == (20 * scale, 30 * scale, 3)
 
@@ -199,6 +189,22 @@ def photo_folder(tmp_path):
             folder / f"p{index}.png"
         )
     return folder
+
+
+def test_eval_on_synthetic_pairs_of_a_photo_folder_builds_no_training_data(
+    tmp_path, photo_folder, weights, monkeypatch
+):
+    import ddet.data
+
+    def refuse(*args, **kwargs):
+        pytest.fail("eval built training data")
+
+    monkeypatch.setattr(ddet.data.DataSpec, "training", refuse)
+    monkeypatch.setattr(ddet.data, "skimage_photos", refuse)
+    report = tmp_path / "report.json"
+    args = ["eval", "--weights", str(weights), "--data-root", str(photo_folder), "--json", str(report)]
+    assert main(args) == 0
+    assert [row["name"] for row in json.loads(report.read_text())["images"]] == ["p0", "p1", "p2"]
 
 
 def test_upscale_a_folder_skips_existing_outputs_and_sums_up(tmp_path, photo_folder, weights, capsys):
@@ -257,24 +263,7 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(tmp_path, photo, weights, m
 
 def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
     report = tmp_path / "bf16.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--weights",
-                str(weights),
-                "--data",
-                "folder",
-                "--data-root",
-                str(pairs),
-                "--precision",
-                "bf16",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    assert main([*eval_folder(weights, pairs, report), "--precision", "bf16"]) == 0
     assert "precision: bf16 autocast" in capsys.readouterr().out
     assert json.loads(report.read_text())["precision"] == "bf16"
 
@@ -285,6 +274,7 @@ def test_eval_at_reduced_precision_says_so(tmp_path, pairs, weights, capsys):
         (["--border", "-5"], "--border must be at least 0"),
         (["--patch", "3"], "--patch must be at least 11"),
         (["--json", "."], ". is a folder"),
+        (["--data", "realsr"], "needs the RealSR folder (--data-root)"),
     ],
 )
 def test_eval_refuses_bad_flags_before_any_work(weights, capsys, monkeypatch, flags, message):
@@ -312,3 +302,19 @@ def test_weights_that_make_no_finite_image_are_refused(tmp_path, photo, capsys):
         == 2
     )
     assert "NaN or infinity" in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    "command, precision",
+    [(["eval"], "fp32"), (["upscale", "in.png", "-o", "out.png"], "auto"), (["export", "-o", "m.onnx"], None)],
+)
+def test_commands_share_the_model_and_running_options(command, precision):
+    model = ["--model", "kpn5", "--weights", "w.safetensors", "--scale", "3"]
+    args = build_parser().parse_args([*command, *model])
+    assert (args.model, args.weights, args.scale) == ("kpn5", "w.safetensors", 3)
+    if precision is None:
+        return
+    assert (args.precision, args.device, args.tile, args.tile_context) == (precision, "auto", None, None)
+    running = ["--tile", "64", "--tile-context", "8", "--precision", "bf16", "--device", "cpu"]
+    args = build_parser().parse_args([*command, *running])
+    assert (args.tile, args.tile_context, args.precision, args.device) == (64, 8, "bf16", "cpu")

@@ -10,6 +10,7 @@ from PIL import Image
 from ddet.data import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
+    DataSpec,
     DecodedCache,
     Degradation,
     SyntheticPairs,
@@ -159,6 +160,60 @@ def test_skimage_split_is_disjoint_and_loads():
     assert hr.shape[0] % 4 == 0 and hr.shape[1] % 4 == 0 and lr.shape == hr.shape
 
 
+def _realsr_tree(root, rng, splits=("Train", "Test")):
+    for split in splits:
+        for camera, count in (("Canon", 1), ("Nikon", 2)):
+            for number in range(count):
+                _save_rgb(root / camera / split / "2" / f"{camera}_{split}{number}_HR.png", _random_uint8(rng, 8, 8))
+                _save_rgb(root / camera / split / "2" / f"{camera}_{split}{number}_LR2.png", _random_uint8(rng, 8, 8))
+
+
+def test_a_run_trains_and_validates_on_the_pairs_its_data_spec_gives(tmp_path):
+    rng = np.random.default_rng(8)
+    for split in ("train", "val"):
+        for index in range(2):
+            _save_rgb(tmp_path / "photos" / split / f"{split}{index}.png", _random_uint8(rng, 12, 10))
+    train, validation = make_sources("synthetic", 2, tmp_path / "photos" / "train", tmp_path / "photos" / "val")
+    assert train.names == DataSpec("synthetic", 2).training(tmp_path / "photos" / "train").names == ["train0", "train1"]
+    alone = DataSpec("synthetic", 2).validation(tmp_path / "photos" / "val")
+    assert validation.names == alone.names == ["val0", "val1"]
+    assert all(np.array_equal(a, b) for a, b in zip(validation.pair(1), alone.pair(1), strict=True))
+    _realsr_tree(tmp_path / "realsr", rng)
+    train, validation = make_sources("realsr", 2, tmp_path / "realsr", cameras=("Nikon",))
+    assert train.names == ["Nikon_Train0_HR", "Nikon_Train1_HR"]
+    assert validation.names == ["Nikon_Test0_HR", "Nikon_Test1_HR"]
+    assert DataSpec("realsr", 2).validation(tmp_path / "realsr", split="Train").names == [
+        "Canon_Train0_HR",
+        "Nikon_Train0_HR",
+        "Nikon_Train1_HR",
+    ]
+    _save_rgb(tmp_path / "pairs" / "hr" / "a.png", _random_uint8(rng, 8, 8))
+    _save_rgb(tmp_path / "pairs" / "lr" / "a.png", _random_uint8(rng, 8, 8))
+    assert make_sources("folder", 2, tmp_path / "pairs")[1] is None
+    assert make_sources("folder", 2, tmp_path / "pairs", tmp_path / "pairs")[1].names == ["a"]
+
+
+def test_validation_data_is_built_without_the_training_data(tmp_path, monkeypatch):
+    _realsr_tree(tmp_path, np.random.default_rng(9), splits=("Test",))  # no Train split at all
+    assert len(DataSpec("realsr", 2).validation(tmp_path)) == 3
+    asked = []
+    monkeypatch.setattr("ddet.data.skimage_photos", lambda names: asked.append(names) or {"one": np.ones((4, 4, 3))})
+    assert DataSpec("synthetic", 2).validation().names == ["one"]
+    assert asked == [SKIMAGE_VALIDATION_PHOTOS]
+
+
+@pytest.mark.parametrize("kind, message", [("realsr", "the RealSR folder"), ("folder", "hr/ and lr/")])
+def test_data_without_its_folder_is_refused_by_name(kind, message):
+    for make in (DataSpec(kind, 2).training, DataSpec(kind, 2).validation, lambda: make_sources(kind, 2)):
+        with pytest.raises(ValueError, match=message):
+            make()
+
+
+def test_an_unknown_data_kind_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown data kind 'jpeg'"):
+        DataSpec("jpeg", 2)
+
+
 def test_training_patches_are_a_function_of_seed_and_sample(photos):
     source = SyntheticPairs(photos, scale=2)
     dataset = TrainingPatches(source, patch=16, channels="y", seed=3, num_samples=9)
@@ -204,7 +259,7 @@ def test_decoded_cache_gives_the_same_patches_and_decodes_each_file_once(tmp_pat
     plain, cached = paired_folder(root), paired_folder(root, DecodedCache(tmp_path / "cache"))
     region = (3, 5, 16, 20)
     for index, name in enumerate(plain.names):
-        for expected, got in zip(plain.pair(index, region=region), cached.pair(index, region=region)):
+        for expected, got in zip(plain.pair(index, region=region), cached.pair(index, region=region), strict=True):
             assert got.dtype == np.float32 and got.shape == (16, 20, 3)
             if name == "small":  # the resized LR is stored at 16 bits
                 np.testing.assert_allclose(got, expected, rtol=0, atol=0.5 / 65535 + 1e-7)

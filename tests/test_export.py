@@ -46,7 +46,7 @@ def run_onnx(path, *inputs):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {arg.name: value.numpy() for arg, value in zip(session.get_inputs(), inputs)}
+    feeds = {arg.name: value.numpy() for arg, value in zip(session.get_inputs(), inputs, strict=True)}
     return session.run(None, feeds)[0]
 
 

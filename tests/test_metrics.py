@@ -92,3 +92,14 @@ def test_shape_mismatch_and_bad_dtype_are_clear():
         metrics.evaluate(np.zeros((12, 12), np.int32), np.zeros((12, 12), np.int32))
     with pytest.raises(ValueError, match="11"):
         metrics.ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_summaries_of_the_model_and_of_the_bicubic_baseline():
+    rows = [
+        {"psnr": 30.0, "ssim": 0.9, "bicubic_psnr": 28.0, "bicubic_ssim": 0.8},
+        {"psnr": 32.0, "ssim": 0.7, "bicubic_psnr": 29.0, "bicubic_ssim": 0.6},
+    ]
+    assert metrics.summarize(rows) == pytest.approx({"psnr": 31.0, "ssim": 0.8})
+    assert metrics.summarize(rows, prefix="bicubic_") == pytest.approx({"psnr": 28.5, "ssim": 0.7})
+    with pytest.raises(ValueError, match="no images"):
+        metrics.summarize([])

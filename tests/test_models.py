@@ -4,6 +4,7 @@ LP-KPN structure against ddet_ops.reference, initialisation, gradients, serialis
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -126,6 +127,29 @@ def test_unknown_override_names_the_field_and_lists_the_valid_ones():
 )
 def test_bad_configuration_names_the_field(name, overrides, field):
     with pytest.raises(ValueError, match=field):
+        models.create(name, **overrides)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("field, value", [("in_channels", 0), ("width", 0), ("blocks", -1), ("width", True)])
+def test_every_family_checks_the_common_fields(name, field, value):
+    config_class = type(models.default_config(name)).__name__
+    with pytest.raises(ValueError, match=rf"^{config_class}\.{field} must be an int >= "):
+        models.create(name, **{field: value})
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("edrn", dict(reduction=128), "EDRNConfig.reduction (128) must not exceed width (64)"),
+        ("edrn", dict(groups=-1), "EDRNConfig.groups must be an int >= 0"),
+        ("lpkpn", dict(width=24), "LPKPNConfig.width must divide by 16"),
+        ("lpkpn", dict(feature_width=0), "LPKPNConfig.feature_width must be an int >= 1"),
+        ("ddet", dict(feature_width=0), "DDetConfig.feature_width must be an int >= 1"),
+    ],
+)
+def test_family_checks_reach_the_configurations_built_on_them(name, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         models.create(name, **overrides)
 
 
@@ -335,7 +359,7 @@ def test_lpkpn_levels_and_targets_line_up():
 def test_fresh_lpkpn_filters_every_band_by_the_identity():
     model = tiny("lpkpn")
     x = image(1, 1, 13, 11)
-    for level, target in zip(model.forward_levels(x)[1], model.pyramid(x)):
+    for level, target in zip(model.forward_levels(x)[1], model.pyramid(x), strict=True):
         torch.testing.assert_close(level, target, rtol=0, atol=1e-6)
 
 

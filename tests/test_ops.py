@@ -7,9 +7,14 @@ import sys
 
 import pytest
 import torch
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_checks import (
+    DOUBLE_BACKWARD_CASES,
+    assert_compiled_gradients_match,
+    double_backward_id,
+    gradgradcheck_case,
+)
 
 import ddet_ops
 from ddet_ops import MultiDynConv, dynconv, multi_dynconv, reference
@@ -67,7 +72,7 @@ def test_forward_and_backward_match_reference(case, packed):
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(gx, gx_ref)
     assert len(gk) == len(gk_ref) == (1 if packed else len(sizes))
-    for got, want in zip(gk, gk_ref):
+    for got, want in zip(gk, gk_ref, strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -169,7 +174,7 @@ def test_v2_backward_halves_run_alone(need):
     if need[0]:
         assert gk == [] and torch.equal(gx, both[0])
     else:
-        assert gx.numel() == 0 and all(torch.equal(a, b) for a, b in zip(gk, both[1]))
+        assert gx.numel() == 0 and all(torch.equal(a, b) for a, b in zip(gk, both[1], strict=True))
 
 
 def test_test_only_ops_are_not_in_the_production_namespace():
@@ -183,9 +188,11 @@ def test_test_only_ops_are_not_in_the_production_namespace():
 def test_shift_add_reference_agrees_with_unfold_reference():
     x, kernels = make_inputs(2, 4, 7, 9, (3, 5), 2)
     torch.testing.assert_close(
-        reference.multi_dynconv_shift_add(x, kernels, groups=2, dilation=2),
+        reference.multi_dynconv(x, kernels, groups=2, dilation=2, formulation="shift_add"),
         reference.multi_dynconv(x, kernels, groups=2, dilation=2),
     )
+    with pytest.raises(ValueError, match="formulation must be one of .'unfold', 'shift_add'., got 'im2col'"):
+        reference.multi_dynconv(x, kernels, groups=2, formulation="im2col")
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -211,7 +218,7 @@ def test_requires_grad_on_some_inputs(need):
     assert (x.grad is None) == (need == "kernels")
     if x.grad is not None:
         torch.testing.assert_close(x.grad, x_ref.grad)
-    for k, kr in zip(kernels, k_ref):
+    for k, kr in zip(kernels, k_ref, strict=True):
         assert (k.grad is None) == (need == "x")
         if k.grad is not None:
             torch.testing.assert_close(k.grad, kr.grad)
@@ -236,13 +243,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     def loss(x, packed):
         return (multi_dynconv(x, packed, (3, 5, 7)) * x).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    loss(xe, pe).backward()
-    compiled(xc, pc).backward()
-    torch.testing.assert_close(xc.grad, xe.grad)
-    torch.testing.assert_close(pc.grad, pe.grad)
+    assert_compiled_gradients_match(loss, x, packed, backend="aot_eager")
 
 
 def test_backward_is_bitwise_deterministic():
@@ -252,7 +253,7 @@ def test_backward_is_bitwise_deterministic():
     for _ in range(2):
         again = grads(multi_dynconv, x, kernels, grad_y, groups=2)
         assert torch.equal(again[1], first[1])
-        assert all(torch.equal(a, b) for a, b in zip(again[2], first[2]))
+        assert all(torch.equal(a, b) for a, b in zip(again[2], first[2], strict=True))
 
 
 def test_inputs_are_never_modified():
@@ -262,7 +263,7 @@ def test_inputs_are_never_modified():
     grad_before = grad_y.clone()
     y = multi_dynconv(x, kernels)
     y.backward(grad_y)
-    assert all(torch.equal(t.detach(), b) for t, b in zip((x, *kernels), before))
+    assert all(torch.equal(t.detach(), b) for t, b in zip((x, *kernels), before, strict=True))
     assert torch.equal(grad_y, grad_before)
     assert y.data_ptr() not in {t.data_ptr() for t in (x, *kernels)}
 
@@ -299,7 +300,7 @@ def test_reduced_precision_against_float64(dtype, tol):
     _, gx, gk = grads(multi_dynconv, x_l, k_l, grad_y)
     _, gx_ref, gk_ref = grads(reference.multi_dynconv, x_l.double(), [k.double() for k in k_l], grad_y.double())
     assert ((gx.double() - gx_ref).abs().max() / gx_ref.abs().max()).item() < tol
-    for got, want in zip(gk, gk_ref):
+    for got, want in zip(gk, gk_ref, strict=True):
         assert ((got.double() - want).abs().max() / want.abs().max()).item() < tol
 
 
@@ -497,7 +498,7 @@ def test_property_matches_reference(n, channels_per_group, groups, h, w, sizes, 
     grad_y = torch.randn_like(x)
     got = grads(multi_dynconv, x, kernels, grad_y, groups=groups, dilation=dilation)
     want = grads(reference.multi_dynconv, x, kernels, grad_y, groups=groups, dilation=dilation)
-    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2]), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -515,7 +516,7 @@ def test_large_outputs_reuse_freed_blocks_and_stay_correct():
         grad_y = torch.randn_like(x)
         got = grads(multi_dynconv, x, kernels, grad_y)
         want = grads(reference.multi_dynconv, x, kernels, grad_y)
-        for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+        for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2]), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         del got, x, kernels, grad_y, a, b
         assert ddet_ops.cpu_cache_bytes() >= (6 + 12) * 2**20
@@ -589,7 +590,7 @@ def test_dilation_beyond_the_image_leaves_only_the_centre_tap(dtype):
     got = grads(multi_dynconv, x, kernels, grad_y, dilation=2**62)
     want = grads(reference.multi_dynconv, x.double(), [k.double() for k in kernels], grad_y.double(), dilation=40)
     tol = {} if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
-    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2])):
+    for a, b in zip(itertools.chain(got[:2], got[2]), itertools.chain(want[:2], want[2]), strict=True):
         torch.testing.assert_close(a.double(), b, **tol)
 
 
@@ -629,7 +630,7 @@ def derivatives_along(fn, x, kernels, direction, orders=3, **kw):
     for _ in range(orders):
         grads_here = torch.autograd.grad(scalar, leaves, create_graph=True)
         found.append(grads_here)
-        scalar = sum((g * d).sum() for g, d in zip(grads_here, direction))
+        scalar = sum((g * d).sum() for g, d in zip(grads_here, direction, strict=True))
     return found
 
 
@@ -643,8 +644,8 @@ def test_higher_order_derivatives_match_the_unfold_reference(case):
     kw = dict(groups=groups, dilation=dilation)
     got = derivatives_along(multi_dynconv, x, kernels, direction, **kw)
     want = derivatives_along(reference.multi_dynconv, x, kernels, direction, **kw)
-    for order, (got_grads, want_grads) in enumerate(zip(got, want), start=1):
-        for a, b in zip(got_grads, want_grads):
+    for order, (got_grads, want_grads) in enumerate(zip(got, want, strict=True), start=1):
+        for a, b in zip(got_grads, want_grads, strict=True):
             assert b.abs().max() > 0, order
             torch.testing.assert_close(a, b, msg=f"order {order}")
 
@@ -659,7 +660,7 @@ def test_gradient_penalty_through_some_kernel_gradients():
         grad_kernels = torch.autograd.grad((fn(x, leaves) ** 2).sum(), leaves, create_graph=True)
         return torch.autograd.grad((grad_kernels[1] ** 2).sum(), leaves)
 
-    for got, want in zip(penalty_grads(multi_dynconv), penalty_grads(reference.multi_dynconv)):
+    for got, want in zip(penalty_grads(multi_dynconv), penalty_grads(reference.multi_dynconv), strict=True):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want)
 
@@ -690,5 +691,5 @@ def test_torch_compile_fullgraph_gradient_penalty():
         )
         got = torch.autograd.grad(compiled(*leaves), leaves)
     want = torch.autograd.grad(penalty(reference.multi_dynconv, *leaves), leaves)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)

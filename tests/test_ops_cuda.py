@@ -5,7 +5,12 @@ covers the indexing)."""
 
 import pytest
 import torch
-from double_backward_checks import DOUBLE_BACKWARD_CASES, double_backward_id, gradgradcheck_case
+from op_checks import (
+    DOUBLE_BACKWARD_CASES,
+    assert_compiled_gradients_match,
+    double_backward_id,
+    gradgradcheck_case,
+)
 
 from ddet_ops import multi_dynconv, reference
 
@@ -62,7 +67,7 @@ def test_every_dtype_against_float64_reference(case, dtype):
     y_ref = reference.multi_dynconv(ref_x, ref_k, groups=groups, dilation=dilation)
     y_ref.backward(g64)
     want = [y_ref.detach(), ref_x.grad] + [k.grad for k in ref_k]
-    for name, a, b in zip(["y", "grad_x"] + [f"grad_k{i}" for i in range(len(kernels))], got, want):
+    for name, a, b in zip(["y", "grad_x"] + [f"grad_k{i}" for i in range(len(kernels))], got, want, strict=True):
         assert a.dtype == dtype and a.is_cuda
         assert relative_error(a.cpu(), b) < TOLERANCE[dtype], name
 
@@ -73,7 +78,7 @@ def test_cuda_agrees_with_cpu_kernels(case):
     x, kernels, grad_y = inputs(case, torch.float32)
     gpu = forward_backward(x, kernels, grad_y, groups, dilation)
     cpu = forward_backward(x.cpu(), [k.cpu() for k in kernels], grad_y.cpu(), groups, dilation)
-    for a, b in zip(gpu, cpu):
+    for a, b in zip(gpu, cpu, strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-5)
 
 
@@ -111,13 +116,7 @@ def test_torch_compile_fullgraph_inductor():
     def loss(x, packed):
         return (multi_dynconv(x, packed, (3, 5, 7)).relu() * grad_y).sum()
 
-    compiled = torch.compile(loss, fullgraph=True)
-    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
-    loss(xe, pe).backward()
-    compiled(xc, pc).backward()
-    torch.testing.assert_close(xc.grad, xe.grad)
-    torch.testing.assert_close(pc.grad, pe.grad)
+    assert_compiled_gradients_match(loss, x, packed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -126,7 +125,7 @@ def test_backward_is_bitwise_deterministic(dtype):
     first = forward_backward(x, kernels, grad_y, 4, 1)
     for _ in range(3):
         again = forward_backward(x, kernels, grad_y, 4, 1)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 def test_channels_last_and_non_contiguous():
@@ -213,5 +212,5 @@ def test_kernel_versions_agree(tmp_path):
         for i, case in enumerate(CASES):
             x, kernels, grad_y = inputs(case, dtype)
             ours = forward_backward(x, kernels, grad_y, case[5], case[6])
-            for a, b in zip(ours, v1[(str(dtype), i)]):
+            for a, b in zip(ours, v1[(str(dtype), i)], strict=True):
                 assert relative_error(a.cpu(), b) < 2 * tolerance

@@ -83,6 +83,12 @@ def _config(photos, out, **overrides):
     return load_config(**values)
 
 
+def _darkened_config(photos, darkened_pairs, out, model, **overrides):
+    """Ten steps of a tiny ``model`` on the darkened pairs, validated on them."""
+    data = dict(data="folder", data_root=str(darkened_pairs), val_root=str(darkened_pairs))
+    return _config(photos, out, model=model, model_args=TINY[model], **data, iterations=10, lr=1e-3, **overrides)
+
+
 def _weights(path):
     return read_weights(path)[0]
 
@@ -95,25 +101,14 @@ def _batch_loss(config, weights=None):
         model.load_state_dict(weights)
     source = make_sources(config.data, config.scale, config.data_root, config.val_root)[0]
     patches = TrainingPatches(source, config.patch, config.channels, config.seed, num_samples=config.batch)
-    lr, hr = (torch.stack(t) for t in zip(*[patches[i] for i in range(config.batch)]))
+    lr, hr = (torch.stack(t) for t in zip(*[patches[i] for i in range(config.batch)], strict=True))
     with torch.no_grad():
         return Objective(model, config.loss)(lr, hr).item()
 
 
 @pytest.mark.parametrize("name", ["ddet", "kpn5", "lpkpn"])
 def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
-    config = _config(
-        photos,
-        tmp_path / name,
-        model=name,
-        model_args=TINY[name],
-        data="folder",
-        data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs),
-        iterations=10,
-        checkpoint_every=100,
-        lr=1e-3,
-    )
+    config = _darkened_config(photos, darkened_pairs, tmp_path / name, name, checkpoint_every=100)
     result = train(config)
     assert set(result) == {"psnr", "ssim"}
     before = _batch_loss(config)
@@ -121,21 +116,33 @@ def test_a_few_steps_reduce_the_loss(darkened_pairs, photos, tmp_path, name):
     assert after < before * 0.8, (before, after)
 
 
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_the_objective_is_the_loss_of_the_output(loss):
+    torch.manual_seed(0)
+    model = models.create("kpn5", **TINY["kpn5"], in_channels=1)
+    lr_image, hr_image = torch.rand(2, 2, 1, 16, 16).unbind()
+    expected = {"l1": torch.nn.functional.l1_loss, "l2": torch.nn.functional.mse_loss}[loss](model(lr_image), hr_image)
+    torch.testing.assert_close(Objective(model, loss)(lr_image, hr_image), expected, rtol=0, atol=0)
+
+
+def test_the_lpkpn_objective_sums_the_loss_of_every_pyramid_level():
+    torch.manual_seed(0)
+    model = models.create("lpkpn", **TINY["lpkpn"], in_channels=1)
+    for parameter in model.parameters():  # away from the identity start, where every level is exact
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    lr_image, hr_image = torch.rand(2, 2, 1, 16, 16).unbind()
+    _, levels = model.forward_levels(lr_image)
+    targets = model.pyramid(hr_image)
+    expected = sum((level - target).abs().mean() for level, target in zip(levels, targets, strict=True))
+    assert len(levels) == 3
+    assert not torch.allclose(expected, (model(lr_image) - hr_image).abs().mean())
+    torch.testing.assert_close(Objective(model, "l1")(lr_image, hr_image), expected)
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_and_channels_last_train_on_the_cpu(darkened_pairs, photos, tmp_path, amp):
-    config = _config(
-        photos,
-        tmp_path / amp,
-        model="ddet",
-        model_args=TINY["ddet"],
-        data="folder",
-        data_root=str(darkened_pairs),
-        val_root=str(darkened_pairs),
-        iterations=10,
-        checkpoint_every=5,
-        lr=1e-3,
-        amp=amp,
-        channels_last=True,
+    config = _darkened_config(
+        photos, darkened_pairs, tmp_path / amp, "ddet", checkpoint_every=5, amp=amp, channels_last=True
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -21,9 +21,9 @@ REGISTERS = re.compile(r"Used (\d+) registers")
 
 def demangle(names):
     if not names or shutil.which("c++filt") is None:
-        return dict(zip(names, names))
+        return dict(zip(names, names, strict=True))
     out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
-    return dict(zip(names, out)) if len(out) == len(names) else dict(zip(names, names))
+    return dict(zip(names, out, strict=True)) if len(out) == len(names) else dict(zip(names, names, strict=True))
 
 
 def parse(text: str):

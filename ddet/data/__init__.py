@@ -1,5 +1,9 @@
 """Training and validation data for real-world SR: RealSR, paired folders, synthetic cross-camera pairs."""
 
+import dataclasses
+import os
+from collections.abc import Sequence
+
 from ddet.data.datasets import CHANNELS, TrainingPatches, WholeImages, to_channels, training_loader
 from ddet.data.degrade import Degradation, degrade, resize
 from ddet.data.io import list_images, read_image, write_image
@@ -8,6 +12,7 @@ from ddet.data.sources import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
     DecodedCache,
+    FilePairs,
     SyntheticPairs,
     folder_photos,
     paired_folder,
@@ -16,44 +21,85 @@ from ddet.data.sources import (
 )
 
 DATA_KINDS = ("synthetic", "realsr", "folder")
+PathLike = str | os.PathLike
+PairSource = SyntheticPairs | FilePairs
 VALIDATION_SEED = 20200101  # fixed, so every run and `ddet eval` see the same validation pairs
 
 
-def make_sources(kind, scale, root=None, val_root=None, realsr_version=2, cameras=REALSR_CAMERAS, decode_cache=None):
-    """(training source, validation source or None) for a data kind.
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A kind of data at an SR scale: where training patches and validation images come from.
 
-    synthetic: photos from ``root`` (default: scikit-image's training photos), validated on the
-        photos in ``val_root`` (default: scikit-image's held-out photos);
-    realsr: ``root`` is the RealSR folder; Train for training, Test for validation;
-    folder: ``root`` and ``val_root`` are paired folders (``hr/``, ``lr/``).
-
-    ``decode_cache``: a folder where the training files of realsr and folder data are kept decoded
-    (see ``DecodedCache``); validation images are decoded once and kept in memory anyway.
+    synthetic: cross-camera pairs made from photos, by default scikit-image's (training photos for
+        training, the held-out ones for validation); realsr: a RealSR folder, cameras ``cameras``
+        of dataset version ``realsr_version``; folder: a paired folder (``hr/``, ``lr/``).
     """
-    if kind == "synthetic":
-        train_photos = folder_photos(root) if root else skimage_photos(SKIMAGE_TRAIN_PHOTOS)
-        val_photos = folder_photos(val_root) if val_root else skimage_photos(SKIMAGE_VALIDATION_PHOTOS)
-        return SyntheticPairs(train_photos, scale), SyntheticPairs(val_photos, scale, fixed_seed=VALIDATION_SEED)
-    if kind not in DATA_KINDS:
-        raise ValueError(f"unknown data kind {kind!r}; choose from {DATA_KINDS}")
-    if not root:
-        raise ValueError(
-            f"data {kind!r} needs "
-            + ("the RealSR folder" if kind == "realsr" else "a folder with hr/ and lr/")
-            + " (--data-root)"
-        )
-    cache = DecodedCache(decode_cache) if decode_cache else None
+
+    kind: str
+    scale: int
+    realsr_version: int = 2
+    cameras: Sequence[str] = REALSR_CAMERAS
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"unknown data kind {self.kind!r}; choose from {DATA_KINDS}")
+
+    def training(self, root: PathLike | None = None, decode_cache: PathLike | None = None) -> PairSource:
+        """The pairs training patches are cut from: the photos in ``root`` degraded afresh for every
+        patch, RealSR's Train split, or the paired folder ``root``. ``decode_cache``: a folder
+        where the files of realsr and folder data are kept decoded (see ``DecodedCache``)."""
+        if self.kind == "synthetic":
+            return SyntheticPairs(folder_photos(root) if root else skimage_photos(SKIMAGE_TRAIN_PHOTOS), self.scale)
+        cache = DecodedCache(decode_cache) if decode_cache else None
+        if self.kind == "realsr":
+            return realsr(self._needed(root), self.scale, "Train", self.cameras, self.realsr_version, cache)
+        return paired_folder(self._needed(root), cache)
+
+    def validation(self, root: PathLike | None = None, split: str = "Test") -> PairSource:
+        """Whole-image pairs to validate a run or evaluate a model on, the same every time: the
+        photos in ``root`` degraded with the fixed ``VALIDATION_SEED``, RealSR's ``split``, or the
+        paired folder ``root``."""
+        if self.kind == "synthetic":
+            photos = folder_photos(root) if root else skimage_photos(SKIMAGE_VALIDATION_PHOTOS)
+            return SyntheticPairs(photos, self.scale, fixed_seed=VALIDATION_SEED)
+        if self.kind == "realsr":
+            return realsr(self._needed(root), self.scale, split, self.cameras, self.realsr_version)
+        return paired_folder(self._needed(root))
+
+    def _needed(self, root: PathLike | None) -> PathLike:
+        if not root:
+            folder = "the RealSR folder" if self.kind == "realsr" else "a folder with hr/ and lr/"
+            raise ValueError(f"data {self.kind!r} needs {folder} (--data-root)")
+        return root
+
+
+def make_sources(
+    kind: str,
+    scale: int,
+    root: PathLike | None = None,
+    val_root: PathLike | None = None,
+    *,
+    realsr_version: int = 2,
+    cameras: Sequence[str] = REALSR_CAMERAS,
+    decode_cache: PathLike | None = None,
+) -> tuple[PairSource, PairSource | None]:
+    """(training source, validation source or None) of a training run: :meth:`DataSpec.training`
+    of ``root`` and :meth:`DataSpec.validation` of ``val_root``, by default scikit-image's held-out
+    photos for synthetic data, the Test split of ``root`` for RealSR, and no validation for a
+    paired folder."""
+    data = DataSpec(kind, scale, realsr_version, cameras)
+    train = data.training(root, decode_cache)
     if kind == "realsr":
-        return (
-            realsr(root, scale, "Train", cameras, realsr_version, cache),
-            realsr(val_root or root, scale, "Test", cameras, realsr_version),
-        )
-    return paired_folder(root, cache), paired_folder(val_root) if val_root else None
+        val_root = val_root or root
+    elif kind == "folder" and not val_root:
+        return train, None
+    return train, data.validation(val_root)
 
 
 __all__ = [
     "CHANNELS",
     "DATA_KINDS",
+    "DataSpec",
     "REALSR_CAMERAS",
     "DecodedCache",
     "Degradation",

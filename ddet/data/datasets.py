@@ -31,7 +31,7 @@ def to_tensor(image):
 class TrainingPatches(Dataset):
     """``num_samples`` random (lr, hr) patches, samples ``first_sample`` … ``first_sample + num_samples − 1``."""
 
-    def __init__(self, source, patch, channels="y", seed=0, num_samples=1, first_sample=0, augment=True):
+    def __init__(self, source, patch, channels="y", seed=0, *, num_samples=1, first_sample=0, augment=True):
         self.source, self.patch, self.channels = source, patch, channels
         self.seed, self.num_samples, self.first_sample, self.augment = seed, num_samples, first_sample, augment
         to_channels(np.zeros((1, 1, 3), np.float32), channels)  # validates `channels` now

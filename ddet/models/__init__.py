@@ -10,9 +10,11 @@
 Every model maps (N, C, H, W) to the same shape, for any H and W (padded inside by edge replication
 where the network needs a multiple of 4, then cropped), has ``model.in_channels``,
 ``model.config`` (the frozen dataclass it was built from: ``create(name, **fields)`` replaces
-fields) and ``model.receptive_radius`` (how far an input pixel can move an output pixel: 144 for
-``ddet``; stated for the KPN family and DDet, ``math.inf`` for the others), and starts close to the
-identity mapping (see each family's docstring).
+fields), ``model.receptive_radius`` (how far an input pixel can move an output pixel: 144 for
+``ddet``; stated for the KPN family and DDet, ``math.inf`` for the others) and
+``model.loss_pairs(x, target)`` (the (prediction, target) pairs its training loss sums over: the
+output alone, or LP-KPN's pyramid levels), and starts close to the identity mapping (see each
+family's docstring).
 
 =================  =====================================================  ==========  =========
 name               what                                                   MB (C = 1)  Table III

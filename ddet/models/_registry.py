@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -19,7 +20,7 @@ class Entry(NamedTuple):
     pretrained: Mapping[int, str] = MappingProxyType({})
 
 
-_ENTRIES: Dict[str, Entry] = {}
+_ENTRIES: dict[str, Entry] = {}
 
 
 def register(name: str, entry: Entry) -> None:
@@ -38,7 +39,7 @@ def _entry(name: str) -> Entry:
         raise ValueError(f"unknown model name {name!r}; known models: {', '.join(_ENTRIES)}") from None
 
 
-def names() -> List[str]:
+def names() -> list[str]:
     """Every registered model name, in registration order (the order of the paper's tables)."""
     return list(_ENTRIES)
 
@@ -53,7 +54,7 @@ def default_config(name: str) -> Any:
     return _entry(name).config
 
 
-def pretrained_scales(name: str) -> List[int]:
+def pretrained_scales(name: str) -> list[int]:
     """The SR scales for which weights of the model ``name`` are bundled (empty when none are)."""
     return sorted(_entry(name).pretrained)
 
@@ -79,7 +80,7 @@ def _bundled() -> str:
     return ", ".join(found) or "none"
 
 
-def create(name: str, *, pretrained: bool = False, scale: Optional[int] = None, **overrides: Any) -> nn.Module:
+def create(name: str, *, pretrained: bool = False, scale: int | None = None, **overrides: Any) -> nn.Module:
     """Build the model registered as ``name``, with configuration fields replaced by ``overrides``;
     with ``pretrained=True``, load the weights bundled for the SR ``scale`` into it.
 

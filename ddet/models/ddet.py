@@ -47,7 +47,6 @@ and the released networks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -67,7 +66,7 @@ class DDetConfig(KPNConfig):
     and F_PR."""
 
     feature_width: int = 128
-    heads: Tuple[KernelHeadSpec, ...] = (KernelHeadSpec((3, 5, 7)),)
+    heads: tuple[KernelHeadSpec, ...] = (KernelHeadSpec((3, 5, 7)),)
     cdm: bool = True
     post_refine: bool = True
     branch_width: int = 64

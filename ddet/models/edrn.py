@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ._registry import Entry
-from .layers import GlobalResidualNet, ResidualGroup, check_ints, conv3x3, stack_with_conv
-from .rcan import channel_attention_group
+from .layers import GlobalResidualNet, ResidualGroup, conv3x3, stack_with_conv
+from .rcan import RCANConfig, channel_attention_group
 
 __all__ = ["EDRNConfig", "EDRN", "EncoderDecoder"]
 
@@ -76,34 +76,19 @@ class EncoderDecoder(nn.Module):
 
 
 @dataclass(frozen=True)
-class EDRNConfig:
-    """``groups``: residual groups at 1/4 resolution (half as many at 1/2, a quarter at full);
-    ``blocks``: RCABs per group."""
+class EDRNConfig(RCANConfig):
+    """RCAN's fields; ``groups``: residual groups at 1/4 resolution (half as many at 1/2, a quarter
+    at full); ``blocks``: RCABs per group."""
 
-    in_channels: int = 1
-    width: int = 64
-    groups: int = 4
     blocks: int = 10
-    reduction: int = 16
-
-    def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "reduction"), minimum=1)
-        check_ints(self, ("groups", "blocks"), minimum=0)
-        if self.width // self.reduction < 1:
-            raise ValueError(f"EDRNConfig.reduction ({self.reduction}) must not exceed width ({self.width})")
+    groups: int = 4
 
 
 class EDRN(GlobalResidualNet):
     multiple = 4
 
-    def __init__(self, config: EDRNConfig):
-        super().__init__(
-            config.in_channels,
-            head=conv3x3(config.in_channels, config.width),
-            body=EncoderDecoder(config.width, config.groups, config.blocks, config.reduction),
-            tail=conv3x3(config.width, config.in_channels),
-        )
-        self.config = config
+    def make_body(self, config: EDRNConfig) -> EncoderDecoder:
+        return EncoderDecoder(config.width, config.groups, config.blocks, config.reduction)
 
 
 MODELS = {

@@ -14,33 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._registry import Entry
-from .layers import GlobalResidualNet, ResidualBlock, ResidualGroup, check_ints, conv3x3
+from .layers import GlobalResidualNet, NetConfig, ResidualBlock, ResidualGroup
 
 __all__ = ["EDSRConfig", "EDSR"]
 
 
 @dataclass(frozen=True)
-class EDSRConfig:
-    in_channels: int = 1
+class EDSRConfig(NetConfig):
     width: int = 256
     blocks: int = 32
     res_scale: float = 0.1
 
-    def __post_init__(self):
-        check_ints(self, ("in_channels", "width"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
-
 
 class EDSR(GlobalResidualNet):
-    def __init__(self, config: EDSRConfig):
-        width = config.width
-        super().__init__(
-            config.in_channels,
-            head=conv3x3(config.in_channels, width),
-            body=ResidualGroup((ResidualBlock(width, scale=config.res_scale) for _ in range(config.blocks)), width),
-            tail=conv3x3(width, config.in_channels),
-        )
-        self.config = config
+    def make_body(self, config: EDSRConfig) -> ResidualGroup:
+        blocks = (ResidualBlock(config.width, scale=config.res_scale) for _ in range(config.blocks))
+        return ResidualGroup(blocks, config.width)
 
 
 MODELS = {

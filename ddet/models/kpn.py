@@ -22,7 +22,6 @@ a fresh KPN returns its input exactly; see :func:`ddet.models.layers.centre_tap_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -30,9 +29,9 @@ from torch import nn
 import ddet_ops
 
 from ._registry import Entry
-from .layers import ResidualBlock, ResidualGroup, SameSizeNet, centre_tap_init, check_ints, conv3x3
+from .layers import NetConfig, ResidualBlock, ResidualGroup, SameSizeNet, centre_tap_init, check_ints, conv3x3
 
-__all__ = ["Trunk", "feature_decoder", "KernelHeadSpec", "KernelHead", "KPNConfig", "KPN"]
+__all__ = ["Trunk", "feature_decoder", "KernelHeadSpec", "KernelHead", "TrunkConfig", "KPNConfig", "KPN"]
 
 TRUNK_SCALE = 4
 
@@ -71,7 +70,7 @@ class KernelHeadSpec:
     and 5×5 heads).
     """
 
-    sizes: Tuple[int, ...]
+    sizes: tuple[int, ...]
     hidden: int | None = None
 
     def __post_init__(self):
@@ -104,28 +103,35 @@ class KernelHead(nn.Sequential):
 
 
 @dataclass(frozen=True)
-class KPNConfig:
-    """``width``: trunk channels (divisible by 16 for the ×4 shuffle; also the decoder's hidden
-    width). ``feature_width``: channels of the full-resolution features the heads read."""
+class TrunkConfig(NetConfig):
+    """The fields of a network on the KPN trunk: ``width``: trunk channels (divisible by 16 for the
+    ×4 shuffle; also the decoder's hidden width). ``feature_width``: channels of the
+    full-resolution features the kernel heads read."""
 
-    in_channels: int = 1
-    width: int = 64
-    blocks: int = 16
     feature_width: int = 64
-    heads: Tuple[KernelHeadSpec, ...] = (KernelHeadSpec((5,)),)
 
     def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "feature_width"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
+        super().__post_init__()
+        check_ints(self, ("feature_width",), minimum=1)
         if self.width % TRUNK_SCALE**2:
             raise ValueError(f"{type(self).__name__}.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
+
+
+@dataclass(frozen=True)
+class KPNConfig(TrunkConfig):
+    """The trunk's fields and the kernel ``heads``."""
+
+    heads: tuple[KernelHeadSpec, ...] = (KernelHeadSpec((5,)),)
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.heads or not all(isinstance(h, KernelHeadSpec) for h in self.heads):
             raise ValueError(
                 f"{type(self).__name__}.heads must be a non-empty tuple of KernelHeadSpec, got {self.heads!r}"
             )
 
     @property
-    def sizes(self) -> Tuple[int, ...]:
+    def sizes(self) -> tuple[int, ...]:
         """Kernel sizes of all heads, in the order of the packed kernel channels."""
         return tuple(s for head in self.heads for s in head.sizes)
 

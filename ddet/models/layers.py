@@ -4,7 +4,8 @@ the same-size image-to-image base class and the initialisations that start a mod
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,8 @@ class SameSizeNet(nn.Module):
     """Base of every model: (N, C, H, W) in, same shape out, for any H and W.
 
     Subclasses set ``in_channels`` and ``multiple`` (the factor H and W must divide by inside the
-    network) and implement :meth:`restore` on the padded image.
+    network) and implement :meth:`restore` on the padded image; one trained with a loss on more than
+    its output overrides :meth:`loss_pairs`.
     """
 
     in_channels: int
@@ -133,6 +135,11 @@ class SameSizeNet(nn.Module):
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (prediction, target) pairs the training loss compares, summed over the pairs: here the
+        output for ``x`` and ``target``; a model trained on intermediate results too returns those."""
+        return [(self(x), target)]
+
 
 def check_ints(config, fields: Sequence[str], *, minimum: int) -> None:
     """Raise a ValueError naming the first of ``fields`` of ``config`` that is not an int >= minimum."""
@@ -142,20 +149,48 @@ def check_ints(config, fields: Sequence[str], *, minimum: int) -> None:
             raise ValueError(f"{type(config).__name__}.{field} must be an int >= {minimum}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class NetConfig:
+    """The fields every model family has: ``in_channels`` (1 for Y, 3 for RGB), ``width`` (feature
+    channels) and ``blocks`` (residual blocks); a family's configuration adds its own, changes the
+    defaults and extends the checks."""
+
+    in_channels: int = 1
+    width: int = 64
+    blocks: int = 16
+
+    def __post_init__(self):
+        check_ints(self, ("in_channels", "width"), minimum=1)
+        check_ints(self, ("blocks",), minimum=0)
+
+
 class GlobalResidualNet(SameSizeNet):
     """x + tail(body(head(x))): the classical baselines at equal input and output size.
 
     The published networks end in an upsampler; on RealSR's same-size pairs that tail is dropped
     and the input is added back, with ``tail`` zero-initialised so the model starts as the
-    identity (as every model here does).
+    identity (as every model here does). A family implements :meth:`make_body`; ``head`` and
+    ``tail`` are 3×3 convs between the image and ``config.width`` channels unless it overrides
+    :meth:`make_head` or :meth:`make_tail`. They are built in that order, head first, so a seed
+    gives the same weights whichever part a family changes.
     """
 
-    def __init__(self, in_channels: int, head: nn.Module, body: nn.Module, tail: nn.Conv2d):
+    def __init__(self, config: NetConfig):
         super().__init__()
-        self.in_channels = in_channels
-        self.head = head
-        self.body = body
-        self.tail = zero_init(tail)
+        self.config = config
+        self.in_channels = config.in_channels
+        self.head = self.make_head(config)
+        self.body = self.make_body(config)
+        self.tail = zero_init(self.make_tail(config))
+
+    def make_head(self, config: NetConfig) -> nn.Module:
+        return conv3x3(config.in_channels, config.width)
+
+    def make_body(self, config: NetConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def make_tail(self, config: NetConfig) -> nn.Conv2d:
+        return conv3x3(config.width, config.in_channels)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.tail(self.body(self.head(x)))

@@ -16,7 +16,8 @@ zeros, which darkens the edges of every level); analysis followed by synthesis i
 Size: 1.43 M parameters = 5.72 MB at C = 1 (Table III: 5.7 MB).
 
 Multi-level loss. The released training network puts one Euclidean loss on every level, between the
-filtered band and the same band of the HR image::
+filtered band and the same band of the HR image; ``model.loss_pairs(lr, hr)`` gives those pairs to
+the trainer::
 
     output, levels = model.forward_levels(lr)
     targets = model.pyramid(hr)
@@ -32,8 +33,9 @@ LP-KPN filters every band by the identity and returns its input.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,7 @@ from torch import nn
 import ddet_ops
 
 from ._registry import Entry
-from .kpn import TRUNK_SCALE, KernelHead, KernelHeadSpec, Trunk, feature_decoder
+from .kpn import TRUNK_SCALE, KernelHead, KernelHeadSpec, Trunk, TrunkConfig, feature_decoder
 from .layers import SameSizeNet, check_image, check_ints, pad_to_multiple
 
 __all__ = ["LPKPNConfig", "LPKPN", "laplacian_pyramid", "reconstruct", "reduce", "expand"]
@@ -74,7 +76,7 @@ def expand(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return up[..., 4 : 4 + size[0], 4 : 4 + size[1]]
 
 
-def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> List[torch.Tensor]:
+def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """Bands finest → coarsest: G_l − expand(G_{l+1}) for l < levels − 1, then G_{levels−1}.
 
     Computed in x's dtype even under autocast, so that :func:`reconstruct` inverts it exactly.
@@ -83,7 +85,7 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = LEVELS) -> List[torch.Tenso
         gaussians = [x]
         for _ in range(levels - 1):
             gaussians.append(reduce(gaussians[-1]))
-        bands = [fine - expand(coarse, fine.shape[-2:]) for fine, coarse in zip(gaussians, gaussians[1:])]
+        bands = [fine - expand(coarse, fine.shape[-2:]) for fine, coarse in itertools.pairwise(gaussians)]
         return bands + [gaussians[-1]]
 
 
@@ -97,21 +99,15 @@ def reconstruct(bands: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class LPKPNConfig:
-    """``width``: trunk channels (divisible by 16) and the hidden width of every level's decoder;
-    ``feature_width``: channels the kernel heads read; ``kernel_size``: K of every level."""
+class LPKPNConfig(TrunkConfig):
+    """The trunk's fields (``width`` is also the hidden width of every level's decoder) and
+    ``kernel_size``, K of every level."""
 
-    in_channels: int = 1
-    width: int = 64
-    blocks: int = 16
-    feature_width: int = 64
     kernel_size: int = 5
 
     def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "feature_width", "kernel_size"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
-        if self.width % TRUNK_SCALE**2:
-            raise ValueError(f"LPKPNConfig.width must divide by 16 (pixel-shuffle ×4), got {self.width}")
+        super().__post_init__()
+        check_ints(self, ("kernel_size",), minimum=1)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"LPKPNConfig.kernel_size must be odd, got {self.kernel_size}")
 
@@ -136,36 +132,41 @@ class LPKPN(SameSizeNet):
             for level in range(LEVELS)
         )
 
-    def filtered_bands(self, x: torch.Tensor) -> List[torch.Tensor]:
+    def filtered_bands(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each band of x's pyramid convolved with its level's per-pixel kernels (H, W divide by 4)."""
         features = self.trunk(x)
         return [
             ddet_ops.dynconv(band, level(features).to(band.dtype))
-            for band, level in zip(laplacian_pyramid(x), self.levels)
+            for band, level in zip(laplacian_pyramid(x), self.levels, strict=True)
         ]
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return reconstruct(self.filtered_bands(x))
 
-    def _padded(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         check_image(x, self.in_channels, type(self).__name__)
         return pad_to_multiple(x, self.multiple), x.shape[-2], x.shape[-1]
 
     @staticmethod
-    def _crop_levels(bands: Sequence[torch.Tensor], h: int, w: int) -> List[torch.Tensor]:
+    def _crop_levels(bands: Sequence[torch.Tensor], h: int, w: int) -> list[torch.Tensor]:
         return [band[..., : -(-h // 2**level), : -(-w // 2**level)] for level, band in enumerate(bands)]
 
-    def forward_levels(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(output, [filtered band per level, finest → coarsest]); the output equals ``model(x)``."""
         padded, h, w = self._padded(x)
         bands = self.filtered_bands(padded)
         return reconstruct(bands)[..., :h, :w], self._crop_levels(bands, h, w)
 
-    def pyramid(self, hr: torch.Tensor) -> List[torch.Tensor]:
+    def pyramid(self, hr: torch.Tensor) -> list[torch.Tensor]:
         """The targets of the per-level loss: the Laplacian bands of ``hr``, finest → coarsest,
         in the same padded frame and crop as :meth:`forward_levels`."""
         padded, h, w = self._padded(hr)
         return self._crop_levels(laplacian_pyramid(padded), h, w)
+
+    def loss_pairs(self, x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every filtered band beside the same band of ``target``: the multi-level loss."""
+        _, levels = self.forward_levels(x)
+        return list(zip(levels, self.pyramid(target), strict=True))
 
 
 MODELS = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._registry import Entry
-from .layers import GlobalResidualNet, ResidualBlock, ResidualGroup, check_ints, conv3x3
+from .layers import GlobalResidualNet, NetConfig, ResidualBlock, ResidualGroup, check_ints
 
 __all__ = ["RCANConfig", "RCAN", "channel_attention_group"]
 
@@ -26,31 +26,27 @@ def channel_attention_group(channels: int, blocks: int, reduction: int) -> Resid
 
 
 @dataclass(frozen=True)
-class RCANConfig:
-    in_channels: int = 1
-    width: int = 64
-    groups: int = 10
+class RCANConfig(NetConfig):
+    """``groups`` residual groups of ``blocks`` RCABs each, channel attention reducing ``width``
+    by ``reduction`` (also EDRN's fields)."""
+
     blocks: int = 20
+    groups: int = 10
     reduction: int = 16
 
     def __post_init__(self):
-        check_ints(self, ("in_channels", "width", "reduction"), minimum=1)
-        check_ints(self, ("groups", "blocks"), minimum=0)
+        super().__post_init__()
+        check_ints(self, ("reduction",), minimum=1)
+        check_ints(self, ("groups",), minimum=0)
         if self.width // self.reduction < 1:
-            raise ValueError(f"RCANConfig.reduction ({self.reduction}) must not exceed width ({self.width})")
+            raise ValueError(f"{type(self).__name__}.reduction ({self.reduction}) must not exceed width ({self.width})")
 
 
 class RCAN(GlobalResidualNet):
-    def __init__(self, config: RCANConfig):
+    def make_body(self, config: RCANConfig) -> ResidualGroup:
         width = config.width
         groups = (channel_attention_group(width, config.blocks, config.reduction) for _ in range(config.groups))
-        super().__init__(
-            config.in_channels,
-            head=conv3x3(config.in_channels, width),
-            body=ResidualGroup(groups, width),
-            tail=conv3x3(width, config.in_channels),
-        )
-        self.config = config
+        return ResidualGroup(groups, width)
 
 
 MODELS = {

@@ -15,32 +15,26 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._registry import Entry
-from .layers import GlobalResidualNet, ResidualBlock, ResidualGroup, check_ints
+from .layers import GlobalResidualNet, NetConfig, ResidualBlock, ResidualGroup
 
 __all__ = ["SRResNetConfig", "SRResNet"]
 
 
 @dataclass(frozen=True)
-class SRResNetConfig:
-    in_channels: int = 1
-    width: int = 64
-    blocks: int = 16
-
-    def __post_init__(self):
-        check_ints(self, ("in_channels", "width"), minimum=1)
-        check_ints(self, ("blocks",), minimum=0)
+class SRResNetConfig(NetConfig):
+    """The common fields at SRResNet's defaults: 64 channels, 16 blocks."""
 
 
 class SRResNet(GlobalResidualNet):
-    def __init__(self, config: SRResNetConfig):
-        width = config.width
-        super().__init__(
-            config.in_channels,
-            head=nn.Sequential(nn.Conv2d(config.in_channels, width, 9, padding=4), nn.PReLU()),
-            body=ResidualGroup((ResidualBlock(width, activation=nn.PReLU) for _ in range(config.blocks)), width),
-            tail=nn.Conv2d(width, config.in_channels, 9, padding=4),
-        )
-        self.config = config
+    def make_head(self, config: SRResNetConfig) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(config.in_channels, config.width, 9, padding=4), nn.PReLU())
+
+    def make_body(self, config: SRResNetConfig) -> ResidualGroup:
+        blocks = (ResidualBlock(config.width, activation=nn.PReLU) for _ in range(config.blocks))
+        return ResidualGroup(blocks, config.width)
+
+    def make_tail(self, config: SRResNetConfig) -> nn.Conv2d:
+        return nn.Conv2d(config.width, config.in_channels, 9, padding=4)
 
 
 MODELS = {

@@ -30,7 +30,7 @@ def bundled_path(model, scale):
     return BUNDLED_DIR / models.pretrained_file(model, scale)
 
 
-def save_weights(path, state_dict, model, model_args, scale, channels, dtype=None, extra=None):
+def save_weights(path, state_dict, model, model_args, scale, channels, *, dtype=None, extra=None):
     """Write ``state_dict`` (optionally cast to ``dtype``, e.g. float16 to ship) atomically."""
     tensors = {
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).detach().cpu().contiguous()

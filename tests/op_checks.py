@@ -1,4 +1,5 @@
-"""The double-backward check that the CPU and the CUDA op tests share (no test here)."""
+"""The checks that the CPU and the CUDA op tests share: double backward, and the gradients of a
+compiled loss (no test here)."""
 
 import torch
 
@@ -39,3 +40,15 @@ def gradgradcheck_case(case, device, constant=()):
 
     # Fast mode compares random projections of the Jacobians instead of every entry: far cheaper.
     assert torch.autograd.gradgradcheck(fn, variables, fast_mode=True)
+
+
+def assert_compiled_gradients_match(loss, x, packed, **compile_options):
+    """``torch.compile(loss, fullgraph=True, **compile_options)`` gives the gradients of x and of
+    the packed kernels that the eager ``loss`` gives."""
+    compiled = torch.compile(loss, fullgraph=True, **compile_options)
+    xe, pe = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    xc, pc = x.clone().requires_grad_(True), packed.clone().requires_grad_(True)
+    loss(xe, pe).backward()
+    compiled(xc, pc).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(pc.grad, pe.grad)
