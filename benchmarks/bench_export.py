@@ -1,11 +1,12 @@
 """DDet (the bundled ×2 weights) on a 512×512 Y frame in PyTorch eager, in its AOTInductor package
 (pt2) and in ONNX Runtime on the CPU, in one run: export times, run times and each output's largest
 difference from eager; or, with ``--models``, the ONNX and pt2 exports of registered models
-checked against eager on a 97×131 and a 512×512 frame.
+checked against eager on a 97×131 and a 512×512 frame (``--sizes``: other frames).
 
     python benchmarks/bench_export.py --out DIR                 # writes DIR/export-cpu-<date>.{json,md}
     python benchmarks/bench_export.py --models all --out DIR    # DIR/export-models-cpu-<date>.{json,md}
     python benchmarks/bench_export.py --models kpn5 lpkpn       # these only
+    python benchmarks/bench_export.py --models edsr --sizes 97x131   # DIR/export-models-97x131-cpu-<date>.*
 
 Needs the export extra (``pip install 'ddet[export]'``).
 """
@@ -131,12 +132,12 @@ def move_off_initialisation(model: torch.nn.Module) -> None:
             parameter.add_(0.1 / math.sqrt(fan_in) * torch.randn_like(parameter))
 
 
-def check_model(folder: Path, name: str) -> dict:
+def check_model(folder: Path, name: str, sizes: list) -> dict:
     """Eager vs pt2 vs ONNX Runtime for registered model ``name`` (default configuration, weights
-    moved off their initialisation) on a random frame of each of SIZES."""
+    moved off their initialisation) on a random frame of each of ``sizes``."""
     model = models.create(name).eval()
     move_off_initialisation(model)
-    frames = [torch.rand(1, model.in_channels, *size) for size in SIZES]
+    frames = [torch.rand(1, model.in_channels, *size) for size in sizes]
     started = time.perf_counter()
     with torch.no_grad():
         expected = [model(x) for x in frames]
@@ -194,27 +195,40 @@ def model_row(name: str, kind: str, result: dict) -> list:
     return [name, kind, f"{check['export_s']:.0f}", sizes, verdict, f"{check['seconds']:.0f}", ""]
 
 
-def report_models(checks: dict) -> str:
+def report_models(checks: dict, sizes: list) -> str:
+    named = [f"{h}×{w}" for h, w in sizes]
     rows = [model_row(name, kind, result) for name, result in checks.items() for kind in ("pt2", "ONNX Runtime")]
     eager = [
         [name, f"{r['eager_s']:.1f}", f"{r['max_abs_eager']:.2f}", f"{r['max_abs_eager_minus_input']:.2f}"]
         for name, r in checks.items()
     ]
-    header = ["model", "format", "export s", "max abs diff (97×131 / 512×512)", f"≤ {TOLERANCE:g}", "check s", "error"]
+    difference = f"max abs diff ({' / '.join(named)})"
+    header = ["model", "format", "export s", difference, f"≤ {TOLERANCE:g}", "check s", "error"]
     lines = [
         "# Registered models exported: pt2 (AOTInductor) and ONNX Runtime (CPU) against eager PyTorch",
         "",
         "Default configuration of each model, float32, every weight moved off its initialisation by "
-        "0.1·N(0, 1)/√fan-in (seed 0); one random frame of 97×131 and one of 512×512 in [0, 1); "
-        "max |output - eager| over both. 'check s' is the wall time of the export, the load and both runs.",
+        f"0.1·N(0, 1)/√fan-in (seed 0); one random frame in [0, 1) of each size ({', '.join(named)}); "
+        "max |output - eager|. 'check s' is the wall time of the export, the load and the runs.",
         "",
         markdown_table(header, rows),
         "",
         "The eager outputs compared against (their scale, and how far the weights move them off the input):",
         "",
-        markdown_table(["model", "eager s (both frames)", "max abs eager", "max abs (eager - input)"], eager),
+        markdown_table(["model", "eager s (all frames)", "max abs eager", "max abs (eager - input)"], eager),
     ]
     return "\n".join(lines + footer())
+
+
+def frame_size(text: str) -> tuple:
+    """ "97x131" -> (97, 131)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frame size {text!r} is not HxW, e.g. 97x131") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"frame size {text!r} must be at least 1x1")
+    return height, width
 
 
 def main(argv=None) -> int:
@@ -226,14 +240,24 @@ def main(argv=None) -> int:
         metavar="NAME",
         help="check the exports of these registered models ('all': every one) instead of timing DDet",
     )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=frame_size,
+        default=list(SIZES),
+        metavar="HxW",
+        help="frames the --models check runs on (default 97x131 512x512)",
+    )
     parser.add_argument("--out", metavar="DIR", help="write the JSON and markdown results into this folder")
     args = parser.parse_args(argv)
     payload = {"machine": machine(CPU), "onnxruntime": onnxruntime.__version__}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as scratch:
         if args.models:
             names = models.names() if "all" in args.models else args.models
-            payload["models"] = {name: check_model(Path(scratch) / name, name) for name in names}
-            stem, markdown = "export-models-cpu", report_models(payload["models"])
+            payload["sizes"] = args.sizes
+            payload["models"] = {name: check_model(Path(scratch) / name, name, args.sizes) for name in names}
+            sizes = "" if args.sizes == list(SIZES) else "-" + "-".join(f"{h}x{w}" for h, w in args.sizes)
+            stem, markdown = f"export-models{sizes}-cpu", report_models(payload["models"], args.sizes)
         else:
             payload["ddet_x2_512"] = time_ddet(Path(scratch) / "ddet")
             stem, markdown = "export-cpu", report_ddet(payload["ddet_x2_512"])
