@@ -170,9 +170,10 @@ def test_cli_export_onnx_without_the_extra_says_which_to_install(tmp_path, capsy
     assert not (tmp_path / "model.onnx").exists()
 
 
-@pytest.mark.slow  # tens of seconds of AOTInductor compilation
-def test_pt2_package_runs_without_the_model_code(tmp_path):
-    model = trained_like("ddet", **TINY["ddet"])
+@pytest.mark.slow  # tens of seconds of AOTInductor compilation per model
+@pytest.mark.parametrize("name", ["ddet", "lpkpn"])  # lpkpn: strided and transposed depthwise convs
+def test_pt2_package_runs_without_the_model_code(tmp_path, name):
+    model = trained_like(name, **TINY[name])
     package = ddet.export(tmp_path / "tiny.pt2", model=model)
     x = torch.rand(2, 1, *ODD_SIZE)
     with torch.no_grad():

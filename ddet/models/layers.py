@@ -80,16 +80,23 @@ class ResidualGroup(nn.Module):
         return x + self.body(x)
 
 
+def _round_up(size, multiple: int):
+    return (size + multiple - 1) // multiple * multiple
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad the bottom and right of x by edge replication so that H and W divide by ``multiple``.
 
     Replication rather than zeros: a zero border is a false edge that the networks would
     sharpen, and unlike reflection it works for any H, W >= 1. Padding by zero pixels still goes
     through ``F.pad`` rather than a branch on the size, so that a graph exported with a dynamic
-    H and W (``ddet export``) pads correctly for every size, not just the example's.
+    H and W (``ddet export``) pads correctly for every size, not just the example's. The padded
+    size is written as a round-up, ``multiple · ⌊(H + multiple − 1) / multiple⌋``: AOTInductor
+    cancels that factor in the stride checks of later convolutions, whereas ``H + (−H mod
+    multiple)`` leaves it a quotient whose value range it cannot bound (``ValueRangeError``).
     """
-    pad_h = -x.shape[-2] % multiple
-    pad_w = -x.shape[-1] % multiple
+    pad_h = _round_up(x.shape[-2], multiple) - x.shape[-2]
+    pad_w = _round_up(x.shape[-1], multiple) - x.shape[-1]
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
