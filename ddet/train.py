@@ -503,7 +503,16 @@ def _train(config, env, resume, force):
         _clear_outputs(out)
     amp_context = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     try:
-        return _loop(config, env, run, batches, val_images, device, memory_format, amp_context)
+        return _loop(
+            config,
+            env,
+            run,
+            batches=batches,
+            val_images=val_images,
+            device=device,
+            memory_format=memory_format,
+            amp_context=amp_context,
+        )
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(out, run.step)) from None
 
@@ -534,7 +543,7 @@ def _optimizer_step(config, run, loss):
         run.ema.update_parameters(run.model)
 
 
-def _loop(config, env, run, batches, val_images, device, memory_format, amp_context):
+def _loop(config, env, run, *, batches, val_images, device, memory_format, amp_context):
     out = Path(config.out)
     logger = RunLogger(out, config, env.main, run.step)
     with tqdm(
@@ -573,23 +582,7 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
             if logging:
                 _log_loss(env, run, loss, logger, progress, time.perf_counter() - started)
             if validating:
-                result, bicubic = validate(evaluated, val_images, device)
-                logger.log(
-                    run.step,
-                    {
-                        "val_psnr": result["psnr"],
-                        "val_ssim": result["ssim"],
-                        "bicubic_psnr": bicubic["psnr"],
-                        "bicubic_ssim": bicubic["ssim"],
-                    },
-                )
-                progress.write(
-                    f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
-                    f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})"
-                )
-                if result["psnr"] > run.best["psnr"]:
-                    run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
-                    logger.export(out / "best.safetensors", evaluated, run.step)
+                result = _validate_and_keep_best(run, evaluated, val_images, device, logger=logger, progress=progress)
             if env.main and checkpointing:
                 write_checkpoint(config, run, time.perf_counter() - started)
             if env.world_size > 1 and (validating or checkpointing):
@@ -597,6 +590,28 @@ def _loop(config, env, run, batches, val_images, device, memory_format, amp_cont
         logger.export(out / "model.safetensors", evaluated, run.step)
         logger.close()
         return result
+
+
+def _validate_and_keep_best(run, evaluated, val_images, device, *, logger, progress):
+    """Validate, log and print the result, and export the weights when they are the best yet."""
+    result, bicubic = validate(evaluated, val_images, device)
+    logger.log(
+        run.step,
+        {
+            "val_psnr": result["psnr"],
+            "val_ssim": result["ssim"],
+            "bicubic_psnr": bicubic["psnr"],
+            "bicubic_ssim": bicubic["ssim"],
+        },
+    )
+    progress.write(
+        f"step {run.step}: val PSNR {result['psnr']:.3f} dB SSIM {result['ssim']:.4f} "
+        f"(bicubic {bicubic['psnr']:.3f} dB {bicubic['ssim']:.4f})"
+    )
+    if result["psnr"] > run.best["psnr"]:
+        run.best = {"psnr": result["psnr"], "ssim": result["ssim"], "step": run.step}
+        logger.export(logger.out / "best.safetensors", evaluated, run.step)
+    return result
 
 
 def _refuse_nonfinite_loss(env, nonfinite, since, step, out):
