@@ -32,6 +32,9 @@ CASES = [
     (1, 5, 12, 9, (1,), 5, 1),
     (1, 8, 20, 21, (3, 5), 8, 1),
     (2, 4, 19, 40, (3, 5, 7), 1, 1),
+    # more channels in a group than one block (4) of the CPU kernels' channel loop
+    (1, 10, 7, 19, (3, 5, 7), 1, 1),
+    (1, 12, 5, 9, (3,), 2, 1),
 ]
 
 
@@ -76,7 +79,7 @@ def test_forward_and_backward_match_reference(case, packed):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("case", CASES[:6] + CASES[8:], ids=lambda c: "x".join(map(str, c[:4])) + f"-g{c[5]}-d{c[6]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-s{c[4]}-g{c[5]}-d{c[6]}")
 def test_v1_device_code_path_matches_reference(case):
     """The v1 CUDA kernels' per-thread functions, run serially on the CPU."""
     n, c, h, w, sizes, groups, dilation = case
@@ -289,7 +292,8 @@ def test_non_contiguous_and_channels_last_inputs():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 def test_reduced_precision_against_float64(dtype, tol):
-    x, kernels = make_inputs(2, 3, 12, 14, (3, 5, 7), 1, dtype=torch.float32)
+    # 40 columns: the CPU kernels' 16-column vector strips with every tap inside the row, and borders
+    x, kernels = make_inputs(2, 3, 12, 40, (3, 5, 7), 1, dtype=torch.float32)
     x_l, k_l = x.to(dtype), [k.to(dtype) for k in kernels]
     y = multi_dynconv(x_l, k_l)
     assert y.dtype == dtype
