@@ -24,18 +24,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks import breakdown, ops, table3  # noqa: E402
-from benchmarks.common import write_and_print  # noqa: E402
+from benchmarks.common import frame_size, write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
-
-
-def frame_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(side) for side in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"frame sides must be positive, got {text!r}")
-    return height, width
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # after site-packages
 
 import ddet  # noqa: E402
 import ddet_ops  # noqa: E402, F401  (registers the op the pt2 package calls)
-from benchmarks.common import machine, markdown_table, median_time, write_and_print  # noqa: E402
+from benchmarks.common import frame_size, machine, markdown_table, median_time, write_and_print  # noqa: E402
 from ddet import models  # noqa: E402
 from ddet.data.color import rgb_to_ycbcr  # noqa: E402
 from ddet.data.sources import skimage_photos  # noqa: E402
@@ -218,17 +218,6 @@ def report_models(checks: dict, sizes: list) -> str:
         markdown_table(["model", "eager s (all frames)", "max abs eager", "max abs (eager - input)"], eager),
     ]
     return "\n".join(lines + footer())
-
-
-def frame_size(text: str) -> tuple:
-    """ "97x131" -> (97, 131)."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"frame size {text!r} is not HxW, e.g. 97x131") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"frame size {text!r} must be at least 1x1")
-    return height, width
 
 
 def main(argv=None) -> int:

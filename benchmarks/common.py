@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -160,3 +161,14 @@ def write_and_print(stem: str, payload: dict[str, object], markdown: str, out_di
     for path in write_results(stem, payload, markdown, out_dir, **paths):
         print(f"  wrote {path}")
     print(markdown)
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """An argparse type: "HxW" as (height, width), both at least 1."""
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"frame sides must be positive, got {text!r}")
+    return height, width
