@@ -33,9 +33,11 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks import paper, table3  # noqa: E402
 from benchmarks.common import machine, markdown_table, write_results  # noqa: E402
 from ddet import models  # noqa: E402
+from ddet.config import load_config  # noqa: E402
 from ddet.data import SKIMAGE_VALIDATION_PHOTOS, DataSpec, skimage_photos, write_image  # noqa: E402
 from ddet.inference import bf16_matrix_units  # noqa: E402
-from ddet.train import Objective, check_resumable, latest_checkpoint, load_config, train  # noqa: E402
+from ddet.run import Objective, check_resumable, latest_checkpoint  # noqa: E402
+from ddet.train import train  # noqa: E402
 
 TABLE2_RUNGS = ("ddet-plain", "ddet-pr", "ddet-cdm", "ddet")
 TABLE1_ROWS = ("kpn5", "kpn7", "kpn13", "kpn19", "lpkpn", "srresnet", "ddet")

@@ -31,7 +31,7 @@ def yaml_mapping(text):
 
 
 def add_train_arguments(parser):
-    from ddet.train import TrainConfig
+    from ddet.config import TrainConfig
 
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
     parser.add_argument(
@@ -58,7 +58,8 @@ def add_train_arguments(parser):
 
 
 def command_train(args):
-    from ddet.train import TrainConfig, load_config, train
+    from ddet.config import TrainConfig, load_config
+    from ddet.train import train
 
     fields = [field.name for field in dataclasses.fields(TrainConfig)]
     overrides = {name: getattr(args, name) for name in fields}

@@ -284,7 +284,7 @@ def test_decoded_cache_refusals_name_the_problem(tmp_path):
     _save_rgb(tmp_path / "lr" / "a.png", _random_uint8(rng, 16, 16))
     with pytest.raises(ValueError, match="lr/a.png .* is larger than its HR image"):
         paired_folder(tmp_path, DecodedCache(tmp_path / "cache")).pair(0)
-    from ddet.train import load_config
+    from ddet.config import load_config
 
     with pytest.raises(ValueError, match="decode_cache is for realsr and folder data"):
         load_config(data="synthetic", decode_cache=str(tmp_path / "cache"))

@@ -14,8 +14,10 @@ import yaml
 from PIL import Image
 
 from ddet import models
+from ddet.config import load_config, lr_factor, model_overrides
 from ddet.data import TrainingPatches, make_sources
-from ddet.train import Objective, load_config, lr_factor, model_overrides, train
+from ddet.run import Objective
+from ddet.train import train
 from ddet.weights import read_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,10 +410,10 @@ def test_resume_extends_a_finished_run(photos, tmp_path, capsys):
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(photos, tmp_path, capsys, monkeypatch):
-    from ddet import train as training
     from ddet.cli import main
+    from ddet.run import Run
 
-    real_step, calls = training._optimizer_step, []
+    real_step, calls = Run.optimizer_step, []
 
     def interrupted_at_third_step(*args):
         calls.append(1)
@@ -419,7 +421,7 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(photos, tmp_path, capsys, m
             raise KeyboardInterrupt
         real_step(*args)
 
-    monkeypatch.setattr(training, "_optimizer_step", interrupted_at_third_step)
+    monkeypatch.setattr(Run, "optimizer_step", interrupted_at_third_step)
     out = tmp_path / "run"
     config_path = _write_config(_config(photos, out, iterations=6, checkpoint_every=2), tmp_path / "config.yaml")
     assert main(_cli_args(config_path, out)) == 130
