@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +85,9 @@ def implementations(case: Case, backend: str = "inductor") -> dict[str, Callable
     # Every case compiles the same Python function anew (two graphs: with and without autograd);
     # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
     torch._dynamo.reset()
+    # The backward is timed by calling it again on a retained graph, which a compiled backward that
+    # donates its saved buffers refuses (it is compiled at its first call, so the setting stays on).
+    torch._functorch.config.donated_buffer = False
     compiled = torch.compile(
         functools.partial(reference.multi_dynconv, formulation="shift_add", **native),
         fullgraph=True,
@@ -95,16 +101,17 @@ def implementations(case: Case, backend: str = "inductor") -> dict[str, Callable
     }
 
 
+# Largest difference from ddet_ops' outputs a peer may show, as a fraction of each output's largest
+# |value|: the peers compute in the case's dtype, so half types round every partial sum.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+CACHE_OFF = "ddet_ops, cache off"
+
+
 def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Sequence[str] = ()) -> dict[str, object]:
-    gen = torch.Generator(device=device).manual_seed(0)
-    n, c, h, w = case.shape
-    x = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype).requires_grad_(True)
-    kernels = (
-        (torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10)
-        .to(case.torch_dtype)
-        .requires_grad_(True)
-    )
-    grad_y = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
+    """Times every implementation on one case, after checking that each gives ddet_ops' outputs."""
+    x, kernels, grad_y = case_inputs(case, device)
+    x.requires_grad_(True)
+    kernels.requires_grad_(True)
     floor_fwd, floor_bwd = (b / bandwidth for b in case.floor_bytes())
     results: dict[str, object] = {
         "case": asdict(case),
@@ -113,27 +120,88 @@ def measure_case(case: Case, device: torch.device, bandwidth: float, skip: Seque
         "output_bytes": case.output_bytes(),
         "impls": {},
     }
+    expected = None
     for name, fn in implementations(case).items():
         if name in skip:
             continue
-        # Forward twice: for inference (no autograd) and as in training (inputs require grad);
-        # torch.compile builds a different graph for each, and they need not run alike.
-        with torch.no_grad():
-            forward = median_time(functools.partial(fn, x, kernels), device)
-        training_forward = median_time(functools.partial(fn, x, kernels), device)
-        y = fn(x, kernels)
-        backward = median_time(
-            functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device
-        )
-        del y
-        peak = peak_extra_memory(lambda fn=fn: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
-        results["impls"][name] = {
-            "forward_s": forward,
-            "training_forward_s": training_forward,
-            "backward_s": backward,
-            "peak_extra_bytes": peak,
-        }
+        outputs = forward_and_gradients(fn, x, kernels, grad_y)
+        if expected is None:
+            expected = outputs
+        difference = largest_difference(outputs, expected)
+        if difference > TOLERANCE[case.dtype]:
+            raise RuntimeError(
+                f"{case.name}: {name} differs from ddet_ops by {difference:.1e} of the largest value "
+                f"(tolerance {TOLERANCE[case.dtype]:.0e}); its timings would compare different results"
+            )
+        results["impls"][name] = {**time_implementation(fn, x, kernels, grad_y, device), "difference": difference}
+        if name == "ddet_ops" and device.type == "cpu":
+            results["impls"][CACHE_OFF] = time_without_cpu_cache(case)
     return results
+
+
+def forward_and_gradients(fn: Callable, x: torch.Tensor, kernels: torch.Tensor, grad_y: torch.Tensor) -> tuple:
+    y = fn(x, kernels)
+    return (y.detach(), *torch.autograd.grad(y, (x, kernels), grad_y))
+
+
+def largest_difference(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    """The largest |difference| of any output from its expected value, as a fraction of the expected
+    output's largest |value|."""
+    return max(
+        ((ours.double() - theirs.double()).abs().max() / theirs.double().abs().max().clamp_min(1e-30)).item()
+        for ours, theirs in zip(outputs, expected, strict=True)
+    )
+
+
+def time_implementation(
+    fn: Callable, x: torch.Tensor, kernels: torch.Tensor, grad_y: torch.Tensor, device: torch.device
+) -> dict[str, float]:
+    """Median times of the forward (without autograd, and as in training) and the backward, and
+    the peak extra memory of one forward + backward."""
+    # torch.compile builds a different graph with and without autograd, and they need not run alike.
+    with torch.no_grad():
+        forward = median_time(functools.partial(fn, x, kernels), device)
+    training_forward = median_time(functools.partial(fn, x, kernels), device)
+    y = fn(x, kernels)
+    backward = median_time(functools.partial(torch.autograd.grad, y, (x, kernels), grad_y, retain_graph=True), device)
+    del y
+    peak = peak_extra_memory(lambda: torch.autograd.grad(fn(x, kernels), (x, kernels), grad_y), device)
+    return {
+        "forward_s": forward,
+        "training_forward_s": training_forward,
+        "backward_s": backward,
+        "peak_extra_bytes": peak,
+    }
+
+
+def time_without_cpu_cache(case: Case) -> dict[str, float]:
+    """ddet_ops timed as above in a child process with its CPU block cache off
+    (DDET_OPS_CPU_CACHE_MB=0, read once per process), so that its outputs are fresh memory
+    every call, as the peers' are."""
+    code = (
+        "import json, sys, torch; sys.path.append(sys.argv[1]); from benchmarks import ops; "
+        "torch.set_num_threads(int(sys.argv[3])); "
+        "print(json.dumps(ops.time_case_in_this_process(ops.Case(**json.loads(sys.argv[2])))))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), json.dumps(asdict(case)), str(torch.get_num_threads())],
+        env={**os.environ, "DDET_OPS_CPU_CACHE_MB": "0"},
+        cwd=Path(__file__).parent,  # as for the benchmark scripts: the installed ddet_ops, not the source folder
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{case.name}: timing ddet_ops with its CPU cache off failed: {done.stderr.strip()}")
+    return {**json.loads(done.stdout.splitlines()[-1]), "difference": 0.0}
+
+
+def time_case_in_this_process(case: Case) -> dict[str, float]:
+    """ddet_ops' timings on the CPU (see :func:`time_without_cpu_cache`)."""
+    x, kernels, grad_y = case_inputs(case, torch.device("cpu"))
+    fn = implementations(case)["ddet_ops"]
+    return time_implementation(fn, x.requires_grad_(True), kernels.requires_grad_(True), grad_y, torch.device("cpu"))
 
 
 def _ms(seconds: float) -> str:
@@ -159,6 +227,7 @@ def summary_rows(all_results: list[dict[str, object]]) -> list[list[object]]:
                     f"{r['forward_s'] / ours['forward_s']:.1f}x" if ours else "",
                     f"{r['training_forward_s'] / ours['training_forward_s']:.1f}x" if ours else "",
                     f"{r['backward_s'] / ours['backward_s']:.1f}x" if ours else "",
+                    f"{r['difference']:.0e}",
                 ]
             )
     return rows
@@ -176,6 +245,7 @@ HEADERS = [
     "fwd vs ddet_ops",
     "train-fwd vs ddet_ops",
     "bwd vs ddet_ops",
+    "max diff",
 ]
 
 
@@ -186,8 +256,15 @@ def report(info: dict[str, object], bandwidth: float, all_results: list[dict[str
         f"torch {info['torch']}, commit {info['commit']}, {info['date']}.\n"
         f"Copy bandwidth B = {bandwidth / 1e9:.1f} GB/s (read + write). Floors: bytes / B. "
         f"Times are medians; fwd: no autograd (inference), train-fwd: inputs require grad; "
-        f"'vs ddet_ops' = that implementation's time / ddet_ops' time.\n"
+        f"'vs ddet_ops' = that implementation's time / ddet_ops' time. Max diff: the largest difference of "
+        f"its output, grad_x or kernel gradients from ddet_ops', as a fraction of that output's largest "
+        f"|value|, checked before timing (at most {TOLERANCE['float32']:.0e} in float32).\n"
     )
+    if info["device"] == "cpu":
+        header += (
+            f"'{CACHE_OFF}': ddet_ops with DDET_OPS_CPU_CACHE_MB=0 (its outputs in fresh memory every call, "
+            f"as the peers' are), timed in a child process during the same run.\n"
+        )
     return header + "\n" + markdown_table(HEADERS, summary_rows(all_results))
 
 

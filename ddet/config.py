@@ -66,7 +66,7 @@ MAX_WHOLE_NUMBER = 2**62  # beyond it seeds and step counts overflow the 64-bit 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_config(path=None, **overrides):
+def load_config(path: str | Path | None = None, **overrides: object) -> TrainConfig:
     """TrainConfig from an optional YAML file, then keyword overrides (None values are ignored)."""
     values = {}
     if path:
@@ -190,7 +190,7 @@ def _check_range(name, value, low, high=math.inf, low_open=False):
         raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
 
 
-def model_overrides(config):
+def model_overrides(config: TrainConfig) -> dict:
     """Arguments of ``models.create``: the configured overrides plus the input channels."""
     in_channels = 1 if config.channels == "y" else 3
     given = config.model_args.get("in_channels", in_channels)
@@ -199,7 +199,7 @@ def model_overrides(config):
     return {**config.model_args, "in_channels": in_channels}
 
 
-def lr_factor(config, step):
+def lr_factor(config: TrainConfig, step: int) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based)."""
     if step < config.warmup:
         return (step + 1) / config.warmup

@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from ddet import metrics
-from ddet.config import AMP_DTYPES
+from ddet.config import AMP_DTYPES, TrainConfig
 from ddet.data import TrainingPatches, WholeImages, make_sources, training_loader
 from ddet.device import pick_device
 from ddet.files import atomic_write
@@ -47,11 +48,11 @@ class Distributed:
     world_size: int = 1
 
     @property
-    def main(self):
+    def main(self) -> bool:
         return self.rank == 0
 
 
-def setup_distributed(device_choice):
+def setup_distributed(device_choice: str) -> Distributed:
     """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -68,7 +69,7 @@ def setup_distributed(device_choice):
 # Validation
 
 
-def validate(model, images, device):
+def validate(model: nn.Module, images: WholeImages, device: torch.device) -> tuple[dict, dict]:
     """Mean PSNR/SSIM (RealSR protocol) of ``model`` on whole images, and of the bicubic input."""
     model.eval()
     rows = evaluate_images(model, images, device=device)
@@ -80,7 +81,7 @@ def validate(model, images, device):
 # The loop
 
 
-def train(config, resume=False, force=False):
+def train(config: TrainConfig, resume: bool = False, force: bool = False) -> dict | None:
     """Train to ``config.iterations``; returns the last validation result (rank 0) or None."""
     env = setup_distributed(config.device)
     try:
@@ -288,7 +289,7 @@ class RunLogger:
 
     A resumed run first drops the records of steps after its checkpoint (lost work, redone)."""
 
-    def __init__(self, out, config, main, step):
+    def __init__(self, out: str | Path, config: TrainConfig, main: bool, step: int):
         self.main, self.config, self.out = main, config, Path(out)
         self.writer = None
         if not main:
@@ -308,7 +309,7 @@ class RunLogger:
             return
         self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
-    def log(self, step, values):
+    def log(self, step: int, values: dict[str, float]) -> None:
         if not self.main:
             return
         with open(self.out / "log.jsonl", "a") as handle:
@@ -317,11 +318,11 @@ class RunLogger:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
-    def export(self, path, run):
+    def export(self, path: Path, run: Run) -> None:
         """The weights ``run`` validates (its average when it keeps one), as a file loadable alone."""
         if self.main:
             save_weights(path, run.evaluated.state_dict(), **run.export_metadata())
 
-    def close(self):
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

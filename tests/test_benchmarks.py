@@ -190,12 +190,29 @@ def test_unfold_reference_refuses_a_measurement_that_never_reached_it():
             pass
 
 
-def test_quick_ops_benchmark_still_runs():
+def test_quick_ops_benchmark_runs_with_the_op_cache_off_beside_it():
     committed = sorted((ROOT / "benchmarks" / "results").iterdir())
     done = bench("--ops", "--quick", "--skip", "compiled")
     assert done.returncode == 0, done.stderr
-    assert "| ddet_ops |" in done.stdout
     assert "wrote" not in done.stdout and sorted((ROOT / "benchmarks" / "results").iterdir()) == committed
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| quick 1x3x64x64 |")]
+    by_impl = {row[2].strip(): row for row in rows}
+    assert set(by_impl) == {"ddet_ops", "ddet_ops, cache off", "unfold"}
+    assert float(by_impl["unfold"][-2]) <= 1e-4  # the max-diff column, checked during the run
+
+
+def test_ops_benchmark_refuses_to_time_a_peer_with_other_results(monkeypatch):
+    from benchmarks import ops
+
+    right = ops.implementations
+
+    def with_a_wrong_peer(case, backend="inductor"):
+        impls = right(case, backend)
+        return {"ddet_ops": impls["ddet_ops"], "off by 1%": lambda x, k: impls["ddet_ops"](x, k) * 1.01}
+
+    monkeypatch.setattr(ops, "implementations", with_a_wrong_peer)
+    with pytest.raises(RuntimeError, match=r"off by 1% differs from ddet_ops by 1\.0e-02"):
+        ops.measure_case(ops.QUICK_CASES[0], torch.device("cpu"), 1e10)
 
 
 def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
