@@ -6,11 +6,14 @@ ddet train --config configs/ddet_x2.yaml
 ddet export --scale 2 -o ddet_x2.onnx
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import json
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
@@ -20,7 +23,7 @@ EXIT_INTERRUPTED = 130  # the shell's code for a SIGINT
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # ddet.inference.PRECISIONS, without importing torch
 
 
-def yaml_mapping(text):
+def yaml_mapping(text: str) -> dict:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -30,7 +33,7 @@ def yaml_mapping(text):
     return value
 
 
-def add_train_arguments(parser):
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     from ddet.config import TrainConfig
 
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
@@ -57,7 +60,7 @@ def add_train_arguments(parser):
             parser.add_argument(flag, type=type(default), help=f"default {default}")
 
 
-def command_train(args):
+def command_train(args: argparse.Namespace) -> None:
     from ddet.config import TrainConfig, load_config
     from ddet.train import train
 
@@ -75,7 +78,7 @@ def command_train(args):
         print(f"final validation: PSNR {result['psnr']:.3f} dB, SSIM {result['ssim']:.4f}")
 
 
-def command_eval(args):
+def command_eval(args: argparse.Namespace) -> None:
     from ddet import metrics
     from ddet.data import REALSR_CAMERAS, DataSpec, WholeImages
     from ddet.device import pick_device
@@ -166,7 +169,7 @@ def _refuse_overwrite(path, force):
         raise FileExistsError(f"{path} exists (pass --force to overwrite)")
 
 
-def expand_inputs(inputs):
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """The image files named, with each folder replaced by the images in it (sorted)."""
     from ddet.data.io import list_images
 
@@ -181,7 +184,9 @@ def expand_inputs(inputs):
     return files
 
 
-def output_paths(inputs, out, scale, suffix, into_folder=False):
+def output_paths(
+    inputs: Sequence[str | Path], out: str | Path, scale: int, suffix: str, into_folder: bool = False
+) -> list[Path]:
     """Where each input goes: ``out`` itself for one input (unless it is or must be a folder), else
     ``out/<stem>_x<scale><suffix>``."""
     out = Path(out)
@@ -200,14 +205,14 @@ def output_paths(inputs, out, scale, suffix, into_folder=False):
     return targets
 
 
-def output_megapixels(path, scale):
+def output_megapixels(path: str | Path, scale: int) -> float:
     from PIL import Image
 
     with Image.open(path) as image:
         return image.width * image.height * scale**2 / 1e6
 
 
-def command_upscale(args):
+def command_upscale(args: argparse.Namespace) -> None:
     from ddet.data.io import writable_format
     from ddet.device import pick_device
     from ddet.inference import (
@@ -300,7 +305,7 @@ def _upscale_all(args, jobs, options):
     )
 
 
-def command_export(args):
+def command_export(args: argparse.Namespace) -> None:
     import logging
     import warnings
 
@@ -328,14 +333,16 @@ def command_export(args):
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def add_model_arguments(parser):
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --weights and --scale: which network a command runs."""
     parser.add_argument("--model", help="registry name (default: ddet with bundled weights)")
     parser.add_argument("--weights", help="safetensors file from ddet train")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4), help="default 2, or the scale of --weights")
 
 
-def add_running_arguments(parser, *, tile_help, precision, precision_help):
+def add_running_arguments(
+    parser: argparse.ArgumentParser, *, tile_help: str, precision: str, precision_help: str
+) -> None:
     """--tile, --tile-context, --precision and --device: how a command runs the network on images."""
     parser.add_argument("--tile", type=int, default=None, help=tile_help)
     parser.add_argument(
@@ -347,7 +354,7 @@ def add_running_arguments(parser, *, tile_help, precision, precision_help):
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
-def add_eval_arguments(parser):
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--data", choices=("synthetic", "realsr", "folder"), default="synthetic")
     parser.add_argument("--data-root", help="RealSR folder, paired folder (hr/, lr/), or photos for synthetic pairs")
@@ -373,7 +380,7 @@ def add_eval_arguments(parser):
     parser.add_argument("--force", action="store_true", help="overwrite --json")
 
 
-def add_upscale_arguments(parser):
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN", help="PNG (8/16-bit) or JPEG images, or folders of images")
     parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="output file, or folder for several inputs or a folder"
@@ -395,7 +402,7 @@ def add_upscale_arguments(parser):
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
 
 
-def add_export_arguments(parser):
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write: *.onnx or *.pt2")
     parser.add_argument("--format", choices=("onnx", "pt2"), help="default: from the suffix of OUT")
     add_model_arguments(parser)
@@ -408,7 +415,7 @@ def add_export_arguments(parser):
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddet", description="DDet real-world super-resolution")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, summary, add_arguments, run in (
@@ -423,7 +430,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

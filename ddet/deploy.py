@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddet.files import atomic_write
+from ddet.files import PathLike, atomic_write
 from ddet.inference import resolve_model
 
 __all__ = ["export", "export_format", "read_tensor", "write_tensor", "FORMATS", "EXPORT_EXTRA"]
@@ -39,7 +39,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 EXAMPLE_SHAPE = (2, 64, 64)
 
 
-def export_format(path, format=None):
+def export_format(path: PathLike, format: str | None = None) -> str:
     """``"onnx"`` or ``"pt2"``: ``format`` if given, else from the suffix of ``path``."""
     suffix = Path(path).suffix.lower()
     if format is None:
@@ -61,7 +61,16 @@ def _check_onnx_packages():
         raise ImportError(f"ONNX export needs the {' and '.join(missing)} package(s): {EXPORT_EXTRA}")
 
 
-def export(output, *, model=None, weights=None, scale=None, format=None, dtype="float32", force=False):
+def export(
+    output: PathLike,
+    *,
+    model: str | torch.nn.Module | None = None,
+    weights: PathLike | None = None,
+    scale: int | None = None,
+    format: str | None = None,
+    dtype: str = "float32",
+    force: bool = False,
+) -> Path:
     """Write ``model`` to ``output`` as ONNX or pt2 (from the suffix, or ``format``); return its path.
 
     The network is the bundled DDet of ``scale`` (default ×2), the weights file ``weights`` (from
@@ -124,7 +133,7 @@ def _write_pt2(network, example, path):
         atomic_write(path, lambda handle: handle.write(Path(package).read_bytes()))
 
 
-def write_tensor(path, tensor):
+def write_tensor(path: PathLike, tensor: torch.Tensor) -> None:
     """Write ``tensor`` as a .tensor file, the format of the C++ example (examples/cpp/run_pt2.cpp):
     int64 rank, int64 sizes, float32 values, little-endian; atomically."""
     values = tensor.detach().to(torch.float32).contiguous().numpy()
@@ -132,7 +141,7 @@ def write_tensor(path, tensor):
     atomic_write(path, lambda handle: handle.write(header + values.astype("<f4").tobytes()))
 
 
-def read_tensor(path):
+def read_tensor(path: PathLike) -> torch.Tensor:
     """The float32 tensor of a .tensor file (see :func:`write_tensor`)."""
     payload = Path(path).read_bytes()
     rank = int(np.frombuffer(payload[:8], dtype="<i8")[0])

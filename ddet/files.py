@@ -1,11 +1,17 @@
 """File-system helpers shared by every writer of the package: atomic replacement and durable renames."""
 
+from __future__ import annotations
+
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+PathLike = str | os.PathLike
 
 
-def atomic_write(path, write):
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(binary file)`` on a temporary file beside ``path``, fsync it and rename it onto
     ``path``, so a crash leaves either the old file or the complete new one, never a torn one."""
     path = Path(path)
@@ -30,7 +36,7 @@ def _umask():
     return mask
 
 
-def fsync_directory(folder):
+def fsync_directory(folder: PathLike) -> None:
     """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

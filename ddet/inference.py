@@ -9,21 +9,26 @@ large as the memory budget allows, so the context costs little. The network runs
 bfloat16 / float16 autocast (``precision``), where the hardware has the units for it.
 """
 
+from __future__ import annotations
+
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from ddet import metrics, models
 from ddet.data.color import rgb_to_ycbcr, ycbcr_to_rgb
-from ddet.data.datasets import to_tensor
+from ddet.data.datasets import WholeImages, to_tensor
 from ddet.data.io import read_image
 from ddet.device import pick_device
+from ddet.files import PathLike
 from ddet.weights import load_bundled, load_model
 
 # Tile origins are multiples of this (the models work on ×4 pixel-unshuffled and pyramid grids).
@@ -42,7 +47,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def as_float_rgb(image):
+def as_float_rgb(image: str | Path | np.ndarray) -> np.ndarray:
     """A path, or an H×W(×3) uint8 / uint16 / float array → float32 H×W×3 in [0, 1]."""
     if isinstance(image, (str, Path)):
         return read_image(image)
@@ -71,7 +76,12 @@ class Resolved(NamedTuple):
     name: str  # registry name, or the class name of a model object
 
 
-def resolve_model(model=None, weights=None, scale=None, device="cpu"):
+def resolve_model(
+    model: str | torch.nn.Module | None = None,
+    weights: PathLike | None = None,
+    scale: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Resolved:
     """The network to run (a ``Resolved``) from weights, a model object, or the bundled weights of ``scale``.
 
     ``model`` may be a module (then ``scale`` is required), or a registry name (default
@@ -99,11 +109,11 @@ def resolve_model(model=None, weights=None, scale=None, device="cpu"):
 
 class Precision(NamedTuple):
     name: str  # "fp32", "bf16" or "fp16"
-    autocast: object  # torch dtype of the autocast region, None for float32
+    autocast: torch.dtype | None  # dtype of the autocast region, None for float32
     reason: str  # why ``auto`` chose it, or "requested"
 
 
-def cpu_flags():
+def cpu_flags() -> set[str]:
     """The CPU's feature flags as the Linux kernel lists them (empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -112,7 +122,7 @@ def cpu_flags():
         return set()
 
 
-def bf16_matrix_units():
+def bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16), from the
     kernel's CPU flags, else from torch's own CPU probe (also on systems without /proc)."""
     if {"amx_bf16", "avx512_bf16"} & cpu_flags():
@@ -121,7 +131,7 @@ def bf16_matrix_units():
     return any(probe() for probe in probes if probe is not None)
 
 
-def choose_precision(precision, device):
+def choose_precision(precision: str, device: str | torch.device) -> Precision:
     """The ``Precision`` that ``precision`` (auto, fp32, bf16, fp16) means on ``device``: auto is
     bfloat16 autocast where the hardware has bfloat16 matrix units (CUDA GPUs that support it,
     CPUs with AMX / AVX-512 BF16; elsewhere bfloat16 is emulated and slower than float32),
@@ -143,19 +153,21 @@ def choose_precision(precision, device):
     return Precision("bf16", torch.bfloat16, reason) if native else Precision("fp32", None, reason)
 
 
-def describe_precision(settings):
+def describe_precision(settings: Precision) -> str:
     """One line for the user: what runs, and why."""
     kind = "float32" if settings.autocast is None else f"{settings.name} autocast"
     return f"precision: {kind}, channels_last ({settings.reason})"
 
 
-def prepare_model(model):
+def prepare_model(model: torch.nn.Module) -> None:
     """Put the weights in the NHWC layout the network runs in (in place): the convolutions run
     1.3× faster on it in float32 too, on this project's AVX2 CPU (see benchmarks/bench_upscale.py)."""
     model.to(memory_format=torch.channels_last)
 
 
-def run_network(model, image, settings, device):
+def run_network(
+    model: torch.nn.Module, image: torch.Tensor, settings: Precision, device: str | torch.device
+) -> torch.Tensor:
     """The model on one C×H×W float32 tensor under ``settings``; float32 C×H×W on the CPU."""
     batch = image[None].to(device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(
@@ -167,12 +179,14 @@ def run_network(model, image, settings, device):
     return output
 
 
-def default_context(model):
+def default_context(model: torch.nn.Module) -> int:
     """Pixels each tile reads beyond its edges: the model's receptive radius, at most MAX_CONTEXT."""
     return int(min(getattr(model, "receptive_radius", math.inf), MAX_CONTEXT))
 
 
-def working_set_per_pixel(model, in_channels, settings, device):
+def working_set_per_pixel(
+    model: torch.nn.Module, in_channels: int, settings: Precision, device: str | torch.device
+) -> float:
     """Bytes per pixel of the input and of every layer's output (each tensor once: in-place layers
     write into their input) on a PROBE_SIDE² tile, as if all were alive at once: a bound on the
     network's working set that follows the model's widths and the precision."""
@@ -191,7 +205,7 @@ def working_set_per_pixel(model, in_channels, settings, device):
     return sum(sizes.values()) / PROBE_SIDE**2
 
 
-def memory_budget(device, max_memory=None):
+def memory_budget(device: str | torch.device, max_memory: int | None = None) -> int:
     """Bytes the network's tiles may use: ``max_memory`` or DEFAULT_MAX_MEMORY, at most half of
     what the device has free now."""
     if torch.device(device).type == "cuda":
@@ -201,7 +215,14 @@ def memory_budget(device, max_memory=None):
     return min(max_memory or DEFAULT_MAX_MEMORY, free // 2)
 
 
-def largest_tile(model, in_channels, settings, device, context, max_memory=None):
+def largest_tile(
+    model: torch.nn.Module,
+    in_channels: int,
+    settings: Precision,
+    device: str | torch.device,
+    context: int,
+    max_memory: int | None = None,
+) -> int:
     """The largest tile side (a multiple of TILE_ALIGN) whose window fits the memory budget."""
     per_pixel = working_set_per_pixel(model, in_channels, settings, device)
     side = int(math.sqrt(memory_budget(device, max_memory) / per_pixel)) - 2 * context
@@ -249,7 +270,14 @@ def _run_tiled(height, width, tile, context, run_tile, emit_rows, *, on_pixels=N
 
 
 @torch.no_grad()
-def run_model(model, image, tile=None, context=None, device="cpu", precision="fp32"):
+def run_model(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    tile: int | None = None,
+    context: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
     """The model on a float32 C×H×W tensor, whole or in ``tile``×``tile`` tiles with ``context``
     pixels around each (default: :func:`default_context`); returns float32 C×H×W on the CPU.
     The weights stay as they are (a model in training keeps its layout)."""
@@ -285,20 +313,20 @@ class _Bicubic:
 
 @torch.no_grad()
 def upscale(
-    image,
-    scale=None,
+    image: str | Path | np.ndarray,
+    scale: int | None = None,
     *,
-    model=None,
-    weights=None,
-    tile="auto",
-    tile_context=None,
-    max_memory=None,
-    precision="auto",
-    device="auto",
-    progress=False,
-    dtype=np.float32,
-    on_pixels=None,
-):
+    model: str | torch.nn.Module | None = None,
+    weights: PathLike | None = None,
+    tile: int | Literal["auto"] | None = "auto",
+    tile_context: int | None = None,
+    max_memory: int | None = None,
+    precision: str = "auto",
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    dtype: npt.DTypeLike = np.float32,
+    on_pixels: Callable[[int], object] | None = None,
+) -> np.ndarray:
     """Upscale ``image`` (path or array) by ``scale`` (default: 2, or the scale of ``weights``).
 
     Returns H·s × W·s × 3: float32 in [0, 1], or with ``dtype=np.uint8`` the rounded 8-bit image
@@ -360,8 +388,17 @@ def _array(tensor):
 
 
 def evaluate_images(
-    model, images, *, tile=None, context=None, device="cpu", border=0, patch=None, progress=False, precision="fp32"
-):
+    model: torch.nn.Module,
+    images: WholeImages,
+    *,
+    tile: int | None = None,
+    context: int | None = None,
+    device: str | torch.device = "cpu",
+    border: int = 0,
+    patch: int | None = None,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> list[dict[str, float | str]]:
     """Per-image RealSR-protocol rows {name, psnr, ssim, bicubic_psnr, bicubic_ssim} for a dataset
     of (lr at HR size, hr, name) tensors in the model's channels."""
     rows = []

@@ -9,7 +9,10 @@ pixels (the official script uses 1200 and 800 on large images).
 Accepted images: H×W (already Y) or H×W×3 (RGB) numpy arrays, uint8, uint16 or floats in [0, 1].
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +27,7 @@ OFFICIAL_PATCH = 1200
 OFFICIAL_STRIDE = 800
 
 
-def to_uint8(image):
+def to_uint8(image: np.ndarray) -> np.ndarray:
     """uint8 from uint8, uint16 (rounded 65535 → 255 scaling) or floats in [0, 1] (clipped, rounded)."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
@@ -36,7 +39,7 @@ def to_uint8(image):
     raise TypeError(f"unsupported image dtype {image.dtype}: expected uint8, uint16 or float in [0, 1]")
 
 
-def y_uint8(image):
+def y_uint8(image: np.ndarray) -> np.ndarray:
     """The protocol's luminance: MATLAB ``rgb2ycbcr`` Y of the uint8 image, rounded to uint8."""
     image = to_uint8(image)
     if image.ndim == 2:
@@ -47,7 +50,7 @@ def y_uint8(image):
     return np.round(y).astype(np.uint8)
 
 
-def psnr(a, b, peak=PEAK):
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = PEAK) -> float:
     """PSNR in dB of two equally shaped arrays (inf when identical)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     _check_same_shape(a, b)
@@ -55,7 +58,7 @@ def psnr(a, b, peak=PEAK):
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-def gaussian_window(size=SSIM_WINDOW, sigma=SSIM_SIGMA):
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """1-D factor of MATLAB's ``fspecial('gaussian', size, sigma)`` (the 2-D window is its outer product)."""
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     taps = np.exp(-(offsets**2) / (2.0 * sigma * sigma))
@@ -69,7 +72,14 @@ def _filter_valid(image, taps):
     return sum(t * rows[:, k : rows.shape[1] - n + 1 + k] for k, t in enumerate(taps))
 
 
-def ssim(a, b, peak=PEAK, window=SSIM_WINDOW, sigma=SSIM_SIGMA, k=SSIM_K):
+def ssim(
+    a: np.ndarray,
+    b: np.ndarray,
+    peak: float = PEAK,
+    window: int = SSIM_WINDOW,
+    sigma: float = SSIM_SIGMA,
+    k: tuple[float, float] = SSIM_K,
+) -> float:
     """Mean SSIM (Wang et al. 2004) of two grey images, valid filtering, no down-sampling."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     _check_same_shape(a, b)
@@ -99,7 +109,9 @@ def _patch_starts(length, patch, stride):
     return starts
 
 
-def evaluate(output, target, border=0, patch=None, stride=OFFICIAL_STRIDE):
+def evaluate(
+    output: np.ndarray, target: np.ndarray, border: int = 0, patch: int | None = None, stride: int = OFFICIAL_STRIDE
+) -> dict[str, float]:
     """PSNR and SSIM of ``output`` against ``target`` under the RealSR protocol: {"psnr", "ssim"}."""
     out_y, ref_y = y_uint8(output), y_uint8(target)
     _check_same_shape(out_y, ref_y)
@@ -121,7 +133,7 @@ def evaluate(output, target, border=0, patch=None, stride=OFFICIAL_STRIDE):
     }
 
 
-def summarize(rows, prefix=""):
+def summarize(rows: Sequence[Mapping[str, float | str]], prefix: str = "") -> dict[str, float]:
     """Mean PSNR and SSIM over per-image result dicts, read from their ``prefix + "psnr"`` and
     ``prefix + "ssim"`` entries (``prefix="bicubic_"``: the bicubic baseline's)."""
     if not rows:

@@ -1,7 +1,8 @@
 """Training and validation data for real-world SR: RealSR, paired folders, synthetic cross-camera pairs."""
 
+from __future__ import annotations
+
 import dataclasses
-import os
 from collections.abc import Sequence
 
 from ddet.data.datasets import CHANNELS, TrainingPatches, WholeImages, to_channels, training_loader
@@ -12,17 +13,16 @@ from ddet.data.sources import (
     SKIMAGE_TRAIN_PHOTOS,
     SKIMAGE_VALIDATION_PHOTOS,
     DecodedCache,
-    FilePairs,
+    PairSource,
     SyntheticPairs,
     folder_photos,
     paired_folder,
     realsr,
     skimage_photos,
 )
+from ddet.files import PathLike
 
 DATA_KINDS = ("synthetic", "realsr", "folder")
-PathLike = str | os.PathLike
-PairSource = SyntheticPairs | FilePairs
 VALIDATION_SEED = 20200101  # fixed, so every run and `ddet eval` see the same validation pairs
 
 

@@ -6,16 +6,19 @@ synthetic degradation. A resumed run and a run split over several processes ther
 the samples of one uninterrupted single-process run.
 """
 
+from __future__ import annotations
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from ddet.data.color import rgb_to_y
+from ddet.data.sources import PairSource
 
 CHANNELS = ("y", "rgb")
 
 
-def to_channels(image, channels):
+def to_channels(image: np.ndarray, channels: str) -> np.ndarray:
     """H×W×3 RGB in [0, 1] → H×W×1 (MATLAB Y / 255) or H×W×3."""
     if channels == "y":
         return rgb_to_y(image)[..., None]
@@ -24,14 +27,24 @@ def to_channels(image, channels):
     raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
 
 
-def to_tensor(image):
+def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
 class TrainingPatches(Dataset):
     """``num_samples`` random (lr, hr) patches, samples ``first_sample`` … ``first_sample + num_samples − 1``."""
 
-    def __init__(self, source, patch, channels="y", seed=0, *, num_samples=1, first_sample=0, augment=True):
+    def __init__(
+        self,
+        source: PairSource,
+        patch: int,
+        channels: str = "y",
+        seed: int = 0,
+        *,
+        num_samples: int = 1,
+        first_sample: int = 0,
+        augment: bool = True,
+    ):
         self.source, self.patch, self.channels = source, patch, channels
         self.seed, self.num_samples, self.first_sample, self.augment = seed, num_samples, first_sample, augment
         to_channels(np.zeros((1, 1, 3), np.float32), channels)  # validates `channels` now
@@ -42,15 +55,15 @@ class TrainingPatches(Dataset):
                     f"image {source.names[index]} ({height}×{width}) is smaller than the patch size {patch}"
                 )
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.num_samples
 
-    def image_index(self, sample):
+    def image_index(self, sample: int) -> int:
         epoch, position = divmod(sample, len(self.source))
         order = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.source))
         return int(order[position])
 
-    def __getitem__(self, item):
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= item < self.num_samples:
             raise IndexError(item)
         sample = self.first_sample + item
@@ -72,14 +85,14 @@ class TrainingPatches(Dataset):
 class WholeImages(Dataset):
     """Full (lr, hr, name) images, for validation and evaluation; batch size 1 (sizes differ)."""
 
-    def __init__(self, source, channels="y", cache=True):
+    def __init__(self, source: PairSource, channels: str = "y", cache: bool = True):
         self.source, self.channels = source, channels
         self.cached = {} if cache else None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         if self.cached is not None and index in self.cached:
             return self.cached[index]
         lr, hr = self.source.pair(index)
@@ -93,7 +106,9 @@ class WholeImages(Dataset):
         return item
 
 
-def training_loader(dataset, global_batch, workers=0, rank=0, world_size=1):
+def training_loader(
+    dataset: Dataset, global_batch: int, workers: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """Loader of ``global_batch / world_size`` patches per step on this rank.
 
     DistributedSampler without shuffling deals sample ``k`` to rank ``k mod world_size``, so a step's

@@ -15,6 +15,8 @@ the LR image at HR size, in this order (each step documented by the parameter th
 The HR image itself is never resampled, so the target stays exactly the photograph.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import io
 import math
@@ -41,7 +43,7 @@ class Degradation:
     jpeg_quality: tuple = (85, 95)
 
 
-def resize(image, height, width):
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bicubic resize (antialiased when shrinking) of a float H×W×C array, channel by channel."""
     channels = [
         np.asarray(
@@ -113,7 +115,7 @@ def _jpeg(image, quality):
         return np.asarray(decoded.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def degrade(hr, scale, rng, spec=Degradation()):
+def degrade(hr: np.ndarray, scale: int, rng: np.random.Generator, spec: Degradation = Degradation()) -> np.ndarray:
     """LR image at HR size for the float32 H×W×3 ``hr`` in [0, 1]; H and W must be multiples of ``scale``."""
     height, width = hr.shape[:2]
     if height % scale or width % scale:

@@ -5,6 +5,8 @@ repeated to three channels, alpha dropped. Pillow decodes 16-bit colour PNGs at 
 are decoded by ``ddet.data.png16`` at full precision.
 """
 
+from __future__ import annotations
+
 import math
 import zlib
 from pathlib import Path
@@ -18,7 +20,7 @@ except ImportError:  # not on Windows
     resource = None
 
 from ddet.data.png16 import read_png16
-from ddet.files import atomic_write
+from ddet.files import PathLike, atomic_write
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation → the array operation that displays the image upright (as ImageOps.exif_transpose).
@@ -34,13 +36,13 @@ EXIF_ORIENTATIONS = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def read_image(path):
+def read_image(path: PathLike) -> np.ndarray:
     """The image file as float32 H×W×3 in [0, 1]."""
     pixels, peak = read_integer_image(path)
     return pixels.astype(np.float32) / peak
 
 
-def read_integer_image(path):
+def read_integer_image(path: PathLike) -> tuple[np.ndarray, float]:
     """(H×W×3 integer array as stored — uint8, or uint16 for 16-bit files —, its peak value 255 or
     65535), EXIF orientation applied; a ValueError naming the file when it cannot be decoded."""
     path = Path(path)
@@ -108,7 +110,7 @@ def _refuse_beyond_memory(image, path):
         )
 
 
-def available_memory():
+def available_memory() -> float:
     """Bytes this process can still allocate: the system's available memory, or less under an
     address-space limit (ulimit -v); unbounded where neither can be read."""
     limits = [_proc_field("/proc/meminfo", "MemAvailable:")]
@@ -127,7 +129,7 @@ def _proc_field(path, field, missing=math.inf):
         return missing
 
 
-def list_images(folder):
+def list_images(folder: PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -137,14 +139,14 @@ def list_images(folder):
     return files
 
 
-def to_pil(image):
+def to_pil(image: np.ndarray) -> Image.Image:
     """float H×W×3 (or H×W) in [0, 1] → 8-bit Pillow image (rounded, clipped); uint8 as it is."""
     if image.dtype == np.uint8:
         return Image.fromarray(image)
     return Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
-def write_image(path, image, force=False, quality=95):
+def write_image(path: PathLike, image: np.ndarray, force: bool = False, quality: int = 95) -> None:
     """Write float H×W×3 in [0, 1] (or uint8) as an 8-bit image, format from the suffix, atomically.
 
     Refuses to replace an existing file unless ``force``.
@@ -158,7 +160,7 @@ def write_image(path, image, force=False, quality=95):
     atomic_write(path, lambda handle: pil.save(handle, format=image_format, **options))
 
 
-def writable_format(path):
+def writable_format(path: PathLike) -> str:
     """Pillow's format for the suffix of ``path``, or a ValueError naming the path."""
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())

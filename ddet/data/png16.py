@@ -6,6 +6,8 @@ neighbours ``bpp`` bytes away. Only what Pillow cannot do is handled: bit depth 
 (RGB) or 6 (RGBA), no interlacing.
 """
 
+from __future__ import annotations
+
 import struct
 import zlib
 
@@ -45,7 +47,7 @@ def _unfilter_sequential(kind, row, previous, bpp):
     return np.frombuffer(bytes(out), np.uint8)
 
 
-def read_png16(data):
+def read_png16(data: bytes) -> np.ndarray | None:
     """uint16 H×W×C of a 16-bit RGB(A) PNG given as bytes; None for any other PNG."""
     if not data.startswith(SIGNATURE):
         return None

@@ -6,7 +6,10 @@ same size. File sources ignore ``rng``; the synthetic source draws a fresh degra
 (synthetic pairs degrade just that window, so training never pays for whole photos).
 """
 
+from __future__ import annotations
+
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ddet.data.degrade import Degradation, degrade, resize
 from ddet.data.io import ORIENTATION_TAG, list_images, read_image, read_integer_image
-from ddet.files import atomic_write
+from ddet.files import PathLike, atomic_write
 
 # Photographs shipped with scikit-image (no synthetic charts, no binary masks, no duplicates such as
 # `cat` = `chelsea`); validation photos are held out by name.
@@ -64,7 +67,7 @@ class DecodedCache:
     image is decoded afresh. Pixels stay as stored (uint8 or uint16); an LR image resized to its HR
     image's size is stored as uint16, within 1/65535 of the float resize."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: PathLike):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.mapped = {}
@@ -72,7 +75,7 @@ class DecodedCache:
     def __getstate__(self):  # worker processes map the files themselves
         return {"folder": self.folder, "mapped": {}}
 
-    def pixels(self, path, shape=None):
+    def pixels(self, path: PathLike, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
         """(integer H×W×3 array, peak value) of the image at ``path``, resized to ``shape`` when given."""
         path = Path(path).resolve()
         stat = path.stat()
@@ -94,7 +97,7 @@ class FilePairs:
     """Pairs stored as files; LR images smaller than their HR image are bicubic-resized to its size.
     With ``cache`` (a DecodedCache) each file is decoded once, not once for every patch."""
 
-    def __init__(self, pairs, cache=None):
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], cache: DecodedCache | None = None):
         if not pairs:
             raise ValueError("no image pairs found")
         self.paths = list(pairs)
@@ -102,10 +105,12 @@ class FilePairs:
         self.cache = cache
         self.sizes = {}
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def pair(self, index, rng=None, region=None):
+    def pair(
+        self, index: int, rng: np.random.Generator | None = None, region: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         hr_path, lr_path = self.paths[index]
         if self.cache is None:
             hr = read_image(hr_path)
@@ -115,7 +120,7 @@ class FilePairs:
         lr, lr_peak = self.cache.pixels(lr_path, hr.shape[:2])
         return _window(lr, region).astype(np.float32) / lr_peak, _window(hr, region).astype(np.float32) / hr_peak
 
-    def size(self, index):
+    def size(self, index: int) -> tuple[int, int]:
         # Remembered: Pillow decodes a whole PNG to find its EXIF orientation.
         if index not in self.sizes:
             self.sizes[index] = self._size(self.paths[index][0])
@@ -133,7 +138,14 @@ class FilePairs:
             raise ValueError(f"cannot read image {path}: {error}") from error
 
 
-def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2, cache=None):
+def realsr(
+    root: PathLike,
+    scale: int,
+    split: str = "Train",
+    cameras: Sequence[str] = REALSR_CAMERAS,
+    version: int = 2,
+    cache: DecodedCache | None = None,
+) -> FilePairs:
     """RealSR (Cai et al. 2019) v2 or v3: ``root/{Canon,Nikon}/{Train,Test}/{2,3,4}/<Cam>_<id>_HR.png``
     beside ``_LR{scale}.png``. Version 2 LR images are already at HR size; version 3 ones are smaller
     and are resized with bicubic. Both are read the same way."""
@@ -157,7 +169,7 @@ def realsr(root, scale, split="Train", cameras=REALSR_CAMERAS, version=2, cache=
     return FilePairs(pairs, cache)
 
 
-def paired_folder(root, cache=None):
+def paired_folder(root: PathLike, cache: DecodedCache | None = None) -> FilePairs:
     """``root/hr/`` and ``root/lr/`` with images matched by file name (the stem; suffixes may differ)."""
     root = Path(root)
     hr_files = list_images(root / "hr")
@@ -168,7 +180,7 @@ def paired_folder(root, cache=None):
     return FilePairs([(path, lr_by_stem[path.stem]) for path in hr_files], cache)
 
 
-def skimage_photos(names):
+def skimage_photos(names: Iterable[str]) -> dict[str, np.ndarray]:
     """The named scikit-image photographs as float32 H×W×3 arrays (grey ones repeated to RGB)."""
     import skimage.data
 
@@ -184,7 +196,7 @@ def skimage_photos(names):
     return photos
 
 
-def folder_photos(folder):
+def folder_photos(folder: PathLike) -> dict[str, np.ndarray]:
     return {path.stem: read_image(path) for path in list_images(folder)}
 
 
@@ -195,7 +207,13 @@ class SyntheticPairs:
     photo ``i`` returns the same pair (validation); otherwise the caller's generator draws it.
     """
 
-    def __init__(self, photos, scale, spec=Degradation(), fixed_seed=None):
+    def __init__(
+        self,
+        photos: Mapping[str, np.ndarray],
+        scale: int,
+        spec: Degradation = Degradation(),
+        fixed_seed: int | None = None,
+    ):
         if not photos:
             raise ValueError("no photographs for synthetic pairs")
         self.names = list(photos)
@@ -209,13 +227,15 @@ class SyntheticPairs:
                 raise ValueError(f"photo {name} ({photo.shape[0]}×{photo.shape[1]}) is smaller than the scale {scale}")
             self.photos.append(np.ascontiguousarray(photo[:height, :width]))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.photos)
 
-    def size(self, index):
+    def size(self, index: int) -> tuple[int, int]:
         return self.photos[index].shape[:2]
 
-    def pair(self, index, rng=None, region=None):
+    def pair(
+        self, index: int, rng: np.random.Generator | None = None, region: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.fixed_seed is not None:
             rng = np.random.default_rng([self.fixed_seed, index])
         hr = self.photos[index]
@@ -231,3 +251,6 @@ class SyntheticPairs:
         lr = degrade(hr[y0:y1, x0:x1], self.scale, rng, self.spec)
         window = (top - y0, left - x0, height, width)
         return _window(lr, window), _window(hr, region)
+
+
+PairSource = SyntheticPairs | FilePairs

@@ -148,7 +148,7 @@ class SameSizeNet(nn.Module):
         return [(self(x), target)]
 
 
-def check_ints(config, fields: Sequence[str], *, minimum: int) -> None:
+def check_ints(config: NetConfig, fields: Sequence[str], *, minimum: int) -> None:
     """Raise a ValueError naming the first of ``fields`` of ``config`` that is not an int >= minimum."""
     for field in fields:
         value = getattr(config, field)

@@ -5,15 +5,19 @@ configuration overrides (JSON), the SR scale and the channels (``y`` or ``rgb``)
 ``load_model(path)`` rebuilds the network with no other input. Nothing is ever unpickled.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ddet.files import atomic_write
+from ddet.files import PathLike, atomic_write
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 METADATA_KEYS = ("model", "model_args", "scale", "channels")
@@ -22,7 +26,7 @@ CHANNELS = ("y", "rgb")
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def bundled_path(model, scale):
+def bundled_path(model: str, scale: int) -> Path:
     """Where the weights bundled for the registry name ``model`` at ``scale`` lie (the model registry
     says which exist: a ValueError for any other)."""
     from ddet import models
@@ -30,7 +34,17 @@ def bundled_path(model, scale):
     return BUNDLED_DIR / models.pretrained_file(model, scale)
 
 
-def save_weights(path, state_dict, model, model_args, scale, channels, *, dtype=None, extra=None):
+def save_weights(
+    path: PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    model: str,
+    model_args: Mapping[str, object],
+    scale: int,
+    channels: str,
+    *,
+    dtype: torch.dtype | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> None:
     """Write ``state_dict`` (optionally cast to ``dtype``, e.g. float16 to ship) atomically."""
     tensors = {
         key: (value.to(dtype) if dtype is not None and value.is_floating_point() else value).detach().cpu().contiguous()
@@ -47,7 +61,7 @@ def save_weights(path, state_dict, model, model_args, scale, channels, *, dtype=
     atomic_write(path, lambda handle: handle.write(payload))
 
 
-def read_weights(path):
+def read_weights(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of a weights file; a clear error naming the file when it is unusable."""
     path = Path(path)
     if not path.is_file():
@@ -90,7 +104,7 @@ def _metadata(payload):
     return json.loads(payload[8 : 8 + header_length]).get("__metadata__", {})
 
 
-def load_model(path, device="cpu"):
+def load_model(path: PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode, metadata with typed ``scale`` and ``model_args``) from a weights file."""
     from ddet import models
 
@@ -101,12 +115,12 @@ def load_model(path, device="cpu"):
     return model.to(device).eval(), metadata
 
 
-def load_weights_into(model, path):
+def load_weights_into(model: torch.nn.Module, path: PathLike) -> None:
     """Load the weights file ``path`` into ``model`` (e.g. to start training from it)."""
     load_state(model, read_weights(path)[0], path)
 
 
-def load_state(model, tensors, path):
+def load_state(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: PathLike) -> None:
     """``model.load_state_dict(tensors)``, with a ValueError naming the file they came from when
     they do not fit."""
     expected = model.state_dict()
@@ -127,7 +141,7 @@ def load_state(model, tensors, path):
     model.load_state_dict(tensors)
 
 
-def load_bundled(model, scale, device="cpu"):
+def load_bundled(model: str, scale: int, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode, metadata) from the weights bundled for the registry name ``model``."""
     path = bundled_path(model, scale)
     if not path.is_file():
@@ -135,7 +149,7 @@ def load_bundled(model, scale, device="cpu"):
     return load_model(path, device)
 
 
-def export_bundled(path, scale):
+def export_bundled(path: PathLike, scale: int) -> None:
     """Store the weights file ``path`` (from ``ddet train``) as the bundled float16 weights of ``scale``."""
     tensors, metadata = read_weights(path)
     if int(metadata["scale"]) != scale:
