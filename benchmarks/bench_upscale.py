@@ -41,10 +41,10 @@ PREVIOUS = "6e3c5ec"
 # takes no options), the new default second; the ratios compare these two.
 SETTINGS = [
     ("previous default (fp32, 512 tiles, overlap 32)", {}),
-    ("default: auto precision, tiles from --max-memory", {}),
-    ("fp32, tiles from --max-memory", {"precision": "fp32"}),
-    ("bf16, tiles from --max-memory", {"precision": "bf16"}),
-    ("fp16, tiles from --max-memory", {"precision": "fp16"}),
+    ("default: auto precision, tiling from --max-memory", {}),
+    ("fp32, tiling from --max-memory", {"precision": "fp32"}),
+    ("bf16, tiling from --max-memory", {"precision": "bf16"}),
+    ("fp16, tiling from --max-memory", {"precision": "fp16"}),
     ("fp32, whole image (--tile 0)", {"precision": "fp32", "tile": 0}),
 ]
 

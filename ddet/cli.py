@@ -205,11 +205,12 @@ def output_paths(
     return targets
 
 
-def output_megapixels(path: str | Path, scale: int) -> float:
+def output_size(path: str | Path, scale: int) -> tuple[int, int]:
+    """(height, width) of the upscaled ``path``, read from its header."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.width * image.height * scale**2 / 1e6
+        return image.height * scale, image.width * scale
 
 
 def command_upscale(args: argparse.Namespace) -> None:
@@ -219,9 +220,10 @@ def command_upscale(args: argparse.Namespace) -> None:
         choose_precision,
         default_context,
         describe_precision,
-        largest_tile,
+        plan_tiles,
         prepare_model,
         resolve_model,
+        window_pixels,
     )
 
     device = pick_device(args.device)
@@ -249,21 +251,23 @@ def command_upscale(args: argparse.Namespace) -> None:
         return
     prepare_model(model)
     context = default_context(model) if args.tile_context is None else args.tile_context
-    tile = args.tile
-    if tile is None:
-        tile = largest_tile(model, 3 if channels == "rgb" else 1, settings, device, context, _bytes(args.max_memory))
-    _upscale_all(
-        args,
-        jobs,
-        dict(scale=scale, model=model, tile=tile, tile_context=context, precision=settings.name, device=device),
-    )
+    max_pixels = None
+    if args.tile is None:
+        max_pixels = window_pixels(model, 3 if channels == "rgb" else 1, settings, device, _bytes(args.max_memory))
+
+    def tile_for(height: int, width: int) -> int | tuple[int, int]:
+        """--tile, or each image's tiling that computes the fewest pixels within the memory budget."""
+        return args.tile if max_pixels is None else plan_tiles(height, width, context, max_pixels)
+
+    options = dict(scale=scale, model=model, tile_context=context, precision=settings.name, device=device)
+    _upscale_all(args, jobs, options, tile_for)
 
 
 def _bytes(gigabytes):
     return None if gigabytes is None else int(gigabytes * 2**30)
 
 
-def _upscale_all(args, jobs, options):
+def _upscale_all(args, jobs, options, tile_for):
     """Upscale and write every (source, target) under one progress bar over all their pixels;
     Ctrl-C stops with one line, leaving only complete files (each is written atomically)."""
     import time
@@ -274,7 +278,8 @@ def _upscale_all(args, jobs, options):
     from ddet.data.io import write_image
     from ddet.inference import upscale
 
-    megapixels = [output_megapixels(source, options["scale"]) for source, _ in jobs]
+    sizes = [output_size(source, options["scale"]) for source, _ in jobs]
+    megapixels = [height * width / 1e6 for height, width in sizes]
     started, done = time.perf_counter(), 0
     bar = tqdm(
         total=round(sum(megapixels), 2),
@@ -283,9 +288,15 @@ def _upscale_all(args, jobs, options):
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MP [{elapsed}<{remaining}]",
     )
     try:
-        for source, target in jobs:
+        for (source, target), size in zip(jobs, sizes, strict=True):
             bar.set_postfix_str(f"{done + 1}/{len(jobs)} {source.name}")
-            image = upscale(source, **options, dtype=np.uint8, on_pixels=lambda pixels: bar.update(pixels / 1e6))
+            image = upscale(
+                source,
+                **options,
+                tile=tile_for(*size),
+                dtype=np.uint8,
+                on_pixels=lambda pixels: bar.update(pixels / 1e6),
+            )
             write_image(target, image, force=True)
             done += 1
     except KeyboardInterrupt:
@@ -388,7 +399,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_running_arguments(
         parser,
-        tile_help="tile side in output pixels (default: the largest that fits --max-memory; 0: the whole image)",
+        tile_help="tile side in output pixels (default: the whole image when it fits --max-memory, else the "
+        "tiling that computes the fewest pixels within it; 0: the whole image)",
         precision="auto",
         precision_help="auto (default): bf16 autocast where the CPU or GPU has bfloat16 units, else fp32",
     )
@@ -396,7 +408,7 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-memory",
         type=float,
         metavar="GB",
-        help="memory for the network's tiles, in GiB (default 1.5, at most half the free memory)",
+        help="memory for the network's working set, in GiB (default 1.25, at most half the free memory)",
     )
     parser.add_argument("--suffix", default=".png", help="file type of outputs written into a folder")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")

@@ -4,8 +4,9 @@ Y models (the paper's setting) see the MATLAB BT.601 luminance; the chroma is bi
 put back. RGB models see all three channels. Large images run tile by tile: each tile's core of
 ``tile`` × ``tile`` output pixels is computed from a window that reaches ``context`` pixels further
 (the model's receptive radius, at most MAX_CONTEXT) and only the core is kept, so there are no
-seams: with the full receptive radius a tiling gives exactly the whole-image result. Tiles are as
-large as the memory budget allows, so the context costs little. The network runs in float32 or in
+seams: with the full receptive radius a tiling gives exactly the whole-image result. An image
+runs whole when the network's measured working set on it fits the memory budget, else in the
+tiling whose windows fit it and compute the fewest pixels. The network runs in float32 or in
 bfloat16 / float16 autocast (``precision``), where the hardware has the units for it.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -21,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from tqdm import tqdm
 
 from ddet import metrics, models
@@ -39,9 +43,11 @@ TILE_ALIGN = 16
 # pixels that are kept.
 MAX_CONTEXT = 32
 # Working set of the network on the tiles, by default (--max-memory overrides it).
-DEFAULT_MAX_MEMORY = 3 * 2**29  # 1.5 GiB
-# Side of the tile on which the working set per pixel is measured.
-PROBE_SIDE = 64
+DEFAULT_MAX_MEMORY = 5 * 2**28  # 1.25 GiB
+# Rows of the output converted to RGB at a time.
+EMIT_ROWS = 64
+# Sides of the tiles on which the network's working set is measured.
+PROBE_SIDES = (64, 128)
 DEFAULT_MODEL = "ddet"  # what runs when neither a model nor weights are given
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -184,25 +190,67 @@ def default_context(model: torch.nn.Module) -> int:
     return int(min(getattr(model, "receptive_radius", math.inf), MAX_CONTEXT))
 
 
-def working_set_per_pixel(
+class WorkingSet(NamedTuple):
+    """The network's peak memory on an h×w window: ``fixed + per_pixel * h * w`` bytes."""
+
+    fixed: float
+    per_pixel: float
+
+    def max_window_pixels(self, budget: int) -> int:
+        """The most pixels a window may hold for the working set to fit ``budget`` bytes."""
+        return int(max(budget - self.fixed, 0.0) / self.per_pixel)
+
+
+@torch.no_grad()
+def measure_working_set(
     model: torch.nn.Module, in_channels: int, settings: Precision, device: str | torch.device
-) -> float:
-    """Bytes per pixel of the input and of every layer's output (each tensor once: in-place layers
-    write into their input) on a PROBE_SIDE² tile, as if all were alive at once: a bound on the
-    network's working set that follows the model's widths and the precision."""
-    sizes = {"input": in_channels * 4 * PROBE_SIDE**2}
+) -> WorkingSet:
+    """The peak bytes of the tensors alive at once while the network runs, measured on two probe
+    tiles: a convolutional network's grows in proportion to the pixels, plus what does not."""
 
-    def record(module, inputs, output):
-        if isinstance(output, torch.Tensor) and not list(module.children()):
-            sizes[output.data_ptr()] = output.numel() * output.element_size()
+    def peak(side: int) -> int:
+        with _LiveTensorBytes() as tracker:
+            run_network(model, torch.rand(in_channels, side, side), settings, device)
+        return tracker.peak
 
-    hooks = [module.register_forward_hook(record) for module in model.modules()]
-    try:
-        run_network(model, torch.rand(in_channels, PROBE_SIDE, PROBE_SIDE), settings, device)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sum(sizes.values()) / PROBE_SIDE**2
+    (small, large), (small_area, large_area) = map(peak, PROBE_SIDES), (side**2 for side in PROBE_SIDES)
+    per_pixel = max((large - small) / (large_area - small_area), 1.0)
+    return WorkingSet(max(small - per_pixel * small_area, 0.0), per_pixel)
+
+
+class _LiveTensorBytes(TorchFunctionMode):
+    """The peak of the bytes of the tensor storages that torch functions called inside the
+    ``with`` return, each counted from its first tensor to the death of its last (what operators
+    allocate and free inside, scratch buffers or autocast's weight copies, is not seen). A
+    function mode, not a dispatch mode: entering one of those first imports torch._dynamo."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.tensors = {}  # (storage address, bytes) → its tensors alive
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(output):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        return output
+
+    def _track(self, tensor):
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key not in self.tensors:
+            self.tensors[key] = 0
+            self.live += key[1]
+            self.peak = max(self.peak, self.live)
+        self.tensors[key] += 1
+        weakref.finalize(tensor, self._release, key)
+
+    def _release(self, key):
+        self.tensors[key] -= 1
+        if not self.tensors[key]:
+            del self.tensors[key]
+            self.live -= key[1]
 
 
 def memory_budget(device: str | torch.device, max_memory: int | None = None) -> int:
@@ -215,18 +263,47 @@ def memory_budget(device: str | torch.device, max_memory: int | None = None) -> 
     return min(max_memory or DEFAULT_MAX_MEMORY, free // 2)
 
 
-def largest_tile(
+def window_pixels(
     model: torch.nn.Module,
     in_channels: int,
     settings: Precision,
     device: str | torch.device,
-    context: int,
     max_memory: int | None = None,
 ) -> int:
-    """The largest tile side (a multiple of TILE_ALIGN) whose window fits the memory budget."""
-    per_pixel = working_set_per_pixel(model, in_channels, settings, device)
-    side = int(math.sqrt(memory_budget(device, max_memory) / per_pixel)) - 2 * context
-    return max(side // TILE_ALIGN * TILE_ALIGN, 2 * TILE_ALIGN)
+    """The most pixels a tile's window may hold for the network's working set to fit the budget."""
+    working_set = measure_working_set(model, in_channels, settings, device)
+    return working_set.max_window_pixels(memory_budget(device, max_memory))
+
+
+def plan_tiles(height: int, width: int, context: int, max_window_pixels: int) -> tuple[int, int]:
+    """(tile height, tile width) of the tiling of an H×W image that computes the fewest pixels, its
+    windows (core and context) holding at most ``max_window_pixels``; (0, 0): the whole image fits.
+    Full-width bands where the width allows them (context on two sides instead of four), near
+    squares otherwise."""
+    if height * width <= max_window_pixels:
+        return 0, 0
+    rows, columns = _tile_choices(height, context), _tile_choices(width, context)
+    plans = [
+        (computed_h * computed_w, tile_h, tile_w)
+        for tile_w, (window_w, computed_w) in columns.items()
+        for tile_h, (window_h, computed_h) in rows.items()
+        if window_h * window_w <= max_window_pixels
+    ]
+    if not plans:  # not even the smallest tiles fit: take them anyway
+        return 2 * TILE_ALIGN, 2 * TILE_ALIGN
+    _, tile_h, tile_w = min(plans)
+    return tile_h, tile_w
+
+
+def _tile_choices(length, context):
+    """For each tile length along one axis (multiples of TILE_ALIGN): (its longest window, the
+    pixels its windows cover together), from the spans a tiling actually uses."""
+    choices = {}
+    for tile in range(2 * TILE_ALIGN, length + TILE_ALIGN, TILE_ALIGN):
+        spans = _spans(length, tile, context)
+        windows = [window_stop - window_start for _, _, window_start, window_stop in spans]
+        choices[tile] = (max(windows), sum(windows))
+    return choices
 
 
 def _spans(length, tile, context):
@@ -247,15 +324,18 @@ def _spans(length, tile, context):
 
 def _run_tiled(height, width, tile, context, run_tile, emit_rows, *, on_pixels=None):
     """Run ``run_tile(top, bottom, left, right)`` (a C×h×w tensor for that window) over a tiling
-    of an H×W image, keep each tile's core, and hand finished rows to ``emit_rows(top, rows)``
-    (C×n×W tensors) from top to bottom. One band of tiles is held at a time, so memory grows with
-    ``tile`` × W, not H × W. ``on_pixels(n)`` is told of each finished core's pixel count."""
-    if tile is not None and tile != 0 and tile < TILE_ALIGN:
-        raise ValueError(f"--tile must be 0 (whole image) or at least {TILE_ALIGN}, got {tile}")
+    of an H×W image in ``tile`` (a side, or a (height, width) pair; 0 or None: whole) cores, keep
+    each tile's core, and hand finished rows to ``emit_rows(top, rows)`` (C×n×W tensors) from top
+    to bottom. One band of tiles is held at a time, so memory grows with the tile height × W, not
+    H × W. ``on_pixels(n)`` is told of each finished core's pixel count."""
+    tile_h, tile_w = tile if isinstance(tile, tuple) else (tile, tile)
+    for side in (tile_h, tile_w):
+        if side and side < TILE_ALIGN:
+            raise ValueError(f"--tile must be 0 (whole image) or at least {TILE_ALIGN}, got {side}")
     if context < 0:
         raise ValueError(f"--tile-context must be at least 0, got {context}")
-    columns = _spans(width, tile, context)
-    for top, bottom, window_top, window_bottom in _spans(height, tile, context):
+    columns = _spans(width, tile_w, context)
+    for top, bottom, window_top, window_bottom in _spans(height, tile_h, context):
         band = None
         for left, right, window_left, window_right in columns:
             result = run_tile(window_top, window_bottom, window_left, window_right)
@@ -318,7 +398,7 @@ def upscale(
     *,
     model: str | torch.nn.Module | None = None,
     weights: PathLike | None = None,
-    tile: int | Literal["auto"] | None = "auto",
+    tile: int | tuple[int, int] | Literal["auto"] | None = "auto",
     tile_context: int | None = None,
     max_memory: int | None = None,
     precision: str = "auto",
@@ -334,9 +414,10 @@ def upscale(
     module (its weights are put in the layout the precision runs in); ``weights``: a safetensors
     file written by ``ddet train``. ``precision``: auto, fp32, bf16 or fp16 (see
     :func:`choose_precision`); ``device``: auto (CUDA when available), cpu, cuda or cuda:N.
-    ``tile``: the side of the tiles in output pixels, 0 or None for the whole image, ``"auto"``
-    for the largest that fits ``max_memory`` bytes (default :data:`DEFAULT_MAX_MEMORY`, at most
-    half the free memory); each tile reads ``tile_context`` pixels around it (default: the
+    ``tile``: the side of the tiles in output pixels (or their (height, width)), 0 or None for the
+    whole image, ``"auto"`` for the tiling that computes the fewest pixels with windows that fit
+    ``max_memory`` bytes (default :data:`DEFAULT_MAX_MEMORY`, at most half the free memory; see
+    :func:`plan_tiles`): the whole image when it fits; each tile reads ``tile_context`` pixels around it (default: the
     model's receptive radius, at most MAX_CONTEXT). The bicubic input, the network and the colour
     conversion all run tile by tile, so beyond the input and the returned image the memory grows
     with the tile size only. ``on_pixels(n)`` hears of every finished tile's output pixels.
@@ -348,10 +429,11 @@ def upscale(
     network, scale, channels, _ = resolve_model(model, weights, scale, device)
     prepare_model(network)
     context = default_context(network) if tile_context is None else tile_context
-    if tile == "auto":
-        tile = largest_tile(network, 3 if channels == "rgb" else 1, settings, device, context, max_memory)
     rgb = as_float_rgb(image)
     height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
+    if tile == "auto":
+        in_channels = 3 if channels == "rgb" else 1
+        tile = plan_tiles(height, width, context, window_pixels(network, in_channels, settings, device, max_memory))
     bicubic = _Bicubic(rgb, scale)
     del rgb
     output = np.empty((height, width, 3), dtype)
@@ -362,8 +444,12 @@ def upscale(
         return run_network(network, to_tensor(network_input), settings, device)
 
     def emit_rows(top, rows):
-        restored = _as_rgb(_array(rows), lambda: bicubic.window(top, top + rows.shape[1], 0, width))
-        output[top : top + rows.shape[1]] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
+        # In blocks of rows: the colour conversion makes several float copies of what it converts.
+        for start in range(0, rows.shape[1], EMIT_ROWS):
+            block = rows[:, start : start + EMIT_ROWS]
+            first, stop = top + start, top + start + block.shape[1]
+            restored = _as_rgb(_array(block), lambda first=first, stop=stop: bicubic.window(first, stop, 0, width))
+            output[first:stop] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
 
     with tqdm(
         total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress

@@ -1,3 +1,4 @@
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from PIL import Image
 from ddet import inference, models
 from ddet.data import read_image, resize
 from ddet.data.color import rgb_to_ycbcr
-from ddet.inference import TILE_ALIGN, _spans, as_float_rgb, resolve_model, run_model, upscale
+from ddet.inference import TILE_ALIGN, _spans, as_float_rgb, plan_tiles, resolve_model, run_model, upscale
 from ddet.weights import save_weights
 
 TINY_DDET = {"width": 16, "blocks": 1, "feature_width": 16, "branch_width": 8}
@@ -67,6 +68,34 @@ def test_tile_cores_cover_the_axis_once_and_windows_add_the_context_on_the_grid(
         assert window_start <= max(start - context, 0) and window_stop == min(stop + context, length)
 
 
+def _window_and_computed_pixels(height, width, tile, context):
+    rows, columns = (_spans(length, side, context) for length, side in ((height, tile[0]), (width, tile[1])))
+    lengths = [[stop - start for *_, start, stop in spans] for spans in (rows, columns)]
+    return max(lengths[0]) * max(lengths[1]), sum(lengths[0]) * sum(lengths[1])
+
+
+@pytest.mark.parametrize("height, width", [(1024, 1024), (4000, 6000), (854, 1280), (300, 5000)])
+def test_planned_tiles_fit_the_budget_and_compute_fewer_pixels_than_the_largest_squares(height, width):
+    budget, context = 603_000, 32
+    plan = plan_tiles(height, width, context, budget)
+    window, computed = _window_and_computed_pixels(height, width, plan, context)
+    square = (math.isqrt(budget) - 2 * context) // TILE_ALIGN * TILE_ALIGN
+    assert window <= budget
+    assert computed <= _window_and_computed_pixels(height, width, (square, square), context)[1]
+    assert plan_tiles(height, width, context, height * width) == (0, 0)  # whole when it fits
+
+
+def test_a_band_as_wide_as_the_image_is_planned_where_it_fits():
+    assert plan_tiles(1024, 1024, 32, 603_000) in ((1024, 512), (512, 1024))
+    assert plan_tiles(2000, 500, 32, 300_000)[1] >= 500
+
+
+def test_rectangular_tiles_give_the_whole_image_result():
+    model = _tiny(perturb=0.02)
+    x = torch.rand(1, 100, 90)
+    assert (run_model(model, x, tile=(32, 64)) - run_model(model, x)).abs().max() < 1e-5
+
+
 def test_bad_tiling_is_refused():
     with pytest.raises(ValueError, match="--tile"):
         run_model(_tiny(), torch.rand(1, 100, 100), tile=8)
@@ -96,12 +125,29 @@ def test_reduced_precision_runs_the_network_in_it():
         assert 0 < (reduced - exact).abs().max() < 0.05
 
 
+class _EightCopiesFourTimes(torch.nn.Module):
+    """Holds 44 bytes a pixel at its peak, from the second round on: the input, the last round's
+    plane, its eight copies and their mean. Its outputs together are 148 bytes a pixel."""
+
+    def forward(self, x):
+        for _ in range(4):
+            x = x.repeat(1, 8, 1, 1).mean(1, keepdim=True)
+        return x
+
+
+def test_the_working_set_is_the_peak_of_the_tensors_alive_at_once():
+    fp32 = inference.choose_precision("fp32", "cpu")
+    working_set = inference.measure_working_set(_EightCopiesFourTimes(), 1, fp32, "cpu")
+    assert working_set.per_pixel == 44 and working_set.fixed == 0
+    assert working_set.max_window_pixels(44 * 10_000) == 10_000
+
+
 def test_tiles_sized_from_the_memory_budget(image):
     model = _tiny(perturb=0.02)
     fp32, bf16 = inference.choose_precision("fp32", "cpu"), inference.choose_precision("bf16", "cpu")
-    small = inference.largest_tile(model, 1, fp32, "cpu", 24, max_memory=2**23)
-    assert small < inference.largest_tile(model, 1, fp32, "cpu", 24, max_memory=2**25)
-    assert small < inference.largest_tile(model, 1, bf16, "cpu", 24, max_memory=2**23)
+    small = inference.window_pixels(model, 1, fp32, "cpu", max_memory=2**23)
+    assert small < inference.window_pixels(model, 1, fp32, "cpu", max_memory=2**25)
+    assert small < inference.window_pixels(model, 1, bf16, "cpu", max_memory=2**23)
     tiles = []
     tiled = upscale(image, scale=4, model=model, max_memory=2**19, on_pixels=tiles.append)
     assert len(tiles) > 1 and sum(tiles) == 84 * 104
