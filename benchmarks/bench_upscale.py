@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     from ddet.device import pick_device
     from ddet.inference import bf16_matrix_units, choose_precision
 
-    device = pick_device(args.device)
+    device = str(pick_device(args.device))  # the child processes take it as text
     native_half = device.startswith("cuda") or bf16_matrix_units()
     auto = choose_precision("auto", device)
     with tempfile.TemporaryDirectory() as scratch:
