@@ -215,6 +215,13 @@ def test_ops_benchmark_refuses_to_time_a_peer_with_other_results(monkeypatch):
         ops.measure_case(ops.QUICK_CASES[0], torch.device("cpu"), 1e10)
 
 
+def test_upscale_benchmark_runs_quick():
+    script = str(ROOT / "benchmarks" / "bench_upscale.py")
+    done = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Default vs previous default" in done.stdout and "| default: auto precision" in done.stdout
+
+
 def test_data_benchmark_runs_quick_and_writes_where_asked(tmp_path):
     script = str(ROOT / "benchmarks" / "bench_data.py")
     done = subprocess.run(
