@@ -120,25 +120,33 @@ def cases(auto: str, native_half: bool, repeats: int) -> list:
 
 
 def measure(plan: list, photos: dict, device: str, previous: Path) -> list:
-    rows = []
-    for photo, label, options, repeats in plan:
-        package = previous if label == SETTINGS[0][0] else None
-        runs = [in_fresh_process(photos[photo], options, device, package) for _ in range(repeats)]
-        seconds = statistics.median(run["seconds"] for run in runs)
-        rows.append(
-            {
-                "photo": photos[photo].name,
-                "setting": label,
-                "options": options,
-                "repeats": repeats,
-                "seconds": seconds,
-                "megapixels_per_s": runs[0]["megapixels"] / seconds,
-                "peak_bytes": max(run["peak_bytes"] for run in runs),
-                "output_megapixels": runs[0]["megapixels"],
-            }
-        )
-        print(f"{photo}: {label}: {seconds:.1f} s, peak {rows[-1]['peak_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
-    return rows
+    """Every case of the plan, its repeats taken in turns with the other cases' (round r runs
+    every case that has an r-th repeat), so that a slower spell of a shared machine falls on all
+    of them rather than on one setting."""
+    runs = {index: [] for index in range(len(plan))}
+    for round_index in range(max(repeats for *_, repeats in plan)):
+        for index, (photo, label, options, repeats) in enumerate(plan):
+            if round_index < repeats:
+                package = previous if label == SETTINGS[0][0] else None
+                runs[index].append(in_fresh_process(photos[photo], options, device, package))
+                print(f"{photo}: {label}: {runs[index][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    return [
+        summary(photos[photo], label, options, runs[index]) for index, (photo, label, options, _) in enumerate(plan)
+    ]
+
+
+def summary(photo: Path, label: str, options: dict, runs: list) -> dict:
+    seconds = statistics.median(run["seconds"] for run in runs)
+    return {
+        "photo": photo.name,
+        "setting": label,
+        "options": options,
+        "repeats": len(runs),
+        "seconds": seconds,
+        "megapixels_per_s": runs[0]["megapixels"] / seconds,
+        "peak_bytes": max(run["peak_bytes"] for run in runs),
+        "output_megapixels": runs[0]["megapixels"],
+    }
 
 
 def speedups(rows: list) -> dict:
@@ -169,7 +177,7 @@ def report(rows: list, device: str, auto: str) -> str:
             f"# `ddet upscale` ×2 end to end ({device})",
             "",
             f"Default precision here: {auto}. Default vs previous default: {gains}. Times are medians of the repeats; "
-            "peak = the process's peak resident memory"
+            "repeats were taken in turns with the other cases'; peak = the process's peak resident memory"
             + (" (CUDA: the allocator's peak)" if device.startswith("cuda") else "")
             + ".",
             "",
