@@ -137,9 +137,8 @@ class _EightCopiesFourTimes(torch.nn.Module):
 
 def test_the_working_set_is_the_peak_of_the_tensors_alive_at_once():
     fp32 = inference.choose_precision("fp32", "cpu")
-    working_set = inference.measure_working_set(_EightCopiesFourTimes(), 1, fp32, "cpu")
-    assert working_set.per_pixel == 44 and working_set.fixed == 0
-    assert working_set.max_window_pixels(44 * 10_000) == 10_000
+    assert inference.working_set_per_pixel(_EightCopiesFourTimes(), 1, fp32, "cpu") == 44
+    assert inference.window_pixels(_EightCopiesFourTimes(), 1, fp32, "cpu", max_memory=44 * 10_000) == 10_000
 
 
 def test_tiles_sized_from_the_memory_budget(image):
