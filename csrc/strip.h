@@ -38,7 +38,6 @@ namespace ddet_ops {
 
 // The sizes with compile-time paths (at dilation 1); the harness must reach every one of them.
 constexpr int kSpecialisedSizes[] = {1, 3, 5, 7};
-constexpr int kLargestSpecialised = 7;
 
 // Pixels per strip: 4 (16 bytes of float, 8 of half or bfloat16), 2 for double. A thread holds
 // one kernel row's weights for its strip (7 x 4 values for size 7) while it runs the row's taps
