@@ -16,6 +16,7 @@ import math
 import os
 import weakref
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -406,10 +407,11 @@ def upscale(
     ``tile``: the side of the tiles in output pixels (or their (height, width)), 0 or None for the
     whole image, ``"auto"`` for the tiling that computes the fewest pixels with windows that fit
     ``max_memory`` bytes (default :data:`DEFAULT_MAX_MEMORY`, at most half the free memory; see
-    :func:`plan_tiles`): the whole image when it fits; each tile reads ``tile_context`` pixels around it (default: the
-    model's receptive radius, at most MAX_CONTEXT). The bicubic input, the network and the colour
-    conversion all run tile by tile, so beyond the input and the returned image the memory grows
-    with the tile size only. ``on_pixels(n)`` hears of every finished tile's output pixels.
+    :func:`plan_tiles`): the whole image when it fits; each tile reads ``tile_context`` pixels
+    around it (default: the model's receptive radius, at most MAX_CONTEXT). The bicubic input, the
+    network and the colour conversion all run tile by tile, so beyond the input and the returned
+    image the memory grows with the tile size only. ``on_pixels(n)`` hears of every finished
+    tile's output pixels.
     """
     if np.dtype(dtype) not in (np.float32, np.uint8):
         raise TypeError(f"dtype must be numpy.float32 or numpy.uint8, got {dtype}")
@@ -432,20 +434,22 @@ def upscale(
         network_input = window if channels == "rgb" else rgb_to_ycbcr(window)[..., :1]
         return run_network(network, to_tensor(network_input), settings, device)
 
-    def emit_rows(top, rows):
-        # In blocks of rows: the colour conversion makes several float copies of what it converts.
-        for start in range(0, rows.shape[1], EMIT_ROWS):
-            block = rows[:, start : start + EMIT_ROWS]
-            first, stop = top + start, top + start + block.shape[1]
-            restored = _as_rgb(_array(block), lambda first=first, stop=stop: bicubic.window(first, stop, 0, width))
-            output[first:stop] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
-
     with tqdm(
         total=height * width, unit="px", unit_scale=True, desc="upscale", leave=False, disable=not progress
     ) as bar:
         report = bar.update if on_pixels is None else on_pixels
-        _run_tiled(height, width, tile, context, run_tile, emit_rows, on_pixels=report)
+        _run_tiled(height, width, tile, context, run_tile, partial(_write_rgb, output, bicubic), on_pixels=report)
     return output
+
+
+def _write_rgb(output, bicubic, top, rows):
+    """The network's rows from ``top`` on, as RGB (8-bit when ``output`` is), into ``output``; in
+    blocks of rows, as the colour conversion makes several float copies of what it converts."""
+    for start in range(0, rows.shape[1], EMIT_ROWS):
+        block = rows[:, start : start + EMIT_ROWS]
+        first, stop = top + start, top + start + block.shape[1]
+        restored = _as_rgb(_array(block), partial(bicubic.window, first, stop, 0, output.shape[1]))
+        output[first:stop] = np.round(restored * 255.0) if output.dtype == np.uint8 else restored
 
 
 def _as_rgb(restored, bicubic_rows):
