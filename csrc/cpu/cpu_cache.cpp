@@ -77,8 +77,13 @@ class BlockCache {
     Block* block = take(bytes);
     if (block == nullptr) block = fresh(bytes);
     count_in_use(static_cast<int64_t>(block->bytes));
-    return torch::stable::from_blob(block->ptr, sizes, strides, Device(torch::headeronly::DeviceType::CPU), dtype,
-                                    [block](void*) { instance().release(block); });
+    try {
+      return torch::stable::from_blob(block->ptr, sizes, strides, Device(torch::headeronly::DeviceType::CPU), dtype,
+                                      [block](void*) { instance().release(block); });
+    } catch (...) {
+      release(block);
+      throw;
+    }
   }
 
   void empty() {
