@@ -37,7 +37,8 @@ def load(package_path: list[str]) -> None:
     if minimum is None:
         raise ImportError(
             f"ddet_ops: {library} was compiled against torch {built_against} without the stable ABI, so it "
-            f"runs under that torch only. Rebuild it: from the ddet source folder run: {_REBUILD}"
+            f"runs under that torch only (and a rebuild, named _C.abi3.so, would not replace it). Remove it "
+            f"and rebuild: from the ddet source folder run: rm {library} && {_REBUILD}"
         )
     if _release(torch.__version__) < _release(minimum):
         raise ImportError(
