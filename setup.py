@@ -1,11 +1,13 @@
-"""Builds ddet_ops._C against the torch installed in this environment.
+"""Builds ddet_ops._C against the LibTorch stable ABI, for every torch from MIN_TORCH on.
 
-Install with ``pip install --no-build-isolation .`` so the extension is compiled against the
-torch you run (an isolated build would compile against a different torch). CUDA kernels are
-added when a CUDA toolkit and a CUDA build of torch are present, or when FORCE_CUDA=1.
+``pip install .`` builds in an isolated environment with the torch that pyproject.toml names;
+the library then runs under any installed torch >= MIN_TORCH, whichever torch compiled it.
+CUDA kernels are added when a CUDA toolkit and a CUDA build of torch are present, or when
+FORCE_CUDA=1.
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,13 +17,22 @@ try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
-    sys.exit(
-        "ddet: torch must be installed before building, and the build must see it: "
-        "pip install torch && pip install --no-build-isolation ."
-    )
+    sys.exit("ddet: building ddet_ops needs torch (pip install . installs it in the build environment)")
 
 ROOT = Path(__file__).parent
 CSRC = "csrc"
+# The oldest torch the library runs under: the sources use only the stable ABI of this release
+# (TORCH_TARGET_VERSION turns everything newer, and every unstable header, into compile errors).
+MIN_TORCH = (2, 11)
+
+
+def refuse_old_torch() -> None:
+    release = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
+    if release < MIN_TORCH:
+        sys.exit(
+            f"ddet: building ddet_ops needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (its stable ABI), "
+            f"but this build sees torch {torch.__version__}"
+        )
 
 
 def extension():
@@ -29,43 +40,51 @@ def extension():
     sources = sorted(
         str(path) for pattern in ("*.cpp", "cpu/*.cpp", "testing/*.cpp") for path in Path(CSRC).glob(pattern)
     )
-    # The torch this build compiles against, kept inside the built library (see python_module.cpp).
-    built_against = [("DDET_OPS_TORCH_VERSION", f'"{torch.__version__}"')]
-    cxx = ["-O3", "-fno-math-errno"]
-    link = []
-    if sys.platform.startswith("linux"):
-        # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it runs on one
-        # thread. Linking -fopenmp records libgomp.so.1, which resolves to the copy torch loaded.
-        cxx.append("-fopenmp")
-        link.append("-fopenmp")
+    # TORCH_TARGET_VERSION is [major][minor][patch][ABI tag] in the bytes of a uint64.
+    stable_abi = [
+        ("TORCH_TARGET_VERSION", f"0x{MIN_TORCH[0]:02x}{MIN_TORCH[1]:02x}000000000000"),
+        ("DDET_OPS_MIN_TORCH", f'"{MIN_TORCH[0]}.{MIN_TORCH[1]}"'),
+    ]
+    # The stable ABI's C++ types are hidden symbols (each library keeps its own copy), so the types
+    # holding them must be hidden too; only PyInit__C is exported.
+    cxx = ["-O3", "-fno-math-errno", "-fvisibility=hidden"]
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     if not with_cuda:
         return CppExtension(
             "ddet_ops._C",
             sources,
-            define_macros=built_against,
+            define_macros=stable_abi,
             extra_compile_args={"cxx": cxx},
-            extra_link_args=link,
-            py_limited_api=False,
+            py_limited_api=True,
         )
     sources += sorted(str(path) for path in Path(CSRC).glob("cuda/*.cu"))
     return CUDAExtension(
         "ddet_ops._C",
         sources,
-        define_macros=[*built_against, ("DDET_WITH_CUDA", None)],
+        # USE_CUDA declares the CUDA entry points of torch's C shim (the current stream).
+        define_macros=[*stable_abi, ("DDET_WITH_CUDA", None), ("USE_CUDA", None)],
         # -Xptxas -v: every build log shows each kernel's registers, stack frame and spills.
         # DDET_OPS_NVCC_FLAGS adds flags for a tuning build (tools/gpu_sweep.sh).
         extra_compile_args={
             "cxx": cxx,
-            "nvcc": ["-O3", "-lineinfo", "-Xptxas=-v", *os.environ.get("DDET_OPS_NVCC_FLAGS", "").split()],
+            "nvcc": [
+                "-O3",
+                "-lineinfo",
+                "-Xptxas=-v",
+                "-Xcompiler=-fvisibility=hidden",
+                *os.environ.get("DDET_OPS_NVCC_FLAGS", "").split(),
+            ],
         },
-        extra_link_args=link,
+        py_limited_api=True,
     )
 
 
+refuse_old_torch()
 setup(
     packages=find_packages(include=["ddet_ops", "ddet_ops.*", "ddet", "ddet.*"]),
     package_data={"ddet.weights": ["*.safetensors"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    # Neither torch's C++ ABI nor Python's version-specific one: one wheel per platform.
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -260,7 +260,8 @@ def markdown(payload: dict[str, object]) -> str:
             "",
             "DDet on ddet_ops against the same network on ddet_ops.reference.multi_dynconv (F.unfold), swapped in by "
             "patching the `ddet_ops.multi_dynconv` attribute the model calls. Peak: extra memory while the call runs "
-            "(peak of live tensor memory: CUDA allocator statistics, CPU torch.profiler memory events). "
+            "(peak of live tensor memory: CUDA allocator statistics, CPU torch.profiler memory events plus the peak "
+            "of ddet_ops' block cache). "
             "'x' columns: reference / ddet_ops.",
             "",
             markdown_table(

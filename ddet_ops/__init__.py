@@ -11,7 +11,7 @@ from ._extension import load as _load
 _load(__path__)
 
 from . import reference  # noqa: E402
-from .memory import cpu_cache_bytes, empty_cpu_cache  # noqa: E402
+from .memory import cpu_cache_bytes, cpu_cache_peak_bytes, empty_cpu_cache, reset_cpu_cache_peak  # noqa: E402
 from .modules import MultiDynConv  # noqa: E402
 from .ops import dynconv, multi_dynconv  # noqa: E402
 
@@ -24,5 +24,7 @@ __all__ = [
     "cuda_kernels",
     "empty_cpu_cache",
     "cpu_cache_bytes",
+    "cpu_cache_peak_bytes",
+    "reset_cpu_cache_peak",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""Finding and checking the compiled library: the torch it was built against, shadowing source folders."""
+"""Finding and checking the compiled library: the torch it was built against and the oldest it runs under,
+shadowing source folders."""
 
 import re
 import shutil
@@ -15,25 +16,52 @@ from ddet_ops import _extension
 LIBRARY = Path(ddet_ops._C.__file__)
 
 
-def test_the_library_records_the_torch_it_was_built_against():
-    assert _extension._built_against(LIBRARY) == torch.__version__
+def test_the_library_records_the_torch_it_was_built_against_and_its_minimum():
+    built_against, minimum = _extension._built_for(LIBRARY)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", built_against), built_against
+    assert minimum == "2.11"
+    assert _extension._release(torch.__version__) >= _extension._release(minimum)
 
 
-def test_a_library_built_for_another_torch_is_refused_naming_both_versions(tmp_path):
-    data = LIBRARY.read_bytes().replace(
-        b"ddet_ops built against torch " + torch.__version__.encode(), b"ddet_ops built against torch 0.0.0-other"
-    )
-    (tmp_path / LIBRARY.name).write_bytes(data)
+def _edited_copy(tmp_path, old: bytes, new: bytes) -> Path:
+    """A copy of the library with one recorded text changed (same length, so the file stays valid)."""
+    assert len(old) == len(new)
+    data = LIBRARY.read_bytes()
+    assert data.count(old) == 1
+    (tmp_path / LIBRARY.name).write_bytes(data.replace(old, new))
+    return tmp_path
+
+
+def test_a_library_for_a_newer_torch_is_refused_naming_both_versions(tmp_path):
+    folder = _edited_copy(tmp_path, b" for torch >= 2.11", b" for torch >= 9.99")
     with pytest.raises(
         ImportError,
-        match=f"compiled against torch 0.0.0-other, but torch {re.escape(torch.__version__)}.*--no-build-isolation",
+        match=rf"for torch >= 9\.99, but torch {re.escape(torch.__version__)} is installed.*torch>=9\.99",
     ):
-        _extension.load([str(tmp_path)])
+        _extension.load([str(folder)])
+
+
+def test_a_library_built_against_a_later_torch_loads_under_this_one(tmp_path):
+    """The stable ABI's promise: what counts is the minimum, not the torch that compiled it."""
+    built_against, _ = _extension._built_for(LIBRARY)
+    later = b"9" + built_against.encode()[1:]
+    folder = _edited_copy(tmp_path, b"torch " + built_against.encode() + b" for", b"torch " + later + b" for")
+    assert _extension._built_for(folder / LIBRARY.name)[0] == later.decode()
+    _extension.load([str(folder)])
+
+
+def test_a_library_without_the_stable_abi_is_refused(tmp_path):
+    folder = _edited_copy(tmp_path, b" for torch >= ", b" for torch == ")
+    with pytest.raises(
+        ImportError,
+        match=f"without the stable ABI.*rm {re.escape(str(folder / LIBRARY.name))} && pip install --force-reinstall",
+    ):
+        _extension.load([str(folder)])
 
 
 def test_a_missing_library_is_named_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
-    with pytest.raises(ImportError, match="extension is missing.*pip install --no-build-isolation"):
+    with pytest.raises(ImportError, match="extension is missing.*pip install --force-reinstall --no-deps ."):
         _extension.load([str(tmp_path)])
 
 

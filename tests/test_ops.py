@@ -528,6 +528,21 @@ def test_large_outputs_reuse_freed_blocks_and_stay_correct():
     assert ddet_ops.cpu_cache_bytes() == 0
 
 
+def test_cpu_cache_counts_its_peak_in_use():
+    # The profiler does not see cached blocks, so the cache keeps the peak that benchmarks add.
+    x, kernels = make_inputs(1, 1, 256, 256, (7,), 1, seed=0, dtype=torch.float32)
+    ddet_ops.reset_cpu_cache_peak()
+    base = ddet_ops.cpu_cache_peak_bytes()
+    y = multi_dynconv(x, kernels)  # 256 KB: below the cache's minimum, from torch's allocator
+    assert ddet_ops.cpu_cache_peak_bytes() == base
+    grad_kernel = torch.ops.ddet_ops.multi_dynconv_backward(y, x, kernels, [7], 1, 1, False, True)[1][0]
+    assert ddet_ops.cpu_cache_peak_bytes() - base == 14 * 2**20  # 12.8 MB in whole 2 MiB pages
+    del grad_kernel
+    assert ddet_ops.cpu_cache_peak_bytes() - base == 14 * 2**20
+    ddet_ops.reset_cpu_cache_peak()
+    assert ddet_ops.cpu_cache_peak_bytes() == base
+
+
 def _cache_probe(env_value):
     code = (
         "import torch, ddet_ops\n"

@@ -5,16 +5,22 @@
 # case -> ncu on the v2 kernels where its counters can be read. Each step has a time limit (cut to
 # what is left of the whole budget), writes under $OUT (default ./gpu-check-out) as it goes, and
 # a summary comes last. tools/gpu_check_full.sh is the longer second run (Table III, full suite).
-#   tools/gpu_check.sh            on the GPU machine, from the repository root
-#   tools/gpu_check.sh --dry-run  anywhere: runs the steps that need no GPU on the CPU, skips the rest
+#   tools/gpu_check.sh              on the GPU machine, from the repository root
+#   tools/gpu_check.sh --wheel FILE on the GPU machine, with a ddet_ops wheel built elsewhere instead
+#                                   of the build step (FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 pip wheel
+#                                   --no-deps . with any CUDA torch >= 2.11 of the same CUDA major)
+#   tools/gpu_check.sh --dry-run    anywhere: runs the steps that need no GPU on the CPU, skips the rest
 set -uo pipefail
-cd "$(dirname "$0")/.."
+USAGE="usage: tools/gpu_check.sh [--dry-run | --wheel FILE]"
 DRY=0
+WHEEL=
 case "${1:-}" in
   --dry-run) DRY=1 ;;
+  --wheel) [ -f "${2:-}" ] || { echo "$USAGE: no wheel file '${2:-}'" >&2; exit 2; }; WHEEL=$(realpath "$2") ;;
   "") ;;
-  *) echo "usage: tools/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+  *) echo "$USAGE" >&2; exit 2 ;;
 esac
+cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-$REPO/gpu-check-out}
 PY=${PYTHON:-python3}  # the interpreter that holds torch
@@ -56,12 +62,19 @@ if [ "$DRY" -eq 0 ]; then
   echo "GPU architecture: $ARCH" | tee -a "$LOG"
 fi
 
-# Built in place for this GPU's architecture only, on every core; the dry run uses the installed
-# ddet_ops, as CI installs it.
+# Built in place for this GPU's architecture only, on every core, or the library taken from the
+# wheel into place (the stable ABI lets a build made against another torch run here); the dry run
+# uses the installed ddet_ops, as CI installs it.
 [ "$DRY" -eq 1 ] || export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-gpu_step build 150 env TORCH_CUDA_ARCH_LIST="${ARCH:-}" FORCE_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py -q build_ext --inplace
-# Registers, stack frame and spills of every kernel, from the build's -Xptxas -v lines.
-gpu_step resources 10 "$PY" tools/ptxas_report.py "$LOG"
+if [ -n "$WHEEL" ]; then
+  step unpack-wheel 30 "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('ddet_ops/_C.abi3.so', sys.argv[2])" \
+    "$WHEEL" "$REPO"
+  skip resources "prebuilt wheel: its build log has the -Xptxas -v lines"
+else
+  gpu_step build 150 env TORCH_CUDA_ARCH_LIST="${ARCH:-}" FORCE_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py -q build_ext --inplace
+  # Registers, stack frame and spills of every kernel, from the build's -Xptxas -v lines.
+  gpu_step resources 10 "$PY" tools/ptxas_report.py "$LOG"
+fi
 
 # Every dtype against float64, CPU agreement, determinism, > 2^31 elements, both kernel versions.
 CUDA_TESTS=("$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider -x

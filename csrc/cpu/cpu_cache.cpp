@@ -6,18 +6,17 @@
 // (7 GB/s against 16 GB/s, huge pages included). In a training loop the same sizes come back
 // every step, so blocks of at least kMinBytes are kept when their tensors die and handed out
 // again, up to a byte limit (DDET_OPS_CPU_CACHE_MB, default 2048; 0 turns the cache off).
-#include <ATen/EmptyTensor.h>
-#include <c10/core/Allocator.h>
-#include <c10/core/CPUAllocator.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
-
+//
+// The stable ABI has no allocator interface: a block is wrapped as a tensor (from_blob) whose
+// deleter hands it back. Nor does it reach the profiler's memory events, so the cache counts the
+// bytes of its blocks in use and their high-water mark itself (cpu_cache_peak_bytes).
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #ifdef __linux__
 #include <pthread.h>
@@ -41,10 +40,10 @@ size_t limit_from_environment() {
   char* end = nullptr;
   errno = 0;
   const long long megabytes = std::strtoll(text, &end, 10);
-  TORCH_CHECK(*end == '\0' && megabytes >= 0 && errno != ERANGE,
-              "ddet_ops: DDET_OPS_CPU_CACHE_MB must be a whole number of megabytes >= 0, got '", text, "'");
-  TORCH_CHECK(static_cast<unsigned long long>(megabytes) <= (SIZE_MAX >> 20),
-              "ddet_ops: DDET_OPS_CPU_CACHE_MB=", text, " megabytes is more bytes than this machine can address");
+  DDET_CHECK(*end == '\0' && megabytes >= 0 && errno != ERANGE,
+             "ddet_ops: DDET_OPS_CPU_CACHE_MB must be a whole number of megabytes >= 0, got '", text, "'");
+  DDET_CHECK(static_cast<unsigned long long>(megabytes) <= (SIZE_MAX >> 20),
+             "ddet_ops: DDET_OPS_CPU_CACHE_MB=", text, " megabytes is more bytes than this machine can address");
   return static_cast<size_t>(megabytes) << 20;
 }
 
@@ -53,7 +52,7 @@ struct Block {
   size_t bytes;
 };
 
-class BlockCache final : public c10::Allocator {
+class BlockCache {
  public:
   BlockCache() : limit_(limit_from_environment()) {
 #ifdef __linux__
@@ -64,16 +63,28 @@ class BlockCache final : public c10::Allocator {
 #endif
   }
 
-  c10::DataPtr allocate(size_t n) override {
-    if (n < kMinBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(n);
+  // A contiguous tensor of `sizes`, in a cached block when it is large enough.
+  Tensor allocate(IntList sizes, ScalarType dtype, size_t element_bytes) {
+    std::vector<int64_t> strides(sizes.size());
+    int64_t numel = 1;
+    for (size_t d = sizes.size(); d-- > 0;) {
+      strides[d] = numel;
+      numel *= sizes[d];
+    }
+    const size_t n = static_cast<size_t>(numel) * element_bytes;
+    if (n < kMinBytes || limit_ == 0) return torch::stable::empty(sizes, dtype);
     const size_t bytes = (n + kHugePage - 1) / kHugePage * kHugePage;
     Block* block = take(bytes);
     if (block == nullptr) block = fresh(bytes);
-    report(block, static_cast<int64_t>(block->bytes));
-    return {block->ptr, block, &BlockCache::release, c10::Device(c10::DeviceType::CPU)};
+    count_in_use(static_cast<int64_t>(block->bytes));
+    try {
+      return torch::stable::from_blob(block->ptr, sizes, strides, Device(torch::headeronly::DeviceType::CPU), dtype,
+                                      [block](void*) { instance().release(block); });
+    } catch (...) {
+      release(block);
+      throw;
+    }
   }
-
-  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
 
   void empty() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -86,6 +97,9 @@ class BlockCache final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mutex_);
     return cached_;
   }
+
+  size_t peak() const { return peak_; }
+  void reset_peak() { peak_ = in_use_.load(); }
 
  private:
   // A block of exactly `bytes`, or up to 1/8 larger so that a slightly smaller request does not
@@ -103,7 +117,7 @@ class BlockCache final : public c10::Allocator {
   static Block* fresh(size_t bytes) {
     void* ptr = nullptr;
     const int error = posix_memalign(&ptr, kHugePage, bytes);
-    TORCH_CHECK(error == 0 && ptr != nullptr, "ddet_ops: out of memory allocating ", bytes, " bytes for an output");
+    DDET_CHECK(error == 0 && ptr != nullptr, "ddet_ops: out of memory allocating ", bytes, " bytes for an output");
 #ifdef __linux__
     // Transparent huge pages: one first-touch page fault per 2 MiB of a fresh block, not per 4 KiB.
     madvise(ptr, bytes, MADV_HUGEPAGE);
@@ -116,19 +130,15 @@ class BlockCache final : public c10::Allocator {
     delete block;
   }
 
-  static void release(void* context) {
-    Block* block = static_cast<Block*>(context);
-    instance().report(block, -static_cast<int64_t>(block->bytes));
-    instance().keep(block);
+  void release(Block* block) {
+    count_in_use(-static_cast<int64_t>(block->bytes));
+    keep(block);
   }
 
-  // Tells torch.profiler (profile_memory=True) about blocks handed out and given back, as
-  // torch's own CPU allocator does, so memory profiles see the op's outputs.
-  void report(const Block* block, int64_t delta) {
+  void count_in_use(int64_t delta) {
     const size_t in_use = in_use_ += delta;
-    if (c10::memoryProfilingEnabled()) {
-      c10::reportMemoryUsageToProfiler(block->ptr, delta, in_use, in_use + cached(),
-                                       c10::Device(c10::DeviceType::CPU));
+    size_t peak = peak_.load();
+    while (in_use > peak && !peak_.compare_exchange_weak(peak, in_use)) {
     }
   }
 
@@ -162,22 +172,38 @@ class BlockCache final : public c10::Allocator {
   std::multimap<size_t, Block*> free_;
   size_t cached_ = 0;
   std::atomic<size_t> in_use_{0};
+  std::atomic<size_t> peak_{0};
 };
 
 void empty_cpu_cache() { BlockCache::instance().empty(); }
 
 int64_t cpu_cache_bytes() { return static_cast<int64_t>(BlockCache::instance().cached()); }
 
+int64_t cpu_cache_peak_bytes() { return static_cast<int64_t>(BlockCache::instance().peak()); }
+
+void reset_cpu_cache_peak() { BlockCache::instance().reset_peak(); }
+
 }  // namespace
 
-at::Tensor empty_cpu_output(at::IntArrayRef sizes, at::ScalarType dtype) {
-  return at::detail::empty_generic(sizes, &BlockCache::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
-                                   c10::MemoryFormat::Contiguous);
+Tensor empty_cpu_output(IntList sizes, ScalarType dtype) {
+  size_t element_bytes = 0;
+  dispatch_floating(dtype, [&](auto type) { element_bytes = sizeof(typename decltype(type)::type); });
+  return BlockCache::instance().allocate(sizes, dtype, element_bytes);
 }
 
-TORCH_LIBRARY_FRAGMENT(ddet_ops, m) {
-  m.def("empty_cpu_cache() -> ()", &empty_cpu_cache);
-  m.def("cpu_cache_bytes() -> int", &cpu_cache_bytes);
+STABLE_TORCH_LIBRARY_FRAGMENT(ddet_ops, m) {
+  m.def("empty_cpu_cache() -> ()");
+  m.def("cpu_cache_bytes() -> int");
+  m.def("cpu_cache_peak_bytes() -> int");
+  m.def("reset_cpu_cache_peak() -> ()");
+}
+
+// No tensor arguments, so no device to dispatch on: registered for every one.
+STABLE_TORCH_LIBRARY_IMPL(ddet_ops, CompositeExplicitAutograd, m) {
+  m.impl("empty_cpu_cache", TORCH_BOX(&empty_cpu_cache));
+  m.impl("cpu_cache_bytes", TORCH_BOX(&cpu_cache_bytes));
+  m.impl("cpu_cache_peak_bytes", TORCH_BOX(&cpu_cache_peak_bytes));
+  m.impl("reset_cpu_cache_peak", TORCH_BOX(&reset_cpu_cache_peak));
 }
 
 }  // namespace ddet_ops

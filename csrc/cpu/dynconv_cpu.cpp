@@ -7,11 +7,6 @@
 // cache; finished rows go out with non-temporal stores. Inside a row, the columns where all taps
 // of a kernel row stay inside the image run in vector strips, each weight loaded once for all
 // the channels of the group; the border columns run one by one.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <type_traits>
 
@@ -38,14 +33,14 @@ namespace {
 // Loops over register-resident sums must be unrolled for the sums to stay in registers.
 #define DDET_UNROLL _Pragma("GCC unroll 16")
 
-// The lanes below load scalar_t (load) or acc_t (load_acc) and hold acc_t (at::opmath_type):
+// The lanes below load scalar_t (load) or acc_t (load_acc) and hold acc_t (opmath_t):
 // sums, accumulator rows, source rows (SourceRows) and the kernel-gradient row buffer are acc_t,
 // converted to scalar_t only when a row is stored.
 
 // One lane per column: the remainder columns.
 template <typename scalar_t>
 struct ScalarLanes {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   using Vec = acc_t;
   static constexpr int kWidth = 1;
   static DDET_INLINE Vec zero() { return Vec(0); }
@@ -87,7 +82,7 @@ struct WideningLanes {
     Halves halves;
     __builtin_memcpy(&halves, p, sizeof(halves));
     const Bits bits = __builtin_convertvector(halves, Bits);
-    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       return as_float(bits << 16);
     } else {
       // As c10's fp16_ieee_to_fp32_value, with no arithmetic on subnormal floats (which
@@ -109,7 +104,7 @@ struct WideningLanes {
   static DDET_INLINE Halves narrow(const Vec& v) {
     const Bits bits = as_bits(v);
     Bits out;
-    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       const Bits is_nan = (bits & 0x7fffffffu) > 0x7f800000u;
       out = ((bits + (((bits >> 16) & 1u) + 0x7fffu)) >> 16 & ~is_nan) | (is_nan & 0x7fc0u);
     } else {
@@ -151,9 +146,9 @@ struct Lanes<float> : VectorLanes<float> {};
 template <>
 struct Lanes<double> : VectorLanes<double> {};
 template <>
-struct Lanes<at::BFloat16> : WideningLanes<at::BFloat16> {};
+struct Lanes<c10::BFloat16> : WideningLanes<c10::BFloat16> {};
 template <>
-struct Lanes<at::Half> : WideningLanes<at::Half> {};
+struct Lanes<c10::Half> : WideningLanes<c10::Half> {};
 
 // Up to 11 weight rows stream at once, more than the hardware prefetchers follow, so each one is
 // asked for 512 bytes ahead.
@@ -197,9 +192,9 @@ DDET_INLINE void for_channel_blocks(int64_t cpg, const F& f) {
 // skipped. The s weight rows stream through once; the sources stay in cache.
 template <bool kGather, typename scalar_t>
 DDET_INLINE void add_kernel_row(const Geometry& geo, int s, const scalar_t* __restrict__ weights,
-                                const at::opmath_type<scalar_t>* __restrict__ source, int64_t source_stride,
-                                at::opmath_type<scalar_t>* __restrict__ acc, int64_t acc_stride) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                const opmath_t<scalar_t>* __restrict__ source, int64_t source_stride,
+                                opmath_t<scalar_t>* __restrict__ acc, int64_t acc_stride) {
+  using acc_t = opmath_t<scalar_t>;
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
   const int64_t step = kGather ? -geo.dilation : geo.dilation;
@@ -290,7 +285,7 @@ DDET_INLINE void finish_streaming() {
 // The gradient of one tap's weights along a row: gk[w] = sum_c grad_y[c, w] * x[c, w + shift],
 // zero where the tap leaves the image (gk, grad_y and x in acc_t, channel c's row of grad_y / x
 // at c * gy_stride / c * x_stride).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+template <typename scalar_t, typename acc_t = opmath_t<scalar_t>>
 DDET_INLINE void grad_weight_row(const Geometry& geo, const acc_t* __restrict__ gy_row, int64_t gy_stride,
                                  const acc_t* __restrict__ x_row, int64_t x_stride, int64_t shift,
                                  acc_t* __restrict__ gk_row) {
@@ -344,7 +339,7 @@ struct RowBlocks {
 
   explicit RowBlocks(const Geometry& geo) {
     rows = std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 64);
-    const int64_t wanted = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t wanted = 4 * static_cast<int64_t>(torch::stable::get_num_threads());
     const int64_t planes = std::max<int64_t>(1, geo.N * geo.groups);
     if (planes * ((geo.H + rows - 1) / rows) < wanted) {
       rows = std::max<int64_t>(1, geo.H / ((wanted + planes - 1) / planes));
@@ -375,7 +370,7 @@ struct SourceRows {
   DDET_INLINE const acc_t* row(const Geometry& geo, int64_t r) const { return data + (r - first) * geo.W; }
 };
 
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+template <typename scalar_t, typename acc_t = opmath_t<scalar_t>>
 DDET_INLINE SourceRows<acc_t> source_rows(const Geometry& geo, const scalar_t* tensor, int64_t n, int64_t group,
                                           int64_t first, int64_t end, std::vector<acc_t>& scratch) {
   const int64_t hw = plane(geo);
@@ -407,8 +402,8 @@ DDET_INLINE SourceRows<acc_t> source_rows(const Geometry& geo, const scalar_t* t
 // add_kernel_row).
 template <bool kGather, typename scalar_t>
 DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                 const SourceRows<at::opmath_type<scalar_t>>& source, int64_t n, int64_t group,
-                                 int64_t h0, int64_t h1, at::opmath_type<scalar_t>* __restrict__ acc,
+                                 const SourceRows<opmath_t<scalar_t>>& source, int64_t n, int64_t group,
+                                 int64_t h0, int64_t h1, opmath_t<scalar_t>* __restrict__ acc,
                                  scalar_t* __restrict__ out) {
   const int64_t hw = plane(geo);
   const int64_t cpg = geo.channels_per_group;
@@ -439,8 +434,8 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const sca
 // Row blocks [begin, end) (see RowBlocks); acc holds RowBlocks::accumulators values.
 template <typename scalar_t>
 DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
-                                  int64_t end, at::opmath_type<scalar_t>* acc) {
-  std::vector<at::opmath_type<scalar_t>> scratch;
+                                  int64_t end, opmath_t<scalar_t>* acc) {
+  std::vector<opmath_t<scalar_t>> scratch;
   for (int64_t item = begin; item < end; ++item) {
     blocks.visit(a.geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
       const auto x = source_rows(a.geo, a.x, n, group, h0 - a.geo.reach, h1 + a.geo.reach, scratch);
@@ -453,10 +448,10 @@ DDET_CPU_CLONES void forward_rows(const ForwardArgs<scalar_t>& a, const RowBlock
 // gk_buffer holds one row of W values, in acc_t.
 template <typename scalar_t>
 DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlocks& blocks, int64_t begin,
-                                   int64_t end, at::opmath_type<scalar_t>* acc, at::opmath_type<scalar_t>* gk_buffer) {
+                                   int64_t end, opmath_t<scalar_t>* acc, opmath_t<scalar_t>* gk_buffer) {
   const Geometry& geo = a.geo;
   const int64_t hw = plane(geo);
-  std::vector<at::opmath_type<scalar_t>> gy_scratch, x_scratch;
+  std::vector<opmath_t<scalar_t>> gy_scratch, x_scratch;
   for (int64_t item = begin; item < end; ++item) {
     blocks.visit(geo, item, [&](int64_t n, int64_t group, int64_t h0, int64_t h1) DDET_INLINE_LAMBDA {
       const auto gy = source_rows(geo, a.grad_y, n, group, h0 - geo.reach, h1 + geo.reach, gy_scratch);
@@ -490,30 +485,33 @@ DDET_CPU_CLONES void backward_rows(const BackwardArgs<scalar_t>& a, const RowBlo
   finish_streaming();
 }
 
-at::Tensor multi_dynconv_cpu(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-                             int64_t dilation) {
+Tensor multi_dynconv_cpu(const Tensor& x, const std::vector<Tensor>& kernels, IntList sizes, int64_t groups,
+                         int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  at::Tensor y = empty_output(p.x.sizes(), p.x.options());
+  Tensor y = empty_cpu_output(p.x.sizes(), p.x.scalar_type());
   if (is_empty(p.geo)) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_cpu", [&] {
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
     const ForwardArgs<scalar_t> args{p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
                                      y.mutable_data_ptr<scalar_t>()};
     const RowBlocks blocks(p.geo);
-    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
+    torch::stable::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t<scalar_t>> acc(blocks.accumulators(p.geo));
       forward_rows<scalar_t>(args, blocks, begin, end, acc.data());
     });
   });
   return y;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-    int64_t dilation, bool need_x, bool need_kernels) {
+std::tuple<Tensor, std::vector<Tensor>> multi_dynconv_backward_cpu(const Tensor& grad_y, const Tensor& x,
+                                                                   const std::vector<Tensor>& kernels, IntList sizes,
+                                                                   int64_t groups, int64_t dilation, bool need_x,
+                                                                   bool need_kernels) {
   Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
   if (b.ready) return {b.grad_x, b.grad_kernels};
   const Problem& p = b.p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "multi_dynconv_backward_cpu", [&] {
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
     const BackwardArgs<scalar_t> args{p.geo,
                                       make_bank<const scalar_t>(p, p.kernels),
                                       need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{},
@@ -522,9 +520,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
                                       b.grad_y.const_data_ptr<scalar_t>(),
                                       need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr};
     const RowBlocks blocks(p.geo);
-    at::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
-      std::vector<at::opmath_type<scalar_t>> acc(blocks.accumulators(p.geo));
-      std::vector<at::opmath_type<scalar_t>> gk_buffer(p.geo.W);
+    torch::stable::parallel_for(0, blocks.count(p.geo), 1, [&](int64_t begin, int64_t end) {
+      std::vector<opmath_t<scalar_t>> acc(blocks.accumulators(p.geo));
+      std::vector<opmath_t<scalar_t>> gk_buffer(p.geo.W);
       backward_rows<scalar_t>(args, blocks, begin, end, acc.data(), gk_buffer.data());
     });
   });
@@ -533,9 +531,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddet_ops, CPU, m) {
-  m.impl("multi_dynconv", &multi_dynconv_cpu);
-  m.impl("multi_dynconv_backward", &multi_dynconv_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(ddet_ops, CPU, m) {
+  m.impl("multi_dynconv", TORCH_BOX(&multi_dynconv_cpu));
+  m.impl("multi_dynconv_backward", TORCH_BOX(&multi_dynconv_backward_cpu));
 }
 
 }  // namespace ddet_ops

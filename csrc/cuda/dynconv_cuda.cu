@@ -1,19 +1,17 @@
 // The CUDA implementations of the ops: checks (dynconv.cpp), outputs, then the kernel version
 // this process runs (DDET_OPS_CUDA_KERNELS, read once: v2 by default, v1 to compare).
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include "launch.h"
 
 namespace ddet_ops {
 namespace {
 
-at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-                              int64_t dilation) {
+Tensor multi_dynconv_cuda(const Tensor& x, const std::vector<Tensor>& kernels, IntList sizes, int64_t groups,
+                          int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
+  const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  Tensor y = empty_output(p.x.sizes(), p.x.scalar_type(), p.x.device());
   if (is_empty(p.geo)) return y;
   if (cuda_kernels() == "v1") {
     forward_v1(p, y);
@@ -23,10 +21,11 @@ at::Tensor multi_dynconv_cuda(const at::Tensor& x, at::TensorList kernels, at::I
   return y;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
-    int64_t dilation, bool need_x, bool need_kernels) {
-  const c10::cuda::CUDAGuard guard(x.device());
+std::tuple<Tensor, std::vector<Tensor>> multi_dynconv_backward_cuda(const Tensor& grad_y, const Tensor& x,
+                                                                    const std::vector<Tensor>& kernels, IntList sizes,
+                                                                    int64_t groups, int64_t dilation, bool need_x,
+                                                                    bool need_kernels) {
+  const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
   Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
   if (b.ready) return {b.grad_x, b.grad_kernels};
   if (cuda_kernels() == "v1") {
@@ -40,9 +39,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> multi_dynconv_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(ddet_ops, CUDA, m) {
-  m.impl("multi_dynconv", &multi_dynconv_cuda);
-  m.impl("multi_dynconv_backward", &multi_dynconv_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(ddet_ops, CUDA, m) {
+  m.impl("multi_dynconv", TORCH_BOX(&multi_dynconv_cuda));
+  m.impl("multi_dynconv_backward", TORCH_BOX(&multi_dynconv_backward_cuda));
 }
 
 }  // namespace ddet_ops

@@ -9,10 +9,6 @@
 // Backward: one thread per (n, group, h, w) computing grad_x for the group's channels by
 // gathering over the inverse window (no atomics: deterministic) and the gradients of every tap
 // of every size at that pixel, in one launch.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-
 #include "../pixel.h"
 #include "launch.h"
 
@@ -25,7 +21,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels, const scalar_t* __restrict__ x,
                    scalar_t* __restrict__ y, int64_t threads) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
@@ -38,7 +34,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     backward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels,
                     const KernelBank<scalar_t> grad_kernels, bool need_kernels, const scalar_t* __restrict__ x,
                     const scalar_t* __restrict__ grad_y, scalar_t* __restrict__ grad_x, int64_t threads) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
@@ -48,28 +44,28 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
 }  // namespace
 
-void forward_v1(const Problem& p, at::Tensor& y) {
+void forward_v1(const Problem& p, Tensor& y) {
   const int64_t threads = forward_threads(p.geo);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "forward_v1", [&] {
-    forward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
-                               at::cuda::getCurrentCUDAStream()>>>(
+  dispatch_floating(p.x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    forward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
         p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
         y.mutable_data_ptr<scalar_t>(), threads);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    STD_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void backward_v1(Backward& b, bool need_x, bool need_kernels) {
   const Problem& p = b.p;
   const int64_t threads = backward_threads(p.geo);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "backward_v1", [&] {
-    backward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
-                                at::cuda::getCurrentCUDAStream()>>>(
+  dispatch_floating(p.x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    backward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
         p.geo, make_bank<const scalar_t>(p, p.kernels),
         need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
         p.x.const_data_ptr<scalar_t>(), b.grad_y.const_data_ptr<scalar_t>(),
         need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    STD_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

@@ -3,8 +3,9 @@
 
 namespace ddet_ops {
 
-void forward_v2(const Problem& p, at::Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "forward_v2", [&] {
+void forward_v2(const Problem& p, Tensor& y) {
+  dispatch_floating(p.x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
     v2::launch_gather<false, scalar_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
   });
 }

@@ -6,10 +6,6 @@
 // Each pass is compiled in its own file (v2_*.cu), so that the build runs them in parallel.
 #pragma once
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-
 #include "../strip.h"
 #include "launch.h"
 
@@ -30,7 +26,7 @@ template <bool kGather, typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
     gather_strips(const __grid_constant__ Geometry geo, const __grid_constant__ KernelBank<const scalar_t> kernels,
                   const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t threads, bool vector) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
@@ -44,7 +40,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
     grad_kernel_strips(const __grid_constant__ Geometry geo,
                        const __grid_constant__ KernelBank<scalar_t> grad_kernels, const scalar_t* __restrict__ x,
                        const scalar_t* __restrict__ grad_y, int64_t threads, bool vector) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
@@ -57,10 +53,9 @@ template <bool kGather, typename scalar_t>
 void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
   const auto bank = make_bank<const scalar_t>(p, p.kernels);
   const int64_t threads = gather_strip_threads<scalar_t>(p.geo);
-  gather_strips<kGather, scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0,
-                                     at::cuda::getCurrentCUDAStream()>>>(
+  gather_strips<kGather, scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
       p.geo, bank, src, out, threads, strips_can_use_vectors<scalar_t>(p.geo, bank, src, out));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace v2

@@ -4,11 +4,6 @@
 // the paths their strips took, and strip_paths() names them all, so a test can require every
 // specialisation to have been run. They live in their own op namespace,
 // torch.ops.ddet_ops_testing, apart from the production ops.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
-
 #include "../dynconv.h"
 #include "../pixel.h"
 #include "../strip.h"
@@ -19,12 +14,13 @@
 namespace ddet_ops {
 namespace {
 
-at::Tensor pixelwise_forward(const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+Tensor pixelwise_forward(const Tensor& x, const std::vector<Tensor>& kernels, IntList sizes, int64_t groups,
                              int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixelwise_forward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  Tensor y = torch::stable::empty(p.x.sizes(), p.x.scalar_type());
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    using acc_t = opmath_t<scalar_t>;
     const auto bank = make_bank<const scalar_t>(p, p.kernels);
     const int64_t threads = forward_threads(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
@@ -35,15 +31,16 @@ at::Tensor pixelwise_forward(const at::Tensor& x, at::TensorList kernels, at::In
   return y;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> pixelwise_backward(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                   at::TensorList kernels, at::IntArrayRef sizes,
+std::tuple<Tensor, std::vector<Tensor>> pixelwise_backward(const Tensor& grad_y, const Tensor& x,
+                                                                   const std::vector<Tensor>& kernels, IntList sizes,
                                                                    int64_t groups, int64_t dilation, bool need_x,
                                                                    bool need_kernels) {
   Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
   if (b.ready) return {b.grad_x, b.grad_kernels};
   const Problem& p = b.p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixelwise_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    using acc_t = opmath_t<scalar_t>;
     const auto bank = make_bank<const scalar_t>(p, p.kernels);
     const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{};
     const int64_t threads = backward_threads(p.geo);
@@ -90,29 +87,31 @@ void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, Pat
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
   const int64_t threads = gather_strip_threads<scalar_t>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
-    gather_strip<kGather, scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
+    gather_strip<kGather, scalar_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
   }
 }
 
-std::tuple<at::Tensor, std::vector<std::string>> strip_forward(const at::Tensor& x, at::TensorList kernels,
-                                                              at::IntArrayRef sizes, int64_t groups, int64_t dilation) {
+std::tuple<Tensor, std::vector<std::string>> strip_forward(const Tensor& x, const std::vector<Tensor>& kernels,
+                                                              IntList sizes, int64_t groups, int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
-  at::Tensor y = at::empty(p.x.sizes(), p.x.options());
+  Tensor y = torch::stable::empty(p.x.sizes(), p.x.scalar_type());
   PathTrace trace;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strip_forward", [&] {
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
     run_gather_strips<false>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
   });
   return {y, trace.names()};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<std::string>> strip_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, at::TensorList kernels, at::IntArrayRef sizes, int64_t groups,
+std::tuple<Tensor, std::vector<Tensor>, std::vector<std::string>> strip_backward(
+    const Tensor& grad_y, const Tensor& x, const std::vector<Tensor>& kernels, IntList sizes, int64_t groups,
     int64_t dilation, bool need_x, bool need_kernels) {
   Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
   PathTrace trace;
   if (b.ready) return {b.grad_x, b.grad_kernels, trace.names()};
   const Problem& p = b.p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "strip_backward", [&] {
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
     if (need_x) {
       run_gather_strips<true>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
     }
@@ -121,7 +120,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<std::string>> strip_
     const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), b.grad_y.const_data_ptr());
     const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
-      grad_kernel_strip<scalar_t, at::opmath_type<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
+      grad_kernel_strip<scalar_t, opmath_t<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
                                                              b.grad_y.const_data_ptr<scalar_t>(), index, vector, trace);
     }
   });
@@ -130,7 +129,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<std::string>> strip_
 
 }  // namespace
 
-TORCH_LIBRARY(ddet_ops_testing, m) {
+STABLE_TORCH_LIBRARY(ddet_ops_testing, m) {
   m.def("pixelwise_v1_forward(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation) -> Tensor");
   m.def(
       "pixelwise_v1_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, "
@@ -139,14 +138,19 @@ TORCH_LIBRARY(ddet_ops_testing, m) {
   m.def(
       "strip_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, "
       "bool need_x, bool need_kernels) -> (Tensor, Tensor[], str[])");
-  m.def("strip_paths() -> str[]", &strip_paths);
+  m.def("strip_paths() -> str[]");
 }
 
-TORCH_LIBRARY_IMPL(ddet_ops_testing, CPU, m) {
-  m.impl("pixelwise_v1_forward", &pixelwise_forward);
-  m.impl("pixelwise_v1_backward", &pixelwise_backward);
-  m.impl("strip_forward", &strip_forward);
-  m.impl("strip_backward", &strip_backward);
+STABLE_TORCH_LIBRARY_IMPL(ddet_ops_testing, CPU, m) {
+  m.impl("pixelwise_v1_forward", TORCH_BOX(&pixelwise_forward));
+  m.impl("pixelwise_v1_backward", TORCH_BOX(&pixelwise_backward));
+  m.impl("strip_forward", TORCH_BOX(&strip_forward));
+  m.impl("strip_backward", TORCH_BOX(&strip_backward));
+}
+
+// No tensor arguments, so no device to dispatch on: registered for every one.
+STABLE_TORCH_LIBRARY_IMPL(ddet_ops_testing, CompositeExplicitAutograd, m) {
+  m.impl("strip_paths", TORCH_BOX(&strip_paths));
 }
 
 }  // namespace ddet_ops
