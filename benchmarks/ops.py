@@ -6,10 +6,13 @@ autograd, and as in training) and backward (gradients of x and of the kernels) o
 * ``ddet_ops``  - the fused kernels,
 * ``unfold``    - ``ddet_ops.reference.multi_dynconv`` (F.unfold, what most people write),
 * ``compiled``  - ``torch.compile`` of ``ddet_ops.reference.multi_dynconv(formulation="shift_add")``,
+* ``kernels cast, then ddet_ops`` - for kernels of another dtype than x: what a library that
+  refuses mixed dtypes makes its users write,
+* ``torch.softmax, then ddet_ops`` - for a softmax over the taps: the softmax outside the op,
 
-each as a multiple of its floor (docs/ops.md: bytes_fwd = elem*N*H*W*(sum groups*s^2 + 2C),
-bytes_bwd = elem*N*H*W*(2*sum groups*s^2 + 3C), divided by B), and the peak extra memory of one
-forward + backward.
+each as a multiple of its floor (docs/ops.md: bytes_fwd = N*H*W*(elem_k*sum groups*s^2 + 2*elem_x*C),
+bytes_bwd = N*H*W*(2*elem_k*sum groups*s^2 + 3*elem_x*C), plus a softmax's log-normalisers,
+divided by B), and the peak extra memory of one forward + backward.
 """
 
 from __future__ import annotations
@@ -40,29 +43,51 @@ class Case:
     groups: int = 1
     dtype: str = "float32"
     sizes: tuple[int, ...] = SIZES
+    kernel_dtype: str | None = None  # None: x's dtype
+    normalize: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
+    @property
+    def torch_kernel_dtype(self) -> torch.dtype:
+        return getattr(torch, self.kernel_dtype or self.dtype)
+
     def kernel_channels(self) -> int:
         return self.groups * sum(s * s for s in self.sizes)
 
+    def _elements(self) -> tuple[int, int, int]:
+        """Bytes per value of x and of the kernels, and bytes per pixel of the log-normalisers."""
+        elem_x = torch.empty((), dtype=self.torch_dtype).element_size()
+        elem_k = torch.empty((), dtype=self.torch_kernel_dtype).element_size()
+        sets = {None: 0, "softmax": 1, "softmax_per_size": len(self.sizes)}[self.normalize]
+        return elem_x, elem_k, 4 * self.groups * sets
+
     def floor_bytes(self) -> tuple[int, int]:
         n, c, h, w = self.shape
-        elem = torch.empty((), dtype=self.torch_dtype).element_size()
+        elem_x, elem_k, lse = self._elements()
         taps = self.kernel_channels()
-        return elem * n * h * w * (taps + 2 * c), elem * n * h * w * (2 * taps + 3 * c)
+        return n * h * w * (elem_k * taps + 2 * elem_x * c + lse), n * h * w * (
+            2 * elem_k * taps + 3 * elem_x * c + lse
+        )
 
     def output_bytes(self) -> int:
         """What one forward + backward returns: y, grad_x and the kernel gradients."""
         n, c, h, w = self.shape
-        elem = torch.empty((), dtype=self.torch_dtype).element_size()
-        return elem * n * h * w * (2 * c + self.kernel_channels())
+        elem_x, elem_k, _ = self._elements()
+        return n * h * w * (2 * elem_x * c + elem_k * self.kernel_channels())
 
 
+HEADLINE = (1, 3, 1024, 1024)
 CPU_CASES = [
-    Case("headline 1x3x1024x1024", (1, 3, 1024, 1024)),
+    Case("headline 1x3x1024x1024", HEADLINE),
+    Case("headline bf16", HEADLINE, dtype="bfloat16"),
+    Case("headline fp16", HEADLINE, dtype="float16"),
+    Case("headline fp32 x, bf16 kernels", HEADLINE, kernel_dtype="bfloat16"),
+    Case("headline softmax", HEADLINE, normalize="softmax"),
+    Case("headline softmax per size", HEADLINE, normalize="softmax_per_size"),
+    Case("headline softmax, fp32 x, bf16 kernels", HEADLINE, kernel_dtype="bfloat16", normalize="softmax"),
     Case("training batch 16x1x64x64", (16, 1, 64, 64)),
     Case("features 1x64x256x256 g1", (1, 64, 256, 256), groups=1),
     Case("features 1x64x256x256 g64", (1, 64, 256, 256), groups=64),
@@ -77,11 +102,17 @@ CUDA_CASES = [
     Case("8x64x128x128 g64", (8, 64, 128, 128), groups=64),
 ]
 
-QUICK_CASES = [Case("quick 1x3x64x64", (1, 3, 64, 64)), Case("quick 2x4x32x32 g4", (2, 4, 32, 32), groups=4)]
+QUICK_CASES = [
+    Case("quick 1x3x64x64", (1, 3, 64, 64)),
+    Case("quick 2x4x32x32 g4", (2, 4, 32, 32), groups=4),
+    Case("quick fp32 x, bf16 kernels", (1, 3, 32, 32), kernel_dtype="bfloat16"),
+    Case("quick softmax per size g3", (1, 3, 32, 32), groups=3, normalize="softmax_per_size"),
+]
 
 
 def implementations(case: Case, backend: str = "inductor") -> dict[str, Callable]:
-    native = dict(sizes=case.sizes, groups=case.groups, compute_dtype=case.torch_dtype)
+    native = dict(sizes=case.sizes, groups=case.groups, compute_dtype=case.torch_dtype, normalize=case.normalize)
+    op = functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups)
     # Every case compiles the same Python function anew (two graphs: with and without autograd);
     # without a reset, the cases together pass dynamo's recompile limit and fullgraph fails.
     torch._dynamo.reset()
@@ -94,11 +125,22 @@ def implementations(case: Case, backend: str = "inductor") -> dict[str, Callable
         dynamic=False,
         backend=backend,
     )
-    return {
-        "ddet_ops": functools.partial(ddet_ops.multi_dynconv, sizes=case.sizes, groups=case.groups),
-        "unfold": functools.partial(reference.multi_dynconv, **native),
-        "compiled": compiled,
-    }
+    impls = {"ddet_ops": functools.partial(op, normalize=case.normalize)}
+    if case.kernel_dtype not in (None, case.dtype):
+        impls[CAST_PEER] = lambda x, kernels: impls["ddet_ops"](x, kernels.to(x.dtype))
+    if case.normalize is not None:
+        impls[SOFTMAX_PEER] = lambda x, kernels: op(x, softmax_then(kernels, case))
+    return {**impls, "unfold": functools.partial(reference.multi_dynconv, **native), "compiled": compiled}
+
+
+CAST_PEER = "kernels cast, then ddet_ops"
+SOFTMAX_PEER = "torch.softmax, then ddet_ops"
+
+
+def softmax_then(kernels: torch.Tensor, case: Case) -> torch.Tensor:
+    """The packed kernels through torch.softmax as ``normalize=case.normalize`` does inside the op."""
+    per_size = reference.normalized_kernels([kernels], case.sizes, case.groups, case.normalize, kernels.dtype)
+    return torch.cat(per_size, dim=1)
 
 
 # Largest difference from ddet_ops' outputs a peer may show, as a fraction of each output's largest
@@ -325,7 +367,8 @@ def case_inputs(case: Case, device: torch.device):
     gen = torch.Generator(device=device).manual_seed(0)
     n, c, h, w = case.shape
     x = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
-    kernels = (torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10).to(case.torch_dtype)
+    kernels = torch.randn((n, case.kernel_channels(), h, w), device=device, generator=gen) / 10
+    kernels = kernels.to(case.torch_kernel_dtype)
     grad_y = torch.randn(case.shape, device=device, generator=gen).to(case.torch_dtype)
     return x, kernels, grad_y
 

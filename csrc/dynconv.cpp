@@ -44,15 +44,18 @@ int64_t place_sizes(Problem& p, IntList sizes, bool packed) {
   return channel;
 }
 
-void check_kernel(const Tensor& x, const Tensor& k, size_t t, int64_t expected, bool packed) {
+void check_kernel(const Tensor& x, const Tensor& k, size_t t, int64_t expected, bool packed, ScalarType first_dtype) {
   DDET_CHECK(k.dim() == 4, "ddet_ops: kernels[", t, "] must be 4-D, got shape ", shape_text(k.sizes()));
   DDET_CHECK(k.size(1) == expected, "ddet_ops: kernels[", t, "] has ", k.size(1), " channels, expected ", expected,
              packed ? " (groups * sum of s^2 over sizes)" : " (groups * s^2)");
   DDET_CHECK(k.size(0) == x.size(0) && k.size(2) == x.size(2) && k.size(3) == x.size(3), "ddet_ops: kernels[", t,
              "] has shape ", shape_text(k.sizes()), ", whose batch and spatial sizes differ from x's ",
              shape_text(x.sizes()));
-  DDET_CHECK(k.scalar_type() == x.scalar_type(), "ddet_ops: kernels[", t, "] has dtype ", k.scalar_type(),
-             ", but x has ", x.scalar_type());
+  DDET_CHECK(native_pair(x.scalar_type(), k.scalar_type()), "ddet_ops: kernels[", t, "] has dtype ",
+             k.scalar_type(), ", which the op does not read with x of dtype ", x.scalar_type(),
+             " (same dtype, or float32 with float16 or bfloat16; ddet_ops.multi_dynconv casts other pairs)");
+  DDET_CHECK(t == 0 || k.scalar_type() == first_dtype, "ddet_ops: kernels[", t, "] has dtype ", k.scalar_type(),
+             ", but kernels[0] has ", first_dtype);
   DDET_CHECK(k.device() == x.device(), "ddet_ops: kernels[", t, "] is on ", device_text(k.device()), ", but x is on ",
              device_text(x.device()));
 }
@@ -83,7 +86,8 @@ Problem prepare(const Tensor& x, const std::vector<Tensor>& kernels, IntList siz
   geo.dilation = std::min<int64_t>(dilation, std::max<int64_t>({geo.H, geo.W, 1}));
   const int64_t packed_channels = place_sizes(p, sizes, packed);
   for (size_t t = 0; t < kernels.size(); ++t) {
-    check_kernel(x, kernels[t], t, packed ? packed_channels : groups * sizes[t] * sizes[t], packed);
+    check_kernel(x, kernels[t], t, packed ? packed_channels : groups * sizes[t] * sizes[t], packed,
+                 kernels[0].scalar_type());
     p.kernels.push_back(torch::stable::contiguous(kernels[t]));
   }
   p.x = torch::stable::contiguous(x);
@@ -123,6 +127,30 @@ Backward prepare_backward(const Tensor& grad_y, const Tensor& x, const std::vect
   return {std::move(p), torch::stable::contiguous(grad_y), std::move(grad_x), std::move(grad_kernels), ready};
 }
 
+namespace {
+
+std::vector<int64_t> log_normaliser_shape(const Problem& p, bool per_size) {
+  return {p.geo.N, p.geo.groups * softmax_sets(p.geo, per_size), p.geo.H, p.geo.W};
+}
+
+}  // namespace
+
+Tensor empty_log_normalisers(const Problem& p, bool per_size) {
+  const auto shape = log_normaliser_shape(p, per_size);
+  return torch::stable::empty(IntList(shape.data(), shape.size()), accumulation_type(p), std::nullopt, p.x.device());
+}
+
+Tensor checked_log_normalisers(const Problem& p, const Tensor& lse, bool per_size) {
+  const auto shape = log_normaliser_shape(p, per_size);
+  DDET_CHECK(lse.sizes() == IntList(shape.data(), shape.size()), "ddet_ops: lse has shape ", shape_text(lse.sizes()),
+             ", expected ", shape_text(IntList(shape.data(), shape.size())), " (N, groups * sets, H, W)");
+  DDET_CHECK(lse.scalar_type() == accumulation_type(p), "ddet_ops: lse has dtype ", lse.scalar_type(), ", expected ",
+             accumulation_type(p));
+  DDET_CHECK(lse.device() == p.x.device(), "ddet_ops: lse is on ", device_text(lse.device()), ", but x is on ",
+             device_text(p.x.device()));
+  return torch::stable::contiguous(lse);
+}
+
 const std::string& cuda_kernels() {
   static const std::string version = [] {
     const char* text = std::getenv("DDET_OPS_CUDA_KERNELS");
@@ -140,6 +168,12 @@ STABLE_TORCH_LIBRARY(ddet_ops, m) {
   m.def(
       "multi_dynconv_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, "
       "bool need_x, bool need_kernels) -> (Tensor, Tensor[])");
+  m.def(
+      "multi_dynconv_softmax(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, bool per_size) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "multi_dynconv_softmax_backward(Tensor grad_y, Tensor x, Tensor[] kernels, Tensor lse, int[] sizes, "
+      "int groups, int dilation, bool per_size, bool need_x, bool need_kernels) -> (Tensor, Tensor[])");
   m.def("cuda_kernels() -> str");
 }
 

@@ -16,8 +16,8 @@ namespace ddet_ops {
 //   grad_x  (kGather = true):  out[c] = gx[c, h, w] = sum_t K_t[h - di, w - dj] * gy[c, h - di, w - dj]
 // grad_x gathers over the inverse window (the neighbours whose tap reached this pixel): no
 // atomics, a fixed summation order.
-template <bool kGather, int kBlock, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void sum_taps_pixel(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+template <bool kGather, int kBlock, typename scalar_t, typename kernel_t, typename acc_t>
+DDET_HOST_DEVICE void sum_taps_pixel(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
                                      const scalar_t* __restrict__ source, int64_t n, int64_t c_begin, int count,
                                      int64_t h, int64_t w, acc_t* out) {
   const int64_t hw = plane(geo);
@@ -29,7 +29,7 @@ DDET_HOST_DEVICE void sum_taps_pixel(const Geometry& geo, const KernelBank<const
     const int s = geo.size[k];
     const int64_t half = s / 2;
     // Forward reads every tap's weight at the output pixel, grad_x at the neighbour.
-    const scalar_t* weights =
+    const kernel_t* weights =
         kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw + (kGather ? 0 : h * geo.W + w);
     for (int i = 0; i < s; ++i) {
       const int64_t row = h + (i - half) * step;
@@ -84,8 +84,8 @@ DDET_HOST_DEVICE int64_t forward_threads(const Geometry& geo) {
   return geo.N * geo.groups * channel_blocks(geo) * geo.H * geo.W;
 }
 
-template <typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void forward_thread(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+template <typename scalar_t, typename kernel_t, typename acc_t>
+DDET_HOST_DEVICE void forward_thread(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
                                      const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t index) {
   const int64_t w = index % geo.W;
   index /= geo.W;
@@ -113,9 +113,9 @@ DDET_HOST_DEVICE void forward_thread(const Geometry& geo, const KernelBank<const
 // by passing a null grad_x or need_kernels = false).
 DDET_HOST_DEVICE int64_t backward_threads(const Geometry& geo) { return geo.N * geo.groups * geo.H * geo.W; }
 
-template <typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void backward_thread(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
-                                      const KernelBank<scalar_t>& grad_kernels, bool need_kernels,
+template <typename scalar_t, typename kernel_t, typename acc_t>
+DDET_HOST_DEVICE void backward_thread(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
+                                      const KernelBank<kernel_t>& grad_kernels, bool need_kernels,
                                       const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad_y,
                                       scalar_t* __restrict__ grad_x, int64_t index) {
   const int64_t hw = plane(geo);
@@ -142,11 +142,11 @@ DDET_HOST_DEVICE void backward_thread(const Geometry& geo, const KernelBank<cons
   if (!need_kernels) return;
   for (int k = 0; k < geo.num_sizes; ++k) {
     const int s = geo.size[k];
-    scalar_t* gk_pixel = grad_kernels.data[k] + n * grad_kernels.batch_stride[k] + group * s * s * hw + h * geo.W + w;
+    kernel_t* gk_pixel = grad_kernels.data[k] + n * grad_kernels.batch_stride[k] + group * s * s * hw + h * geo.W + w;
     for (int i = 0; i < s; ++i) {
       for (int j = 0; j < s; ++j) {
         gk_pixel[(i * s + j) * hw] =
-            static_cast<scalar_t>(grad_weight_pixel<scalar_t, acc_t>(geo, x, grad_y, k, i, j, n, group, h, w));
+            static_cast<kernel_t>(grad_weight_pixel<scalar_t, acc_t>(geo, x, grad_y, k, i, j, n, group, h, w));
       }
     }
   }

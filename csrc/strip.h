@@ -54,6 +54,13 @@ constexpr int strip_channels() {
   return sizeof(scalar_t) == 8 ? 2 : sizeof(scalar_t) == 4 ? 4 : 3;
 }
 
+// With kernels of another type than x (float with a half type), the fewer of the two.
+template <typename scalar_t, typename kernel_t>
+constexpr int strip_channels() {
+  return strip_channels<scalar_t>() < strip_channels<kernel_t>() ? strip_channels<scalar_t>()
+                                                                 : strip_channels<kernel_t>();
+}
+
 // The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]".
 enum class Pass { kForward, kGradX, kGradK };
 
@@ -64,9 +71,9 @@ struct NoTrace {
 
 DDET_HOST_DEVICE int64_t strips_per_row(const Geometry& geo, int width) { return (geo.W + width - 1) / width; }
 
-template <typename scalar_t>
+template <typename scalar_t, typename kernel_t>
 DDET_HOST_DEVICE int64_t strip_channel_blocks(const Geometry& geo) {
-  constexpr int kC = strip_channels<scalar_t>();
+  constexpr int kC = strip_channels<scalar_t, kernel_t>();
   return (geo.channels_per_group + kC - 1) / kC;
 }
 
@@ -103,9 +110,9 @@ DDET_HOST_DEVICE BandedIndex split_banded(const Geometry& geo, int width, int64_
 
 // Forward / grad_x threads: one per (n, group, band, h, block of channels, strip in band), the
 // channel block inside h, so the blocks of one row re-read its weights from cache.
-template <typename scalar_t>
+template <typename scalar_t, typename kernel_t>
 DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
-  return banded_threads(geo, strip_width<scalar_t>(), geo.H * strip_channel_blocks<scalar_t>(geo));
+  return banded_threads(geo, strip_width<scalar_t>(), geo.H * strip_channel_blocks<scalar_t, kernel_t>(geo));
 }
 
 // grad_K threads: one per (n, group, band, h, kernel row of any size, strip in band), the kernel
@@ -229,8 +236,8 @@ DDET_HOST_DEVICE void load_columns(const scalar_t* row, int64_t w0, int first, i
 // source segment [w0 - kR, w0 + kV + kR) of the row, once for the row's kS taps. weights: the
 // size's block of this image and group (tap t's plane at t * hw); src: channel c_begin's plane
 // of x (forward) or grad_y (grad_x).
-template <int kS, Access kAccess, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
                                      int i, int64_t row, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
   constexpr int kR = kS / 2;
   constexpr int kSpan = kV + kS - 1;
@@ -238,7 +245,7 @@ DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const scalar_t* weight
   acc_t wt[kS][kV];
   DDET_UNROLL
   for (int j = 0; j < kS; ++j) {
-    const scalar_t* plane_ij = weights + (i * kS + j) * hw;
+    const kernel_t* plane_ij = weights + (i * kS + j) * hw;
     if (kGather) {  // the weight of the neighbour the tap came from: shifted by the tap's offset
       load_columns<kV, kR, kV, kAccess, false>(plane_ij + row * geo.W, w0, kR - j, geo.W, wt[j]);
     } else {
@@ -262,8 +269,8 @@ DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const scalar_t* weight
 
 // The taps of one size kS at dilation 1, kernel row by kernel row (rows outside the image add
 // nothing); the rows stay a rolled loop, so a thread's registers hold one row at a time.
-template <int kS, Access kAccess, bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
                                        int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
   constexpr int kR = kS / 2;
   DDET_ROLLED
@@ -275,8 +282,8 @@ DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const scalar_t* weig
 }
 
 // Any size and dilation, every load checked.
-template <bool kGather, int kC, int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, int s, const scalar_t* weights, const scalar_t* src,
+template <bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, int s, const kernel_t* weights, const scalar_t* src,
                                          int count, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
@@ -286,7 +293,7 @@ DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, int s, const scala
     if (row < 0 || row >= geo.H) continue;
     for (int j = 0; j < s; ++j) {
       const int64_t shift = (j - half) * step;
-      const scalar_t* plane_ij = weights + (static_cast<int64_t>(i) * s + j) * hw;
+      const kernel_t* plane_ij = weights + (static_cast<int64_t>(i) * s + j) * hw;
       DDET_UNROLL
       for (int v = 0; v < kV; ++v) {
         const int64_t col = w0 + v + shift;
@@ -309,8 +316,8 @@ DDET_HOST_DEVICE bool strip_inside(const Geometry& geo, int64_t r, int64_t h, in
 // Vector strips read every row the same way, whole chunks inside or outside it, so the threads of
 // a warp at a border follow the same instructions as those inside; scalar strips inside the image
 // skip the bounds checks.
-template <int kS, bool kGather, int kC, int kV, typename scalar_t, typename acc_t, typename Trace>
-DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const scalar_t* weights, const scalar_t* src, int count,
+template <int kS, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
                                       int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV], Trace& trace) {
   const bool inside = strip_inside(geo, kS / 2, h, w0, kV);
   trace(kGather ? Pass::kGradX : Pass::kForward, kS, inside, vector);
@@ -326,13 +333,14 @@ DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const scalar_t* weigh
 // One forward (kGather = false) or grad_x (kGather = true) thread: the sums of every size for a
 // strip of up to strip_channels() channels, written to out. `vector`: every row can be read as
 // aligned vectors (strips_can_use_vectors).
-template <bool kGather, typename scalar_t, typename acc_t, typename Trace>
-DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const scalar_t>& kernels,
+template <bool kGather, typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
                                    const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t index,
                                    bool vector, Trace& trace) {
   constexpr int kV = strip_width<scalar_t>();
-  constexpr int kC = strip_channels<scalar_t>();
-  const int64_t blocks = strip_channel_blocks<scalar_t>(geo), hw = plane(geo);
+  static_assert(kV == strip_width<kernel_t>(), "x and the kernels move in strips of the same width");
+  constexpr int kC = strip_channels<scalar_t, kernel_t>();
+  const int64_t blocks = strip_channel_blocks<scalar_t, kernel_t>(geo), hw = plane(geo);
   const BandedIndex at = split_banded(geo, kV, geo.H * blocks, index);
   if (at.w0 < 0) return;
   const int64_t w0 = at.w0, first = at.inner % blocks * kC, h = at.inner / blocks;
@@ -348,7 +356,7 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const s
   }
   for (int k = 0; k < geo.num_sizes; ++k) {
     const int s = geo.size[k];
-    const scalar_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw;
+    const kernel_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw;
     switch (geo.dilation == 1 ? s : 0) {
       case 1: strip_taps_size<1, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
       case 3: strip_taps_size<3, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
@@ -397,8 +405,8 @@ DDET_HOST_DEVICE void grad_kernel_channel(const Geometry& geo, const scalar_t* g
 // The kernel-gradient strip of one kernel row of size kS at dilation 1: for each tap j of the
 // row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR]. gy: channel 0 of
 // the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane at (h, w0).
-template <int kS, Access kAccess, int kV, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
+template <int kS, Access kAccess, int kV, typename scalar_t, typename kernel_t, typename acc_t>
+DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, kernel_t* gk,
                                             int64_t row, int64_t w0, int valid, bool vector) {
   const int64_t hw = plane(geo);
   acc_t acc[kS][kV];
@@ -431,9 +439,9 @@ DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t*
 }
 
 // Any size and dilation: one tap at a time, every load checked.
-template <int kV, typename scalar_t, typename acc_t>
+template <int kV, typename scalar_t, typename kernel_t, typename acc_t>
 DDET_HOST_DEVICE void grad_kernel_row_generic(const Geometry& geo, int s, const scalar_t* gy, const scalar_t* x,
-                                              scalar_t* gk, int64_t row, int64_t w0, int valid) {
+                                              kernel_t* gk, int64_t row, int64_t w0, int valid) {
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
   for (int j = 0; j < s; ++j) {
@@ -456,27 +464,28 @@ DDET_HOST_DEVICE void grad_kernel_row_generic(const Geometry& geo, int s, const 
   }
 }
 
-template <int kS, int kV, typename scalar_t, typename acc_t, typename Trace>
-DDET_HOST_DEVICE void grad_kernel_row_size(const Geometry& geo, const scalar_t* gy, const scalar_t* x, scalar_t* gk,
+template <int kS, int kV, typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void grad_kernel_row_size(const Geometry& geo, const scalar_t* gy, const scalar_t* x, kernel_t* gk,
                                            int64_t h, int64_t row, int64_t w0, int valid, bool vector,
                                            Trace& trace) {
   const bool inside = strip_inside(geo, kS / 2, h, w0, kV) && row >= 0 && row < geo.H;
   trace(Pass::kGradK, kS, inside, vector);
   if (vector) {
-    grad_kernel_row_fixed<kS, Access::kVector, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kVector, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
   } else if (inside) {
-    grad_kernel_row_fixed<kS, Access::kUnchecked, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kUnchecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
   } else {
-    grad_kernel_row_fixed<kS, Access::kChecked, kV, scalar_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kChecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
   }
 }
 
 // One grad_K thread: the gradients of the s taps of one kernel row at a strip.
-template <typename scalar_t, typename acc_t, typename Trace>
-DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<scalar_t>& grad_kernels,
+template <typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<kernel_t>& grad_kernels,
                                         const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad_y,
                                         int64_t index, bool vector, Trace& trace) {
   constexpr int kV = strip_width<scalar_t>();
+  static_assert(kV == strip_width<kernel_t>(), "x and the kernels move in strips of the same width");
   const int64_t rows = kernel_rows(geo), hw = plane(geo);
   const BandedIndex at = split_banded(geo, kV, geo.H * rows, index);
   if (at.w0 < 0) return;
@@ -491,16 +500,16 @@ DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<sc
   const int64_t first = (n * geo.C + group * geo.channels_per_group) * hw;
   const scalar_t* gy = grad_y + first + h * geo.W + w0;
   const scalar_t* xs = x + first;
-  scalar_t* gk =
+  kernel_t* gk =
       grad_kernels.data[k] + n * grad_kernels.batch_stride[k] + (group * s * s + i * s) * hw + h * geo.W + w0;
   switch (geo.dilation == 1 ? s : 0) {
-    case 1: grad_kernel_row_size<1, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 3: grad_kernel_row_size<3, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 5: grad_kernel_row_size<5, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 7: grad_kernel_row_size<7, kV, scalar_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 1: grad_kernel_row_size<1, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 3: grad_kernel_row_size<3, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 5: grad_kernel_row_size<5, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 7: grad_kernel_row_size<7, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
     default:
       trace(Pass::kGradK, 0, false, false);
-      grad_kernel_row_generic<kV, scalar_t, acc_t>(geo, s, gy, xs, gk, row, w0, valid);
+      grad_kernel_row_generic<kV, scalar_t, kernel_t, acc_t>(geo, s, gy, xs, gk, row, w0, valid);
   }
 }
 

@@ -45,7 +45,7 @@ def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(_check_size(size) for size in sizes)
 
 
-def normalize(
+def normalize_args(
     x: torch.Tensor,
     kernels: KernelsArg,
     sizes: Sequence[int] | None,
@@ -100,6 +100,8 @@ def normalize(
                     )
         for i, (k, s) in enumerate(zip(kernel_list, sizes, strict=True)):
             _check_kernel(x, k, f"kernels[{i}]", groups * s * s, f"groups*s^2 = {groups}*{s * s}")
+            if k.dtype != kernel_list[0].dtype:
+                raise ValueError(f"kernels[{i}] has dtype {k.dtype}, but kernels[0] has {kernel_list[0].dtype}")
     if len(sizes) > MAX_SIZES:
         raise ValueError(f"at most {MAX_SIZES} kernel sizes per call, got {len(sizes)}")
     return kernel_list, sizes
@@ -119,7 +121,38 @@ def check_op_args(
             f"got {len(kernels)} kernel tensors for {len(sizes)} sizes: pass one tensor per size, or one packed tensor"
         )
     packed = len(kernels) != len(sizes)
-    normalize(x, kernels[0] if packed else kernels, sizes, groups, dilation)
+    normalize_args(x, kernels[0] if packed else kernels, sizes, groups, dilation)
+    if not native_pair(x.dtype, kernels[0].dtype):
+        raise ValueError(
+            f"the op does not read kernels of dtype {kernels[0].dtype} with x of dtype {x.dtype} (same dtype, or "
+            "float32 with float16 or bfloat16; ddet_ops.multi_dynconv casts other pairs)"
+        )
+
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+# What ``normalize=`` may be: raw kernels, one softmax over all taps of all sizes, one per size.
+NORMALIZATIONS = (None, "softmax", "softmax_per_size")
+
+
+def check_normalize(normalize: str | None) -> None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def native_pair(x_dtype: torch.dtype, kernel_dtype: torch.dtype) -> bool:
+    """Whether the op's kernels read kernels of ``kernel_dtype`` with x of ``x_dtype`` as they are:
+    the same dtype, or float32 with a half type (either way round)."""
+    return (
+        x_dtype == kernel_dtype
+        or (x_dtype == torch.float32 and kernel_dtype in _HALF_TYPES)
+        or (x_dtype in _HALF_TYPES and kernel_dtype == torch.float32)
+    )
+
+
+def accumulation_dtype(x_dtype: torch.dtype, kernel_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op sums in: float64 when either operand is float64, float32 otherwise."""
+    return torch.float64 if torch.float64 in (x_dtype, kernel_dtype) else torch.float32
 
 
 def check_grad_y(grad_y: torch.Tensor, x: torch.Tensor) -> None:
@@ -154,7 +187,7 @@ def _check_kernel(x: torch.Tensor, k: torch.Tensor, name: str, channels: int, wh
         raise ValueError(
             f"{name} has batch/spatial size {(k.shape[0], *k.shape[2:])}, but x has {(x.shape[0], *x.shape[2:])}"
         )
-    if k.dtype != x.dtype:
-        raise ValueError(f"{name} has dtype {k.dtype}, but x has dtype {x.dtype}")
+    if not k.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {k.dtype}")
     if k.device != x.device:
         raise ValueError(f"{name} is on {k.device}, but x is on {x.device}")

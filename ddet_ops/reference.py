@@ -8,8 +8,9 @@ Two formulations of the same contract (see :func:`ddet_ops.multi_dynconv`), chos
 * ``"shift_add"`` adds one shifted copy of ``x`` per tap: lean in memory, and what
   ``torch.compile`` turns into a fused loop.
 
-Half types are computed in float32 and rounded once at the end, like the fast kernels, unless
-``compute_dtype`` says otherwise (the benchmarks pass the input's dtype: what a user would write).
+Sums are computed in float32 (float64 when x or the kernels are float64) and rounded to x's dtype
+once at the end, like the fast kernels, unless ``compute_dtype`` says otherwise (the benchmarks
+pass the input's dtype: what a user would write).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._checks import KernelsArg, normalize
+from ._checks import KernelsArg, accumulation_dtype, check_normalize, normalize_args
 
-__all__ = ["multi_dynconv", "dynconv", "FORMULATIONS"]
+__all__ = ["multi_dynconv", "dynconv", "normalized_kernels", "FORMULATIONS"]
 
 
 def _per_size(kernel_list, sizes, groups):
@@ -34,12 +35,6 @@ def _per_size(kernel_list, sizes, groups):
         stop = start + groups * s * s
         yield s, kernel_list[0][:, start:stop]
         start = stop
-
-
-def _compute_dtype(dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
-    if requested is not None:
-        return requested
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _unfold_sum(x, kernel_list, sizes, groups, dilation, compute):
@@ -76,6 +71,22 @@ def _shift_add_sum(x, kernel_list, sizes, groups, dilation, compute):
 FORMULATIONS = {"unfold": _unfold_sum, "shift_add": _shift_add_sum}
 
 
+def normalized_kernels(
+    kernel_list: list[torch.Tensor], sizes: Sequence[int], groups: int, normalize: str | None, dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """The kernels as ``multi_dynconv(..., normalize=)`` applies them, one tensor per size, in
+    ``dtype``: at each pixel and group a softmax over the taps of every size together
+    ("softmax") or of each size alone ("softmax_per_size"); unchanged for None."""
+    per_size = [k.to(dtype) for _, k in _per_size(kernel_list, sizes, groups)]
+    if normalize is None:
+        return per_size
+    grouped = [k.unflatten(1, (groups, s * s)) for s, k in zip(sizes, per_size, strict=True)]
+    if normalize == "softmax_per_size":
+        return [torch.softmax(k, dim=2).flatten(1, 2) for k in grouped]
+    joint = torch.softmax(torch.cat(grouped, dim=2), dim=2)
+    return [k.flatten(1, 2) for k in torch.split(joint, [s * s for s in sizes], dim=2)]
+
+
 def multi_dynconv(
     x: torch.Tensor,
     kernels: KernelsArg,
@@ -83,14 +94,18 @@ def multi_dynconv(
     *,
     groups: int = 1,
     dilation: int = 1,
+    normalize: str | None = None,
     compute_dtype: torch.dtype | None = None,
     formulation: str = "unfold",
 ) -> torch.Tensor:
-    """Reference of :func:`ddet_ops.multi_dynconv`, in one of the ``FORMULATIONS`` (see above)."""
+    """Reference of :func:`ddet_ops.multi_dynconv`, in one of the ``FORMULATIONS`` (see above);
+    ``normalize`` as there (the softmax is ``torch.softmax``, before the filtering)."""
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation must be one of {tuple(FORMULATIONS)}, got {formulation!r}")
-    kernel_list, sizes = normalize(x, kernels, sizes, groups, dilation)
-    compute = _compute_dtype(x.dtype, compute_dtype)
+    check_normalize(normalize)
+    kernel_list, sizes = normalize_args(x, kernels, sizes, groups, dilation)
+    compute = compute_dtype or accumulation_dtype(x.dtype, kernel_list[0].dtype)
+    kernel_list = normalized_kernels(kernel_list, sizes, groups, normalize, compute)
     return FORMULATIONS[formulation](x, kernel_list, sizes, groups, dilation, compute).to(x.dtype)
 
 

@@ -3,7 +3,7 @@ compiled loss (no test here)."""
 
 import torch
 
-from ddet_ops import multi_dynconv
+from ddet_ops import multi_dynconv, reference
 
 # (N, C, H, W, sizes, groups, dilation, packed): small enough for gradgradcheck's numerical
 # Jacobians, and together every size 1 to 7, groups > 1, dilation 2, a batch and both layouts.
@@ -52,3 +52,32 @@ def assert_compiled_gradients_match(loss, x, packed, **compile_options):
     compiled(xc, pc).backward()
     torch.testing.assert_close(xc.grad, xe.grad)
     torch.testing.assert_close(pc.grad, pe.grad)
+
+
+FLOATING_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+# Relative error (max abs error / max abs value) allowed for a result rounded to a dtype.
+ROUNDING_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp_min(1e-30)).item()
+
+
+def mixed_dtype_case(x_dtype, kernel_dtype, device):
+    """multi_dynconv with x and kernels of different dtypes on ``device``: y in x's dtype, each
+    gradient in its input's dtype, all within rounding of float64 on the same rounded inputs."""
+    gen = torch.Generator().manual_seed(0)
+    # 40 columns: the CPU kernels' vector strips with every tap inside the row, and borders.
+    x = torch.randn(2, 3, 12, 40, dtype=torch.float64, generator=gen).to(device, x_dtype)
+    packed = torch.randn(2, 83, 12, 40, dtype=torch.float64, generator=gen).to(device, kernel_dtype)
+    grad_y = torch.randn(2, 3, 12, 40, dtype=torch.float64, generator=gen).to(device, x_dtype)
+    leaves = [x.clone().requires_grad_(True), packed.clone().requires_grad_(True)]
+    y = multi_dynconv(leaves[0], leaves[1], (3, 5, 7))
+    y.backward(grad_y)
+    exact = [t.double().requires_grad_(True) for t in (x, packed)]
+    want = reference.multi_dynconv(exact[0], exact[1], (3, 5, 7))
+    want.backward(grad_y.double())
+    assert y.dtype == x_dtype and leaves[0].grad.dtype == x_dtype and leaves[1].grad.dtype == kernel_dtype
+    assert relative_error(y, want) < ROUNDING_TOLERANCE[x_dtype]
+    assert relative_error(leaves[0].grad, exact[0].grad) < ROUNDING_TOLERANCE[x_dtype]
+    assert relative_error(leaves[1].grad, exact[1].grad) < ROUNDING_TOLERANCE[kernel_dtype]

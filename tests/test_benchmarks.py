@@ -199,6 +199,18 @@ def test_quick_ops_benchmark_runs_with_the_op_cache_off_beside_it():
     by_impl = {row[2].strip(): row for row in rows}
     assert set(by_impl) == {"ddet_ops", "ddet_ops, cache off", "unfold"}
     assert float(by_impl["unfold"][-2]) <= 1e-4  # the max-diff column, checked during the run
+    peers = {line.split("|")[2].strip() for line in done.stdout.splitlines() if line.startswith("| quick ")}
+    assert {"kernels cast, then ddet_ops", "torch.softmax, then ddet_ops"} <= peers
+
+
+def test_autocast_step_benchmark_runs_and_writes_where_asked(tmp_path):
+    script = str(ROOT / "benchmarks" / "bench_autocast.py")
+    args = ["--model", "kpn5", "--batch", "2", "--patch", "16", "--repeats", "1", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| bf16 autocast, kernels read as they are |" in done.stdout
+    assert "| bf16 autocast, kernels cast to float32 first |" in done.stdout
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
 
 
 def test_ops_benchmark_refuses_to_time_a_peer_with_other_results(monkeypatch):

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from op_checks import (
     DOUBLE_BACKWARD_CASES,
+    FLOATING_DTYPES,
     assert_compiled_gradients_match,
     double_backward_id,
     gradgradcheck_case,
+    mixed_dtype_case,
 )
 
 import ddet_ops
@@ -119,11 +121,12 @@ def _relative_error(got, want):
     return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
-def _strip_case(case, dtype):
+def _strip_case(case, dtype, kernel_dtype=None):
     n, c, h, w, sizes, groups, dilation = case
+    kernel_dtype = kernel_dtype or dtype
     x, kernels = make_inputs(n, c, h, w, sizes, groups)
     packed, grad_y = torch.cat(kernels, dim=1), torch.randn_like(x)
-    x, packed, grad_y = x.to(dtype), packed.to(dtype), grad_y.to(dtype)
+    x, packed, grad_y = x.to(dtype), packed.to(kernel_dtype), grad_y.to(dtype)
     args = ([packed], list(sizes), groups, dilation)
     y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
     gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
@@ -136,9 +139,13 @@ def _strip_case(case, dtype):
         groups=groups,
         dilation=dilation,
     )
-    for name, got, ref in [("y", y, want[0]), ("grad_x", gx, want[1]), ("grad_k", gk, want[2][0])]:
-        assert got.dtype == dtype
-        assert _relative_error(got, ref) < STRIP_TOLERANCE[dtype], (name, case)
+    for name, got, ref, out_dtype in [
+        ("y", y, want[0], dtype),
+        ("grad_x", gx, want[1], dtype),
+        ("grad_k", gk, want[2][0], kernel_dtype),
+    ]:
+        assert got.dtype == out_dtype
+        assert _relative_error(got, ref) < STRIP_TOLERANCE[out_dtype], (name, case)
     return set(forward_paths) | set(backward_paths)
 
 
@@ -352,7 +359,14 @@ BAD_INPUTS = [
     ("dilation < 1", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {"dilation": 0}, "dilation"),
     ("batch differs", (2, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8)], {}, "batch"),
     ("spatial differs", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 7)], {}, "spatial"),
-    ("dtype differs", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8, dtype=torch.float64)], {}, "dtype"),
+    ("integer kernels", (1, 3, 8, 8), lambda: [torch.zeros(1, 9, 8, 8, dtype=torch.int32)], {}, "floating point"),
+    (
+        "kernel dtypes differ",
+        (1, 3, 8, 8),
+        lambda: [torch.zeros(1, 9, 8, 8), torch.zeros(1, 25, 8, 8, dtype=torch.bfloat16)],
+        {},
+        r"kernels\[1\] has dtype torch.bfloat16, but kernels\[0\] has torch.float32",
+    ),
     ("empty list", (1, 3, 8, 8), lambda: [], {}, "empty"),
 ]
 
@@ -712,3 +726,99 @@ def test_torch_compile_fullgraph_gradient_penalty():
     want = torch.autograd.grad(penalty(reference.multi_dynconv, *leaves), leaves)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel_dtype", FLOATING_DTYPES, ids=str)
+@pytest.mark.parametrize("x_dtype", FLOATING_DTYPES, ids=str)
+def test_every_pair_of_dtypes_against_float64(x_dtype, kernel_dtype):
+    mixed_dtype_case(x_dtype, kernel_dtype, "cpu")
+
+
+NATIVE_MIXED_PAIRS = [
+    (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+]
+
+
+@pytest.mark.parametrize("x_dtype,kernel_dtype", NATIVE_MIXED_PAIRS, ids=str)
+def test_mixed_pairs_are_read_as_they_are(x_dtype, kernel_dtype):
+    """The op itself takes the pair (no cast in Python): its result equals float64 arithmetic on the
+    same values rounded once to x's dtype, which a cast of the kernels to x's dtype would not give."""
+    x, kernels = make_inputs(1, 3, 9, 37, (3, 5, 7), 1)
+    packed = torch.cat(kernels, dim=1)
+    x_in, k_in = x.to(x_dtype), packed.to(kernel_dtype)
+    y = torch.ops.ddet_ops.multi_dynconv(x_in, [k_in], [3, 5, 7], 1, 1)
+    want = reference.multi_dynconv(x_in.double(), k_in.double(), (3, 5, 7))
+    assert y.dtype == x_dtype
+    assert _relative_error(y, want) < STRIP_TOLERANCE[x_dtype]
+    grad_y = torch.randn_like(x).to(x_dtype)
+    gx, (gk,) = torch.ops.ddet_ops.multi_dynconv_backward(grad_y, x_in, [k_in], [3, 5, 7], 1, 1, True, True)
+    assert (gx.dtype, gk.dtype) == (x_dtype, kernel_dtype)
+    _, gx_ref, (gk_ref,) = grads(
+        reference.multi_dynconv, x_in.double(), k_in.double(), grad_y.double(), sizes=(3, 5, 7)
+    )
+    assert _relative_error(gx, gx_ref) < STRIP_TOLERANCE[x_dtype]
+    assert _relative_error(gk, gk_ref) < STRIP_TOLERANCE[kernel_dtype]
+
+
+@pytest.mark.parametrize("x_dtype,kernel_dtype", NATIVE_MIXED_PAIRS, ids=str)
+def test_cuda_per_thread_code_reads_mixed_pairs(x_dtype, kernel_dtype):
+    """The v2 strips (every path) and the v1 pixels, serially on the CPU, with mixed dtypes."""
+    seen = set()
+    for case in STRIP_CASES:
+        seen |= _strip_case(case, x_dtype, kernel_dtype)
+    assert set(torch.ops.ddet_ops_testing.strip_paths()) - seen == set(), "paths the harness never ran"
+    x, kernels = make_inputs(2, 5, 6, 9, (3, 5), 1)
+    x_in, k_in = x.to(x_dtype), [k.to(kernel_dtype) for k in kernels]
+    want = reference.multi_dynconv(x_in.double(), [k.double() for k in k_in])
+    y = torch.ops.ddet_ops_testing.pixelwise_v1_forward(x_in, k_in, [3, 5], 1, 1)
+    assert y.dtype == x_dtype and _relative_error(y, want) < STRIP_TOLERANCE[x_dtype]
+    _, gk = torch.ops.ddet_ops_testing.pixelwise_v1_backward(
+        torch.ones_like(x_in), x_in, k_in, [3, 5], 1, 1, True, True
+    )
+    assert all(g.dtype == kernel_dtype for g in gk)
+
+
+def test_opcheck_and_compile_with_mixed_dtypes():
+    x, kernels = make_inputs(2, 4, 6, 5, (3, 5), 2, dtype=torch.float32)
+    packed = torch.cat(kernels, dim=1).bfloat16()
+    x.requires_grad_(True)
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv.default, (x, [packed.requires_grad_(True)], [3, 5], 2, 1))
+    torch.library.opcheck(
+        torch.ops.ddet_ops.multi_dynconv_backward.default,
+        (torch.randn_like(x), x.detach(), [packed.detach()], [3, 5], 2, 1, True, True),
+    )
+
+    def loss(x, packed):
+        return (multi_dynconv(x, packed, (3, 5), groups=2) * x).sum()
+
+    assert_compiled_gradients_match(loss, x.detach(), packed.detach(), backend="aot_eager")
+
+
+def test_the_raw_op_refuses_pairs_it_does_not_read():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.bfloat16)
+    half = torch.zeros(1, 9, 4, 4, dtype=torch.float16)
+    for op in (torch.ops.ddet_ops.multi_dynconv, torch.ops.ddet_ops.multi_dynconv.default):
+        with pytest.raises(
+            (ValueError, RuntimeError), match="does not read kernels of dtype|which the op does not read"
+        ):
+            op(x, [half], [3], 1, 1)
+    with pytest.raises(ValueError, match="ddet_ops.multi_dynconv casts other pairs"):
+        torch.ops.ddet_ops.multi_dynconv(x.to("meta"), [half.to("meta")], [3], 1, 1)
+    assert multi_dynconv(x, [half]).dtype == torch.bfloat16  # the public function casts the kernels
+
+
+def test_autocast_keeps_both_dtypes():
+    """Under CPU autocast a conv head predicts bfloat16 kernels; the op reads them with the float32
+    image as they are (no cast up, no cast down) and returns float32."""
+    x = torch.randn(1, 3, 10, 12)
+    head = torch.nn.Conv2d(3, 83, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernels = head(x)
+        y = multi_dynconv(x, kernels, (3, 5, 7))
+    assert kernels.dtype == torch.bfloat16 and y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.ops.ddet_ops.multi_dynconv(x, [kernels], [3, 5, 7], 1, 1), rtol=0, atol=0)
+    y.sum().backward()
+    assert head.weight.grad.dtype == torch.float32

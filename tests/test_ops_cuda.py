@@ -7,9 +7,11 @@ import pytest
 import torch
 from op_checks import (
     DOUBLE_BACKWARD_CASES,
+    FLOATING_DTYPES,
     assert_compiled_gradients_match,
     double_backward_id,
     gradgradcheck_case,
+    mixed_dtype_case,
 )
 
 from ddet_ops import multi_dynconv, reference
@@ -214,3 +216,17 @@ def test_kernel_versions_agree(tmp_path):
             ours = forward_backward(x, kernels, grad_y, case[5], case[6])
             for a, b in zip(ours, v1[(str(dtype), i)], strict=True):
                 assert relative_error(a.cpu(), b) < 2 * tolerance
+
+
+@pytest.mark.parametrize("kernel_dtype", FLOATING_DTYPES, ids=str)
+@pytest.mark.parametrize("x_dtype", FLOATING_DTYPES, ids=str)
+def test_every_pair_of_dtypes_against_float64(x_dtype, kernel_dtype):
+    mixed_dtype_case(x_dtype, kernel_dtype, "cuda")
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "softmax_per_size"])
+def test_softmax_over_the_taps_agrees_with_the_cpu(normalize):
+    x, kernels, grad_y = inputs(CASES[0], torch.float32)
+    got = multi_dynconv(x, kernels, normalize=normalize)
+    want = multi_dynconv(x.cpu(), [k.cpu() for k in kernels], normalize=normalize)
+    assert relative_error(got.cpu(), want) < 1e-5

@@ -17,28 +17,28 @@ namespace {
 
 constexpr int kThreadsPerBlock = 256;
 
-template <typename scalar_t>
+template <typename scalar_t, typename kernel_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    forward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels, const scalar_t* __restrict__ x,
+    forward_kernel(const Geometry geo, const KernelBank<const kernel_t> kernels, const scalar_t* __restrict__ x,
                    scalar_t* __restrict__ y, int64_t threads) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
-    forward_thread<scalar_t, acc_t>(geo, kernels, x, y, index);
+    forward_thread<scalar_t, kernel_t, acc_t>(geo, kernels, x, y, index);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename kernel_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    backward_kernel(const Geometry geo, const KernelBank<const scalar_t> kernels,
-                    const KernelBank<scalar_t> grad_kernels, bool need_kernels, const scalar_t* __restrict__ x,
+    backward_kernel(const Geometry geo, const KernelBank<const kernel_t> kernels,
+                    const KernelBank<kernel_t> grad_kernels, bool need_kernels, const scalar_t* __restrict__ x,
                     const scalar_t* __restrict__ grad_y, scalar_t* __restrict__ grad_x, int64_t threads) {
   using acc_t = opmath_t<scalar_t>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
-    backward_thread<scalar_t, acc_t>(geo, kernels, grad_kernels, need_kernels, x, grad_y, grad_x, index);
+    backward_thread<scalar_t, kernel_t, acc_t>(geo, kernels, grad_kernels, need_kernels, x, grad_y, grad_x, index);
   }
 }
 
@@ -46,10 +46,11 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
 void forward_v1(const Problem& p, Tensor& y) {
   const int64_t threads = forward_threads(p.geo);
-  dispatch_floating(p.x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    forward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
-        p.geo, make_bank<const scalar_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    forward_kernel<scalar_t, kernel_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
+        p.geo, make_bank<const kernel_t>(p, p.kernels), p.x.const_data_ptr<scalar_t>(),
         y.mutable_data_ptr<scalar_t>(), threads);
     STD_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -58,11 +59,12 @@ void forward_v1(const Problem& p, Tensor& y) {
 void backward_v1(Backward& b, bool need_x, bool need_kernels) {
   const Problem& p = b.p;
   const int64_t threads = backward_threads(p.geo);
-  dispatch_floating(p.x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    backward_kernel<scalar_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
-        p.geo, make_bank<const scalar_t>(p, p.kernels),
-        need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{}, need_kernels,
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    backward_kernel<scalar_t, kernel_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
+        p.geo, make_bank<const kernel_t>(p, p.kernels),
+        need_kernels ? make_bank<kernel_t>(p, b.grad_kernels) : KernelBank<kernel_t>{}, need_kernels,
         p.x.const_data_ptr<scalar_t>(), b.grad_y.const_data_ptr<scalar_t>(),
         need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, threads);
     STD_CUDA_KERNEL_LAUNCH_CHECK();

@@ -4,9 +4,10 @@
 namespace ddet_ops {
 
 void forward_v2(const Problem& p, Tensor& y) {
-  dispatch_floating(p.x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    v2::launch_gather<false, scalar_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    v2::launch_gather<false, kernel_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>());
   });
 }
 

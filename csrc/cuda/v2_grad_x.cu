@@ -4,9 +4,10 @@
 namespace ddet_ops {
 
 void grad_x_v2(const Problem& p, const Tensor& grad_y, Tensor& grad_x) {
-  dispatch_floating(p.x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    v2::launch_gather<true, scalar_t>(p, grad_y.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>());
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    v2::launch_gather<true, kernel_t>(p, grad_y.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>());
   });
 }
 

@@ -18,13 +18,14 @@ Tensor pixelwise_forward(const Tensor& x, const std::vector<Tensor>& kernels, In
                              int64_t dilation) {
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
   Tensor y = torch::stable::empty(p.x.sizes(), p.x.scalar_type());
-  dispatch_floating(x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
     using acc_t = opmath_t<scalar_t>;
-    const auto bank = make_bank<const scalar_t>(p, p.kernels);
+    const auto bank = make_bank<const kernel_t>(p, p.kernels);
     const int64_t threads = forward_threads(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
-      forward_thread<scalar_t, acc_t>(p.geo, bank, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+      forward_thread<scalar_t, kernel_t, acc_t>(p.geo, bank, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                                       index);
     }
   });
@@ -38,14 +39,15 @@ std::tuple<Tensor, std::vector<Tensor>> pixelwise_backward(const Tensor& grad_y,
   Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
   if (b.ready) return {b.grad_x, b.grad_kernels};
   const Problem& p = b.p;
-  dispatch_floating(x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
     using acc_t = opmath_t<scalar_t>;
-    const auto bank = make_bank<const scalar_t>(p, p.kernels);
-    const auto grad_bank = need_kernels ? make_bank<scalar_t>(p, b.grad_kernels) : KernelBank<scalar_t>{};
+    const auto bank = make_bank<const kernel_t>(p, p.kernels);
+    const auto grad_bank = need_kernels ? make_bank<kernel_t>(p, b.grad_kernels) : KernelBank<kernel_t>{};
     const int64_t threads = backward_threads(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
-      backward_thread<scalar_t, acc_t>(p.geo, bank, grad_bank, need_kernels, p.x.const_data_ptr<scalar_t>(),
+      backward_thread<scalar_t, kernel_t, acc_t>(p.geo, bank, grad_bank, need_kernels, p.x.const_data_ptr<scalar_t>(),
                                        b.grad_y.const_data_ptr<scalar_t>(),
                                        need_x ? b.grad_x.mutable_data_ptr<scalar_t>() : nullptr, index);
     }
@@ -81,13 +83,13 @@ std::vector<std::string> strip_paths() {
   return all.names();
 }
 
-template <bool kGather, typename scalar_t>
+template <bool kGather, typename kernel_t, typename scalar_t>
 void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
-  const auto bank = make_bank<const scalar_t>(p, p.kernels);
+  const auto bank = make_bank<const kernel_t>(p, p.kernels);
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
-  const int64_t threads = gather_strip_threads<scalar_t>(p.geo);
+  const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
-    gather_strip<kGather, scalar_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
+    gather_strip<kGather, scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
   }
 }
 
@@ -96,9 +98,10 @@ std::tuple<Tensor, std::vector<std::string>> strip_forward(const Tensor& x, cons
   const Problem p = prepare(x, kernels, sizes, groups, dilation);
   Tensor y = torch::stable::empty(p.x.sizes(), p.x.scalar_type());
   PathTrace trace;
-  dispatch_floating(x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    run_gather_strips<false>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    run_gather_strips<false, kernel_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
   });
   return {y, trace.names()};
 }
@@ -110,17 +113,18 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<std::string>> strip_backward
   PathTrace trace;
   if (b.ready) return {b.grad_x, b.grad_kernels, trace.names()};
   const Problem& p = b.p;
-  dispatch_floating(x.scalar_type(), [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
     if (need_x) {
-      run_gather_strips<true>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
+      run_gather_strips<true, kernel_t>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
     }
     if (!need_kernels) return;
-    const auto bank = make_bank<scalar_t>(p, b.grad_kernels);
+    const auto bank = make_bank<kernel_t>(p, b.grad_kernels);
     const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), b.grad_y.const_data_ptr());
     const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
-      grad_kernel_strip<scalar_t, opmath_t<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
+      grad_kernel_strip<scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
                                                              b.grad_y.const_data_ptr<scalar_t>(), index, vector, trace);
     }
   });

@@ -172,9 +172,9 @@ class KPN(SameSizeNet):
         return torch.cat([head(features) for head in self.heads], dim=1)
 
     def apply_kernels(self, image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-        """Sum over sizes of the per-pixel convolutions of ``image`` (in its own dtype: under
-        autocast the heads emit half-precision kernels)."""
-        return ddet_ops.multi_dynconv(image, kernels.to(image.dtype), self.sizes)
+        """Sum over sizes of the per-pixel convolutions of ``image``, in the image's dtype (under
+        autocast the heads emit half-precision kernels, which the op reads as they are)."""
+        return ddet_ops.multi_dynconv(image, kernels, self.sizes)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply_kernels(x, self.kernels(x))

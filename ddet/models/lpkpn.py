@@ -136,7 +136,7 @@ class LPKPN(SameSizeNet):
         """Each band of x's pyramid convolved with its level's per-pixel kernels (H, W divide by 4)."""
         features = self.trunk(x)
         return [
-            ddet_ops.dynconv(band, level(features).to(band.dtype))
+            ddet_ops.dynconv(band, level(features))
             for band, level in zip(laplacian_pyramid(x), self.levels, strict=True)
         ]
 
