@@ -161,12 +161,16 @@ def _backward(ctx, grad_y):
     grad_x, grad_kernels = torch.ops.ddet_ops.multi_dynconv_backward(
         grad_y, x, kernels, ctx.sizes, ctx.groups, ctx.dilation, need_x, need_kernels
     )
+    return _input_gradients(grad_x, grad_kernels, need_x, need_kernels, len(kernels), non_tensor_args=3)
+
+
+def _input_gradients(grad_x, grad_kernels, need_x, need_kernels, kernel_count, non_tensor_args):
+    """What a forward op's autograd formula returns: x's gradient, the kernels' (one per tensor)
+    and None for each argument after them."""
     return (
         grad_x if need_x else None,
-        list(grad_kernels) if need_kernels else [None] * len(kernels),
-        None,
-        None,
-        None,
+        list(grad_kernels) if need_kernels else [None] * kernel_count,
+        *[None] * non_tensor_args,
     )
 
 
@@ -297,14 +301,7 @@ def _softmax_backward(ctx, grad_y, _grad_lse):
         grad_x, grad_kernels = torch.ops.ddet_ops.multi_dynconv_softmax_backward(
             grad_y, x, kernels, lse, *op_args, ctx.per_size, need_x, need_kernels
         )
-    return (
-        grad_x if need_x else None,
-        list(grad_kernels) if need_kernels else [None] * len(kernels),
-        None,
-        None,
-        None,
-        None,
-    )
+    return _input_gradients(grad_x, grad_kernels, need_x, need_kernels, len(kernels), non_tensor_args=4)
 
 
 def _composite_softmax_grads(grad_y, x, kernels, ctx, need_x, need_kernels):
