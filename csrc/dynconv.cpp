@@ -88,9 +88,9 @@ Problem prepare(const Tensor& x, const std::vector<Tensor>& kernels, IntList siz
   for (size_t t = 0; t < kernels.size(); ++t) {
     check_kernel(x, kernels[t], t, packed ? packed_channels : groups * sizes[t] * sizes[t], packed,
                  kernels[0].scalar_type());
-    p.kernels.push_back(torch::stable::contiguous(kernels[t]));
+    p.kernels.push_back(plane_contiguous(kernels[t]));
   }
-  p.x = torch::stable::contiguous(x);
+  p.x = plane_contiguous(x);
   return p;
 }
 
@@ -124,7 +124,7 @@ Backward prepare_backward(const Tensor& grad_y, const Tensor& x, const std::vect
   if (is_empty(p.geo)) {
     for (auto& g : grad_kernels) torch::stable::zero_(g);
   }
-  return {std::move(p), torch::stable::contiguous(grad_y), std::move(grad_x), std::move(grad_kernels), ready};
+  return {std::move(p), plane_contiguous(grad_y), std::move(grad_x), std::move(grad_kernels), ready};
 }
 
 namespace {

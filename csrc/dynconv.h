@@ -96,6 +96,9 @@ Tensor empty_output(IntList sizes, ScalarType dtype, const Device& device);
 // A contiguous uninitialised CPU tensor; large ones reuse freed blocks (cpu/cpu_cache.cpp).
 Tensor empty_cpu_output(IntList sizes, ScalarType dtype);
 
+// `t` as a contiguous tensor; channels_last CPU tensors by a blocked transpose (cpu/layout.cpp).
+Tensor plane_contiguous(const Tensor& t);
+
 // Outputs shaped like `like` (one per entry), contiguous, for the kernel gradients.
 std::vector<Tensor> empty_like_all(const std::vector<Tensor>& like);
 

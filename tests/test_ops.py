@@ -297,6 +297,36 @@ def test_non_contiguous_and_channels_last_inputs():
     torch.testing.assert_close(multi_dynconv(x, views), expected)
 
 
+@pytest.mark.parametrize(
+    "x_dtype,kernel_dtype",
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.bfloat16),
+    ],
+)
+@pytest.mark.parametrize("packed", [True, False])
+def test_channels_last_inputs_give_the_bits_of_contiguous_ones(x_dtype, kernel_dtype, packed):
+    """Channels-last CPU inputs take a transposing copy of their own (17×23 pixels: more than
+    one block of pixels and a partial last one); the planes it makes must be the same bits."""
+    x, kernels = make_inputs(2, 6, 17, 23, (3, 5), 2, dtype=x_dtype)
+    kernels = [k.to(kernel_dtype) for k in kernels]
+    if packed:
+        kernels = [torch.cat(kernels, dim=1)]
+    grad_y = torch.randn_like(x)
+    kernel_argument = (lambda tensors: tensors[0]) if packed else list
+
+    def run(memory_format):
+        inputs = [t.to(memory_format=memory_format).requires_grad_() for t in (x, *kernels)]
+        y = multi_dynconv(inputs[0], kernel_argument(inputs[1:]), (3, 5), groups=2)
+        y.backward(grad_y.to(memory_format=memory_format))
+        return [y.detach()] + [t.grad for t in inputs]
+
+    for got, expected in zip(run(torch.channels_last), run(torch.contiguous_format), strict=True):
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 def test_reduced_precision_against_float64(dtype, tol):
     # 40 columns: the CPU kernels' 16-column vector strips with every tap inside the row, and borders

@@ -169,7 +169,8 @@ class KPN(SameSizeNet):
         """Packed per-pixel kernels (N, sum(s²) over ``self.sizes``, H, W) for an image whose H and
         W divide by 4."""
         features = self.decoder(self.trunk(x))
-        return torch.cat([head(features) for head in self.heads], dim=1)
+        kernels = [head(features) for head in self.heads]
+        return kernels[0] if len(kernels) == 1 else torch.cat(kernels, dim=1)  # cat copies even one
 
     def apply_kernels(self, image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         """Sum over sizes of the per-pixel convolutions of ``image``, in the image's dtype (under
