@@ -61,8 +61,8 @@ def multi_dynconv(
         x: (N, C, H, W) floating-point input.
         kernels: one tensor per size, each (N, groups*s^2, H, W) (``sizes`` is inferred), or one
             packed tensor (N, groups*sum(s^2), H, W) = ``torch.cat(per_size, dim=1)`` with
-            ``sizes`` given. Taps are row-major, as in ``F.unfold``. Kernels are used raw (no
-            normalisation). Their floating dtype may differ from x's (all kernel tensors of one
+            ``sizes`` given. Taps are row-major, as in ``F.unfold``. Kernels are used as given
+            unless ``normalize`` says otherwise. Their floating dtype may differ from x's (all kernel tensors of one
             call share one): float32 with float16 or bfloat16, either way round, is read as it
             is (e.g. kernels predicted under ``torch.autocast`` applied to a float32 image);
             other pairs are cast first (both to float64 when one is float64, float16 / bfloat16
@@ -105,12 +105,17 @@ def multi_dynconv(
             x_read, kernel_list, sizes, groups, dilation, normalize == "softmax_per_size"
         )
     else:
-        dtype = accumulation_dtype(x_read.dtype, kernel_list[0].dtype)
-        probabilities = [
-            p.to(kernel_list[0].dtype) for p in normalized_kernels(kernel_list, sizes, groups, normalize, dtype)
-        ]
-        y = torch.ops.ddet_ops.multi_dynconv(x_read, probabilities, sizes, groups, dilation)
+        y = _softmax_then_raw_op(x_read, kernel_list, sizes, groups, dilation, normalize)
     return y.to(x.dtype)
+
+
+def _softmax_then_raw_op(x, kernels, sizes, groups, dilation, normalize):
+    """The unfused path, differentiable to any order: the softmax by ``torch.softmax`` in the
+    accumulation dtype, the probabilities back in the kernels' dtype, then the raw op."""
+    dtype = accumulation_dtype(x.dtype, kernels[0].dtype)
+    probabilities = normalized_kernels(list(kernels), sizes, groups, normalize, dtype)
+    probabilities = [p.to(kernels[0].dtype) for p in probabilities]
+    return torch.ops.ddet_ops.multi_dynconv(x, probabilities, sizes, groups, dilation)
 
 
 def _readable(x: torch.Tensor, kernel_list: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -306,10 +311,7 @@ def _softmax_backward(ctx, grad_y, _grad_lse):
 
 def _composite_softmax_grads(grad_y, x, kernels, ctx, need_x, need_kernels):
     normalize = "softmax_per_size" if ctx.per_size else "softmax"
-    dtype = _lse_dtype(x)
-    probabilities = normalized_kernels(list(kernels), ctx.sizes, ctx.groups, normalize, dtype)
-    probabilities = [p.to(kernels[0].dtype) for p in probabilities]
-    y = torch.ops.ddet_ops.multi_dynconv(x, probabilities, ctx.sizes, ctx.groups, ctx.dilation)
+    y = _softmax_then_raw_op(x, kernels, ctx.sizes, ctx.groups, ctx.dilation, normalize)
     inputs = ([x] if need_x else []) + (list(kernels) if need_kernels else [])
     grads = torch.autograd.grad(y, inputs, grad_y, create_graph=True, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]

@@ -168,3 +168,23 @@ def test_differentiating_the_fused_backward_op_is_refused():
     grad_x, _ = torch.ops.ddet_ops.multi_dynconv_softmax_backward(grad_y, x, kernels, lse, [3], 1, 1, False, True, True)
     with pytest.raises(RuntimeError, match="no gradient of its own"):
         grad_x.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+def test_taps_masked_with_minus_infinity_get_no_weight(mode, dtype):
+    """Taps at -inf (masked) weigh exactly 0, also when every tap of the first kernel rows is
+    masked: the one-pass forward starts from a maximum of -inf there. 37 columns: the vector paths."""
+    x, kernels, kw = make((2, 3, 9, 37, (3, 5, 7), 1, 1), dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    for k, s in zip(kernels, (3, 5, 7), strict=True):
+        masked = torch.rand(k.shape, generator=gen) < 0.3
+        masked[:, :s] = True  # the first kernel row of every size
+        masked[:, s * s // 2] = False  # the centre tap stays, so no softmax is over masked taps only
+        k.masked_fill_(masked, float("-inf"))
+    grad_y = torch.randn_like(x)
+    got = gradients(multi_dynconv, x, kernels, grad_y, normalize=mode, **kw)
+    want = gradients(reference.multi_dynconv, x, kernels, grad_y, normalize=mode, **kw)
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        assert relative_error(g, w) < ROUNDING_TOLERANCE[dtype]

@@ -38,7 +38,8 @@ struct BackwardBuffers {
 // The kernel gradients of rows [h0, h1) under a softmax. With p_t = exp(k_t - lse) and g_t the
 // raw gradient of tap t, dL/dk_t = p_t * g_t - p_t * sum_u p_u g_u, u over the taps of t's set: a
 // first pass keeps p_t and p_t * g_t of the set's taps and sums the dot product, a second writes
-// the gradients. The rows are one run of (h1 - h0) * W values in every plane (see log_normalisers).
+// the gradients. The rows are one run of (h1 - h0) * W values in every plane, so the s planes of a
+// kernel row stream through together.
 template <typename scalar_t, typename kernel_t, typename acc_t = opmath_t<scalar_t>>
 DDET_INLINE void softmax_gradients(const BackwardArgs<scalar_t, kernel_t>& a, const SourceRows<acc_t>& gy,
                                    const SourceRows<acc_t>& x, int64_t n, int64_t group, int64_t h0, int64_t h1,
@@ -127,7 +128,7 @@ void backward(Backward& b, const Tensor* lse, bool per_size, bool need_x, bool n
     const BackwardArgs<scalar_t, kernel_t> args{
         p.geo,
         make_bank<const kernel_t>(p, p.kernels),
-        {lse ? const_cast<acc_t*>(lse->const_data_ptr<acc_t>()) : nullptr, per_size},
+        {lse ? lse->const_data_ptr<acc_t>() : nullptr, per_size},
         need_kernels ? make_bank<kernel_t>(p, b.grad_kernels) : KernelBank<kernel_t>{},
         need_kernels,
         p.x.const_data_ptr<scalar_t>(),

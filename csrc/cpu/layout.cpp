@@ -42,7 +42,9 @@ void transpose_planes(const Word* src, Word* dst, int64_t N, int64_t C, int64_t 
 
 Tensor plane_contiguous(const Tensor& t) {
   if (t.is_contiguous() || !t.device().is_cpu() || !is_channels_last(t)) return torch::stable::contiguous(t);
-  Tensor out = empty_cpu_output(t.sizes(), t.scalar_type());
+  // Not from the cache of output blocks: a transient copy, which in inference would keep a block of
+  // every tile size alive.
+  Tensor out = torch::stable::empty(t.sizes(), t.scalar_type());
   const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
   dispatch_floating(t.scalar_type(), [&](auto type) {
     using scalar_t = typename decltype(type)::type;

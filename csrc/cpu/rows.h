@@ -60,12 +60,13 @@ struct ScalarLanes {
 #pragma GCC diagnostic ignored "-Wpsabi"
 // e^v in eight float lanes, for the tap softmax (arguments are at most about 0 there): v = n ln2 + r
 // with n an integer, e^r from Cephes' expf polynomial (about 1 ulp), 2^n from the exponent bits.
-// Arguments below -87 give about 2^-126, not 0, as no softmax weight there matters.
+// Arguments below -87 (masked taps at -inf among them) give 0, as std::exp's underflow does.
 template <typename Vec>
 DDET_INLINE Vec exp_float_lanes(const Vec& argument) {
   typedef int32_t Ints __attribute__((vector_size(sizeof(Vec))));
   const Vec lowest = Vec{} - 87.0f;
-  const Vec v = argument < lowest ? lowest : argument;
+  const auto underflows = argument < lowest;
+  const Vec v = underflows ? lowest : argument;
   constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer, in the low bits
   const Vec shifted = v * 1.44269504088896341f + kShifter;
   const Vec n = shifted - kShifter;
@@ -80,7 +81,8 @@ DDET_INLINE Vec exp_float_lanes(const Vec& argument) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  return (p * r * r + r + 1.0f) * scale;
+  const Vec result = (p * r * r + r + 1.0f) * scale;
+  return underflows ? Vec{} : result;
 }
 
 template <typename scalar_t>
@@ -101,7 +103,7 @@ struct VectorLanes {
     if constexpr (std::is_same_v<scalar_t, float>) {
       return exp_float_lanes(v);
     } else {
-      Vec out;
+      Vec out{};
       for (int i = 0; i < kWidth; ++i) out[i] = std::exp(v[i]);
       return out;
     }
@@ -340,6 +342,19 @@ DDET_INLINE void store_row(scalar_t* __restrict__ dst, const acc_t* __restrict__
   for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
 }
 
+// Stores the accumulators of rows [h0, h1) of every channel of `group` (channel c's rows at
+// acc + c * (h1 - h0) * W) into `out`, an (N, C, H, W) tensor.
+template <typename scalar_t, typename acc_t>
+DDET_INLINE void store_rows(const Geometry& geo, const acc_t* __restrict__ acc, int64_t n, int64_t group, int64_t h0,
+                            int64_t h1, scalar_t* __restrict__ out) {
+  const int64_t cpg = geo.channels_per_group, rows = h1 - h0;
+  for (int64_t c = 0; c < cpg; ++c) {
+    for (int64_t h = h0; h < h1; ++h) {
+      store_row(out + ((n * geo.C + group * cpg + c) * geo.H + h) * geo.W, acc + (c * rows + h - h0) * geo.W, geo.W);
+    }
+  }
+}
+
 // Makes the non-temporal stores of this thread visible before the parallel region ends.
 DDET_INLINE void finish_streaming() {
 #if defined(__SSE2__)
@@ -402,7 +417,7 @@ template <typename scalar_t, typename kernel_t>
 struct BackwardArgs {
   Geometry geo;
   KernelBank<const kernel_t> kernels;
-  Normaliser<opmath_t<scalar_t>> norm;  // read only
+  Normaliser<const opmath_t<scalar_t>> norm;
   KernelBank<kernel_t> grad_kernels;  // unused when need_kernels is false
   bool need_kernels;
   const scalar_t* x;
@@ -461,45 +476,6 @@ DDET_INLINE void for_each_kernel_row(const Geometry& geo, int first, int last, c
   for (int k = first; k < last; ++k) {
     for (int i = 0; i < geo.size[k]; ++i) f(k, i);
   }
-}
-
-// The log-normalisers of rows [h0, h1) of one image and group, set by set: lse = m + log sum_t
-// exp(k_t - m), m the largest k_t (so no exponential overflows). The rows are one run of
-// (h1 - h0) * W values in every plane, and the s planes of a kernel row are read together, so
-// the weights stream through in long sequential runs: once for m (kept in lse), once more (from
-// cache) for the sum; `sums` holds (h1 - h0) * W values.
-template <typename kernel_t, typename acc_t = opmath_t<kernel_t>>
-DDET_INLINE void log_normalisers(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
-                                 const Normaliser<acc_t>& norm, int64_t n, int64_t group, int64_t h0, int64_t h1,
-                                 acc_t* __restrict__ sums) {
-  const int64_t count = (h1 - h0) * geo.W, hw = plane(geo);
-  for_each_softmax_set(geo, norm.per_size, [&](int first, int last) DDET_INLINE_LAMBDA {
-    acc_t* __restrict__ lse = norm.plane_of(geo, n, group, first) + h0 * geo.W;
-    for (int64_t w = 0; w < count; ++w) {
-      lse[w] = -std::numeric_limits<acc_t>::infinity();
-      sums[w] = 0;
-    }
-    for_each_kernel_row(geo, first, last, [&](int k, int i) DDET_INLINE_LAMBDA {
-      const kernel_t* taps = tap_row(geo, kernels, n, group, k, i, 0, h0);
-      for_columns<kernel_t>(count, [&](auto lanes, int64_t w) DDET_INLINE_LAMBDA {
-        using L = decltype(lanes);
-        auto largest = L::load_acc(lse + w);
-        for (int j = 0; j < geo.size[k]; ++j) largest = L::max(largest, L::load(taps + j * hw + w));
-        L::store(lse + w, largest);
-      });
-    });
-    for_each_kernel_row(geo, first, last, [&](int k, int i) DDET_INLINE_LAMBDA {
-      const kernel_t* taps = tap_row(geo, kernels, n, group, k, i, 0, h0);
-      for_columns<kernel_t>(count, [&](auto lanes, int64_t w) DDET_INLINE_LAMBDA {
-        using L = decltype(lanes);
-        const auto largest = L::load_acc(lse + w);
-        auto total = L::load_acc(sums + w);
-        for (int j = 0; j < geo.size[k]; ++j) total += L::exp(L::load(taps + j * hw + w) - largest);
-        L::store(sums + w, total);
-      });
-    });
-    for (int64_t w = 0; w < count; ++w) lse[w] += std::log(sums[w]);
-  });
 }
 
 // Output rows are processed in blocks: for each tap, the kernel rows of a block are contiguous
@@ -577,9 +553,9 @@ DDET_INLINE SourceRows<acc_t> source_rows(const Geometry& geo, const scalar_t* t
 // weights are exp(k - lse), lse of the weights' own pixel (norm, complete for those rows). The
 // forward pass and grad_x differ only in which image row each kernel row reads (see
 // add_kernel_row).
-template <bool kGather, typename scalar_t, typename kernel_t>
+template <bool kGather, typename scalar_t, typename kernel_t, typename lse_t>
 DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
-                                 const Normaliser<opmath_t<scalar_t>>& norm,
+                                 const Normaliser<lse_t>& norm,
                                  const SourceRows<opmath_t<scalar_t>>& source, int64_t n, int64_t group,
                                  int64_t h0, int64_t h1, opmath_t<scalar_t>* __restrict__ acc,
                                  scalar_t* __restrict__ out) {
@@ -604,11 +580,7 @@ DDET_INLINE void sum_kernel_rows(const Geometry& geo, const KernelBank<const ker
       }
     }
   }
-  for (int64_t c = 0; c < cpg; ++c) {
-    for (int64_t h = h0; h < h1; ++h) {
-      store_row(out + (n * geo.C + group * cpg + c) * hw + h * geo.W, acc + (c * rows + h - h0) * geo.W, geo.W);
-    }
-  }
+  store_rows(geo, acc, n, group, h0, h1, out);
 }
 
 // The forward of a validated, non-empty problem into y; with `lse` defined (a softmax over the
