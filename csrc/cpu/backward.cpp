@@ -67,6 +67,7 @@ DDET_INLINE void softmax_gradients(const BackwardArgs<scalar_t, kernel_t>& a, co
         const auto lse_w = L::load_acc(lse + w);
         auto sum = L::load_acc(dot + w);
         for (int j = 0; j < s; ++j) {
+          __builtin_prefetch(taps + j * plane(geo) + w + kPrefetchBytes / sizeof(kernel_t));
           const auto probability = L::exp(L::load(taps + j * plane(geo) + w) - lse_w);
           const auto weighted = probability * L::load_acc(pg + j * count + w);
           L::store(p + j * count + w, probability);

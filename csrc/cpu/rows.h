@@ -527,10 +527,11 @@ struct RowBlocks {
   int64_t per_image;  // blocks per image and group
 
   // softmax_taps: the taps of the largest set sharing a softmax (0: raw kernels), whose values for
-  // a block the softmax passes keep in buffers of about 2 MiB at most, so they stay in cache.
+  // a block the softmax backward keeps in two buffers of about 256 KiB at most, so that both stay
+  // in a core's L2 cache between its passes.
   RowBlocks(const Geometry& geo, int64_t softmax_taps) {
     rows = std::clamp<int64_t>(131072 / std::max<int64_t>(1, geo.channels_per_group * geo.W * 4), 1, 64);
-    if (softmax_taps > 0) rows = std::clamp<int64_t>((int64_t(1) << 21) / (softmax_taps * geo.W * 4), 1, rows);
+    if (softmax_taps > 0) rows = std::clamp<int64_t>((int64_t(1) << 18) / (softmax_taps * geo.W * 4), 1, rows);
     const int64_t wanted = 4 * static_cast<int64_t>(torch::stable::get_num_threads());
     const int64_t planes = std::max<int64_t>(1, geo.N * geo.groups);
     if (planes * ((geo.H + rows - 1) / rows) < wanted) {
