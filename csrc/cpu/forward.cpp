@@ -46,7 +46,7 @@ PaddedSource<acc_t> padded_source(const Geometry& geo, const scalar_t* x, int64_
 // the exponentials of one kernel row of one strip.
 template <typename acc_t>
 struct OnlineSoftmax {
-  std::vector<acc_t> largest, total, sums, e, source;
+  std::vector<acc_t> largest, total, sums, e;
   OnlineSoftmax(const Geometry& geo, const RowBlocks& blocks)
       : largest(blocks.rows * geo.W),
         total(blocks.rows * geo.W),
