@@ -20,6 +20,14 @@ void check_x_and_scalars(const Tensor& x, int64_t groups, int64_t dilation) {
              " channels of x");
 }
 
+// Whether t's channels and (H, W) planes lie as in a contiguous tensor, whatever its batch stride:
+// a channel slice of a larger tensor, or one batch broadcast by expand(). The kernels read such a
+// tensor as it is (make_bank takes its batch stride).
+bool planes_dense(const Tensor& t) {
+  const int64_t H = t.size(2), W = t.size(3);
+  return (W <= 1 || t.stride(3) == 1) && (H <= 1 || t.stride(2) == W) && (t.size(1) <= 1 || t.stride(1) == H * W);
+}
+
 // Records each size in geo and where its kernels live; returns the channels of a packed tensor.
 // Sizes are bounded before any product is formed, so no channel count can wrap around.
 int64_t place_sizes(Problem& p, IntList sizes, bool packed) {
@@ -88,7 +96,7 @@ Problem prepare(const Tensor& x, const std::vector<Tensor>& kernels, IntList siz
   for (size_t t = 0; t < kernels.size(); ++t) {
     check_kernel(x, kernels[t], t, packed ? packed_channels : groups * sizes[t] * sizes[t], packed,
                  kernels[0].scalar_type());
-    p.kernels.push_back(plane_contiguous(kernels[t]));
+    p.kernels.push_back(planes_dense(kernels[t]) ? kernels[t] : plane_contiguous(kernels[t]));
   }
   p.x = plane_contiguous(x);
   return p;

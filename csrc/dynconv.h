@@ -11,8 +11,9 @@
 namespace ddet_ops {
 
 // A validated call. `kernels` holds the same structure as the user passed (one packed tensor,
-// or one tensor per size), each made plane-contiguous; size k lives in kernels[tensor_of[k]]
-// starting at channel channel_offset[k].
+// or one tensor per size), each with its channels and planes laid out as in a contiguous tensor
+// (copied if they were not; any batch stride); size k lives in kernels[tensor_of[k]] starting at
+// channel channel_offset[k].
 struct Problem {
   Geometry geo;
   Tensor x;
@@ -109,7 +110,7 @@ KernelBank<T> make_bank(const Problem& p, const std::vector<Tensor>& tensors) {
   for (int k = 0; k < p.geo.num_sizes; ++k) {
     const Tensor& t = tensors[p.tensor_of[k]];
     bank.data[k] = static_cast<T*>(t.data_ptr()) + p.channel_offset[k] * hw;
-    bank.batch_stride[k] = t.size(1) * hw;
+    bank.batch_stride[k] = t.stride(0);
   }
   return bank;
 }

@@ -61,8 +61,9 @@ constexpr int strip_channels() {
                                                                  : strip_channels<kernel_t>();
 }
 
-// The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]".
-enum class Pass { kForward, kGradX, kGradK };
+// The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]", and
+// "forward_tile s<size>" for the forward's channel tiles (channel_tile.h).
+enum class Pass { kForward, kGradX, kGradK, kForwardTile };
 
 // What the device passes as trace: nothing.
 struct NoTrace {
@@ -198,18 +199,33 @@ DDET_HOST_DEVICE acc_t load_col(const scalar_t* row, int64_t col, int64_t W) {
   return static_cast<acc_t>(row[col]);
 }
 
+// out[u] = value at offset first + u from a strip, for u in [0, kCount), taken from the aligned
+// chunks of kV values around the strip (chunk q covers offsets [q * kV, q * kV + kV)): one
+// load_chunk(q, chunk) each. `first` lies in [-kReach, kReach]; the callers' loops are unrolled,
+// so it is a constant there and the chunk selection folds away.
+template <int kCount, int kReach, int kV, typename value_t, typename out_t, typename LoadChunk>
+DDET_HOST_DEVICE void gather_chunks(int first, out_t (&out)[kCount], const LoadChunk& load_chunk) {
+  constexpr int kChunks = (kReach + kV - 1) / kV;
+  DDET_UNROLL
+  for (int q = -kChunks; q <= kChunks; ++q) {
+    if (q * kV >= first + kCount || (q + 1) * kV <= first) continue;
+    alignas(16) value_t chunk[kV];
+    load_chunk(q, chunk);
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) {
+      const int u = q * kV + v - first;
+      if (u >= 0 && u < kCount) out[u] = static_cast<out_t>(chunk[v]);
+    }
+  }
+}
+
 // The kCount values of `row` at columns [w0 + first, w0 + first + kCount), 0 outside [0, W).
-// `first` lies in [-kReach, kReach]; the kernels call this from unrolled loops, so it is a
-// constant there and the chunk selection below folds away. kVector: the aligned chunks of kV
-// values (strip-aligned, within kReach of the strip) the columns fall in, one load each.
+// kVector: the aligned chunks of kV values (strip-aligned, within kReach of the strip) the
+// columns fall in, one load each.
 template <int kCount, int kReach, int kV, Access kAccess, bool kStreaming, typename scalar_t, typename out_t>
 DDET_HOST_DEVICE void load_columns(const scalar_t* row, int64_t w0, int first, int64_t W, out_t (&out)[kCount]) {
   if constexpr (kAccess == Access::kVector) {
-    constexpr int kChunks = (kReach + kV - 1) / kV;
-    DDET_UNROLL
-    for (int q = -kChunks; q <= kChunks; ++q) {
-      if (q * kV >= first + kCount || (q + 1) * kV <= first) continue;
-      alignas(16) scalar_t chunk[kV];
+    gather_chunks<kCount, kReach, kV, scalar_t>(first, out, [&](int q, scalar_t (&chunk)[kV]) {
       const int64_t col = w0 + q * kV;
       if (col >= 0 && col < W) {
         load_vector<kV, kStreaming>(row + col, chunk);
@@ -217,12 +233,7 @@ DDET_HOST_DEVICE void load_columns(const scalar_t* row, int64_t w0, int first, i
         DDET_UNROLL
         for (int v = 0; v < kV; ++v) chunk[v] = scalar_t(0);
       }
-      DDET_UNROLL
-      for (int v = 0; v < kV; ++v) {
-        const int u = q * kV + v - first;
-        if (u >= 0 && u < kCount) out[u] = static_cast<out_t>(chunk[v]);
-      }
-    }
+    });
   } else {
     DDET_UNROLL
     for (int u = 0; u < kCount; ++u) {

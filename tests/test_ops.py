@@ -103,7 +103,10 @@ def test_v1_device_code_path_matches_reference(case):
 # The v2 strip harness: rows that are and are not a multiple of every strip width (4 float and
 # half, 2 double), strips inside the image and across its borders, channel blocks with tails,
 # groups, sizes/dilations off the specialised paths, and rows of more than one band of 32 strips
-# whose last band is padded.
+# whose last band is padded. One group of 8 or more channels takes the forward's channel tiles
+# where its rows are aligned: a whole chunk of 8 channels, chunks with a tail (9, 11), tiles past
+# the last row and column, two and three bands, two images; 8 channels in unaligned rows take
+# the strips.
 STRIP_CASES = [
     (1, 3, 11, 32, (1, 3, 5, 7), 1, 1),
     (1, 2, 5, 140, (3, 5), 1, 1),
@@ -112,6 +115,9 @@ STRIP_CASES = [
     (1, 2, 7, 13, (3, 9), 2, 2),
     (1, 1, 1, 1, (3, 5, 7), 1, 1),
     (1, 9, 12, 24, (5, 3), 1, 1),
+    (1, 8, 9, 136, (1, 3, 5, 7), 1, 1),
+    (2, 11, 17, 20, (7, 3), 1, 1),
+    (1, 8, 5, 13, (3, 5), 1, 1),
 ]
 # Relative error (max abs error / max abs value) against float64 on the same rounded inputs.
 STRIP_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -160,6 +166,18 @@ def test_v2_strip_code_matches_reference_on_every_path(dtype):
     everything = set(torch.ops.ddet_ops_testing.strip_paths())
     assert everything - seen == set(), "paths the harness never ran"
     assert seen <= everything
+
+
+@pytest.mark.parametrize(
+    ("channels", "groups", "width", "tiles"),
+    [(8, 1, 16, True), (7, 1, 16, False), (16, 2, 16, False), (8, 1, 15, False)],
+    ids=["8ch", "7ch", "2groups", "unaligned"],
+)
+def test_v2_forward_takes_channel_tiles_only_for_one_group_of_many_channels(channels, groups, width, tiles):
+    x, kernels = make_inputs(1, channels, 5, width, (3, 5), groups)
+    y, paths = torch.ops.ddet_ops_testing.strip_forward(x, kernels, [3, 5], groups, 1)
+    assert {path.startswith("forward_tile") for path in paths} == {tiles}
+    torch.testing.assert_close(y, reference.multi_dynconv(x, kernels, sizes=(3, 5), groups=groups))
 
 
 def test_v2_strips_of_a_misaligned_tensor_take_the_scalar_paths():
@@ -325,6 +343,27 @@ def test_channels_last_inputs_give_the_bits_of_contiguous_ones(x_dtype, kernel_d
 
     for got, expected in zip(run(torch.channels_last), run(torch.contiguous_format), strict=True):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("layout", ["channel_slices", "expanded_batch"])
+def test_sliced_and_broadcast_kernels_give_the_bits_of_contiguous_ones(layout):
+    """Kernels whose planes lie as in a contiguous tensor but whose batch stride differs (channel
+    slices of one head's output, one image's kernels expanded over the batch) are read as they
+    are; every size must still find its own planes in every image."""
+    x, kernels = make_inputs(3, 4, 9, 20, (3, 5), 1, dtype=torch.float32)
+    if layout == "channel_slices":
+        head = torch.cat([torch.randn(3, 2, 9, 20), *kernels, torch.randn(3, 3, 9, 20)], dim=1)
+        views = [head[:, 2:11], head[:, 11:36]]
+    else:
+        views = [k[:1].expand_as(k) for k in kernels]
+    assert not any(v.is_contiguous() for v in views)
+    grad_y = torch.randn_like(x)
+    got = grads(multi_dynconv, x, views, grad_y, sizes=(3, 5))
+    want = grads(multi_dynconv, x, [v.contiguous() for v in views], grad_y, sizes=(3, 5))
+    for a, b in zip(got[:2], want[:2], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(got[2], want[2], strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])

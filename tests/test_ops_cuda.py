@@ -32,6 +32,8 @@ CASES = [
     (1, 1, 1, 1, (3, 5, 7), 1, 1),
     (2, 5, 64, 70, (7,), 1, 3),
     (1, 64, 16, 16, (3, 5, 7), 1, 1),
+    # The forward's channel tiles: two bands, tiles past the last row and column, a chunk tail.
+    (2, 12, 19, 140, (1, 3, 5, 7), 1, 1),
 ]
 
 

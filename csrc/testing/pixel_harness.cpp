@@ -5,6 +5,7 @@
 // specialisation to have been run. They live in their own op namespace,
 // torch.ops.ddet_ops_testing, apart from the production ops.
 #include "../dynconv.h"
+#include "../channel_tile.h"
 #include "../pixel.h"
 #include "../strip.h"
 
@@ -59,8 +60,12 @@ std::tuple<Tensor, std::vector<Tensor>> pixelwise_backward(const Tensor& grad_y,
 struct PathTrace {
   std::set<std::string> seen;
   void operator()(Pass pass, int size, bool inside, bool vector) {
-    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k"};
+    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k", "forward_tile"};
     std::string name = std::string(kPassNames[static_cast<int>(pass)]) + " ";
+    if (pass == Pass::kForwardTile) {
+      seen.insert(name + "s" + std::to_string(size));
+      return;
+    }
     name += size == 0 ? "generic" : "s" + std::to_string(size) + (inside ? " interior" : " border");
     seen.insert(vector ? name + " vector" : name);
   }
@@ -69,6 +74,7 @@ struct PathTrace {
 
 std::vector<std::string> strip_paths() {
   PathTrace all;
+  for (int size : kSpecialisedSizes) all(Pass::kForwardTile, size, true, true);
   for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK}) {
     all(pass, 0, false, false);
     for (int size : kSpecialisedSizes) {
@@ -83,10 +89,33 @@ std::vector<std::string> strip_paths() {
   return all.names();
 }
 
+// The device's order: per tile and chunk of channels, phase 1 for every thread of the block, then
+// phase 2 for every thread.
+template <typename kernel_t, typename scalar_t>
+void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* x, scalar_t* y,
+                       PathTrace& trace) {
+  using acc_t = opmath_t<scalar_t>;
+  constexpr int kV = strip_width<scalar_t>();
+  std::vector<acc_t> tile(tile_channels<acc_t>() * tile_channel_length<kV>());
+  for (int64_t index = 0; index < channel_tile_count(p.geo, kV); ++index) {
+    const TilePlace at = tile_place(p.geo, kV, index);
+    for (int64_t c0 = 0; c0 < p.geo.C; c0 += tile_channels<acc_t>()) {
+      for (int thread = 0; thread < kTileThreads; ++thread) load_channel_tile<kV>(p.geo, x, at, c0, thread, tile.data());
+      for (int thread = 0; thread < kTileThreads; ++thread) {
+        channel_tile_strip<kV>(p.geo, bank, y, at, c0, thread, tile.data(), trace);
+      }
+    }
+  }
+}
+
 template <bool kGather, typename kernel_t, typename scalar_t>
 void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
   const auto bank = make_bank<const kernel_t>(p, p.kernels);
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
+  if (!kGather && forward_takes_channel_tiles(p.geo, vector)) {
+    run_channel_tiles(p, bank, src, out, trace);
+    return;
+  }
   const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
     gather_strip<kGather, scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
