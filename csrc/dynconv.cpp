@@ -20,12 +20,14 @@ void check_x_and_scalars(const Tensor& x, int64_t groups, int64_t dilation) {
              " channels of x");
 }
 
-// Whether t's channels and (H, W) planes lie as in a contiguous tensor, whatever its batch stride:
-// a channel slice of a larger tensor, or one batch broadcast by expand(). The kernels read such a
-// tensor as it is (make_bank takes its batch stride).
+// Whether t's channels and (H, W) planes lie as in a contiguous tensor, its images a whole number
+// of planes apart: a channel slice of a larger tensor, or one image broadcast by expand(). The
+// kernels read such a tensor as it is (make_bank takes its batch stride); whole planes apart, every
+// image's planes keep the alignment of the first's, which the CUDA vector loads rely on.
 bool planes_dense(const Tensor& t) {
   const int64_t H = t.size(2), W = t.size(3);
-  return (W <= 1 || t.stride(3) == 1) && (H <= 1 || t.stride(2) == W) && (t.size(1) <= 1 || t.stride(1) == H * W);
+  return (W <= 1 || t.stride(3) == 1) && (H <= 1 || t.stride(2) == W) &&
+         (t.size(1) <= 1 || t.stride(1) == H * W) && (t.size(0) <= 1 || t.stride(0) % (H * W) == 0);
 }
 
 // Records each size in geo and where its kernels live; returns the channels of a packed tensor.

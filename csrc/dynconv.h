@@ -50,7 +50,7 @@ void dispatch_pair(const Problem& p, const F& f) {
 }
 
 // Checks every argument (RuntimeError naming the bad one) and makes the layouts the kernels
-// expect. Copies only inputs that are not already contiguous.
+// expect. Copies only inputs the kernels cannot read as they are (see Problem).
 Problem prepare(const Tensor& x, const std::vector<Tensor>& kernels, IntList sizes, int64_t groups,
                 int64_t dilation);
 

@@ -62,8 +62,8 @@ constexpr int strip_channels() {
 }
 
 // The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]", and
-// "forward_tile s<size>" for the forward's channel tiles (channel_tile.h).
-enum class Pass { kForward, kGradX, kGradK, kForwardTile };
+// "forward_tile s<size>" and "grad_x_tile s<size>" for the channel tiles (channel_tile.h).
+enum class Pass { kForward, kGradX, kGradK, kForwardTile, kGradXTile };
 
 // What the device passes as trace: nothing.
 struct NoTrace {

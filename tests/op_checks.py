@@ -1,5 +1,7 @@
-"""The checks that the CPU and the CUDA op tests share: double backward, and the gradients of a
-compiled loss (no test here)."""
+"""The checks that the CPU and the CUDA op tests share: double backward, the gradients of a
+compiled loss, kernels laid out with other batch strides (no test here)."""
+
+import itertools
 
 import torch
 
@@ -81,3 +83,45 @@ def mixed_dtype_case(x_dtype, kernel_dtype, device):
     assert relative_error(y, want) < ROUNDING_TOLERANCE[x_dtype]
     assert relative_error(leaves[0].grad, exact[0].grad) < ROUNDING_TOLERANCE[x_dtype]
     assert relative_error(leaves[1].grad, exact[1].grad) < ROUNDING_TOLERANCE[kernel_dtype]
+
+
+KERNEL_LAYOUTS = ["channel_slices", "expanded_batch", "odd_batch_stride"]
+
+
+def kernels_with_batch_stride(kernels, layout):
+    """The kernels (N, s*s, H, W each) as non-contiguous views with contiguous planes: channel
+    slices of one larger head's output, the first image expanded over the batch, or images an odd
+    number of elements apart (not a whole number of planes: the op must copy those)."""
+    n, _, h, w = kernels[0].shape
+    if layout == "channel_slices":
+        pad = [torch.randn(n, c, h, w, dtype=kernels[0].dtype, device=kernels[0].device) for c in (2, 3)]
+        head = torch.cat([pad[0], *kernels, pad[1]], dim=1)
+        bounds = [2]
+        for k in kernels:
+            bounds.append(bounds[-1] + k.shape[1])
+        return [head[:, a:b] for a, b in itertools.pairwise(bounds)]
+    if layout == "expanded_batch":
+        return [k[:1].expand_as(k) for k in kernels]
+    views = []
+    for k in kernels:
+        flat = torch.zeros(n, k[0].numel() + 1, dtype=k.dtype, device=k.device)
+        flat[:, : k[0].numel()] = k.reshape(n, -1)
+        views.append(flat[:, : k[0].numel()].view_as(k))
+    return views
+
+
+def assert_batch_strided_kernels_give_the_bits_of_contiguous_ones(x, kernels, layout):
+    """Forward and every gradient with the kernels as views of `layout` equal those with
+    contiguous copies of the same views, bit for bit."""
+    views = kernels_with_batch_stride(kernels, layout)
+    assert not any(v.is_contiguous() for v in views)
+    grad_y = torch.randn_like(x)
+
+    def run(kernel_list):
+        leaves = [x.detach().requires_grad_()] + [k.detach().requires_grad_() for k in kernel_list]
+        y = multi_dynconv(leaves[0], leaves[1:], [int(k.shape[1] ** 0.5) for k in kernel_list])
+        y.backward(grad_y)
+        return [y.detach()] + [t.grad for t in leaves]
+
+    for got, want in zip(run(views), run([v.contiguous() for v in views]), strict=True):
+        assert torch.equal(got, want)

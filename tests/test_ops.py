@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from op_checks import (
     DOUBLE_BACKWARD_CASES,
     FLOATING_DTYPES,
+    KERNEL_LAYOUTS,
+    assert_batch_strided_kernels_give_the_bits_of_contiguous_ones,
     assert_compiled_gradients_match,
     double_backward_id,
     gradgradcheck_case,
@@ -103,10 +105,10 @@ def test_v1_device_code_path_matches_reference(case):
 # The v2 strip harness: rows that are and are not a multiple of every strip width (4 float and
 # half, 2 double), strips inside the image and across its borders, channel blocks with tails,
 # groups, sizes/dilations off the specialised paths, and rows of more than one band of 32 strips
-# whose last band is padded. One group of 8 or more channels takes the forward's channel tiles
-# where its rows are aligned: a whole chunk of 8 channels, chunks with a tail (9, 11), tiles past
-# the last row and column, two and three bands, two images; 8 channels in unaligned rows take
-# the strips.
+# whose last band is padded. One group of 8 or more channels takes the channel tiles (forward and
+# grad_x) where its rows are aligned: a last chunk of 2, 3 and 5 channels (float chunks are 6, double
+# 4: 8 is two whole double chunks), tiles past the last row and column, two and three bands, two
+# images; 8 channels in unaligned rows take the strips.
 STRIP_CASES = [
     (1, 3, 11, 32, (1, 3, 5, 7), 1, 1),
     (1, 2, 5, 140, (3, 5), 1, 1),
@@ -173,11 +175,20 @@ def test_v2_strip_code_matches_reference_on_every_path(dtype):
     [(8, 1, 16, True), (7, 1, 16, False), (16, 2, 16, False), (8, 1, 15, False)],
     ids=["8ch", "7ch", "2groups", "unaligned"],
 )
-def test_v2_forward_takes_channel_tiles_only_for_one_group_of_many_channels(channels, groups, width, tiles):
+def test_v2_channel_tiles_only_for_one_group_of_many_channels(channels, groups, width, tiles):
+    """Forward and grad_x take the channel tiles exactly when the call is one group of 8 or more
+    channels with aligned rows; the kernel gradients never do."""
     x, kernels = make_inputs(1, channels, 5, width, (3, 5), groups)
-    y, paths = torch.ops.ddet_ops_testing.strip_forward(x, kernels, [3, 5], groups, 1)
-    assert {path.startswith("forward_tile") for path in paths} == {tiles}
-    torch.testing.assert_close(y, reference.multi_dynconv(x, kernels, sizes=(3, 5), groups=groups))
+    grad_y = torch.randn_like(x)
+    args = (kernels, [3, 5], groups, 1)
+    y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
+    gx, _, backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
+    assert {path.startswith("forward_tile") for path in forward_paths} == {tiles}
+    grad_x_paths = {path for path in backward_paths if path.startswith("grad_x")}
+    assert {path.startswith("grad_x_tile") for path in grad_x_paths} == {tiles}
+    want = grads(reference.multi_dynconv, x, kernels, grad_y, sizes=(3, 5), groups=groups)
+    torch.testing.assert_close(y, want[0])
+    torch.testing.assert_close(gx, want[1])
 
 
 def test_v2_strips_of_a_misaligned_tensor_take_the_scalar_paths():
@@ -345,25 +356,13 @@ def test_channels_last_inputs_give_the_bits_of_contiguous_ones(x_dtype, kernel_d
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("layout", ["channel_slices", "expanded_batch"])
-def test_sliced_and_broadcast_kernels_give_the_bits_of_contiguous_ones(layout):
-    """Kernels whose planes lie as in a contiguous tensor but whose batch stride differs (channel
-    slices of one head's output, one image's kernels expanded over the batch) are read as they
-    are; every size must still find its own planes in every image."""
+@pytest.mark.parametrize("layout", KERNEL_LAYOUTS)
+def test_kernels_with_other_batch_strides_give_the_bits_of_contiguous_ones(layout):
+    """Kernels with contiguous planes whose images lie a whole number of planes apart (channel
+    slices of one head's output, one image expanded over the batch) are read as they are; every
+    size must still find its own planes in every image. Others are copied first."""
     x, kernels = make_inputs(3, 4, 9, 20, (3, 5), 1, dtype=torch.float32)
-    if layout == "channel_slices":
-        head = torch.cat([torch.randn(3, 2, 9, 20), *kernels, torch.randn(3, 3, 9, 20)], dim=1)
-        views = [head[:, 2:11], head[:, 11:36]]
-    else:
-        views = [k[:1].expand_as(k) for k in kernels]
-    assert not any(v.is_contiguous() for v in views)
-    grad_y = torch.randn_like(x)
-    got = grads(multi_dynconv, x, views, grad_y, sizes=(3, 5))
-    want = grads(multi_dynconv, x, [v.contiguous() for v in views], grad_y, sizes=(3, 5))
-    for a, b in zip(got[:2], want[:2], strict=True):
-        assert torch.equal(a, b)
-    for a, b in zip(got[2], want[2], strict=True):
-        assert torch.equal(a, b)
+    assert_batch_strided_kernels_give_the_bits_of_contiguous_ones(x, kernels, layout)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])

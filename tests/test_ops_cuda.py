@@ -8,6 +8,8 @@ import torch
 from op_checks import (
     DOUBLE_BACKWARD_CASES,
     FLOATING_DTYPES,
+    KERNEL_LAYOUTS,
+    assert_batch_strided_kernels_give_the_bits_of_contiguous_ones,
     assert_compiled_gradients_match,
     double_backward_id,
     gradgradcheck_case,
@@ -32,7 +34,7 @@ CASES = [
     (1, 1, 1, 1, (3, 5, 7), 1, 1),
     (2, 5, 64, 70, (7,), 1, 3),
     (1, 64, 16, 16, (3, 5, 7), 1, 1),
-    # The forward's channel tiles: two bands, tiles past the last row and column, a chunk tail.
+    # The channel tiles: two bands, tiles past the last row and column, a chunk tail.
     (2, 12, 19, 140, (1, 3, 5, 7), 1, 1),
 ]
 
@@ -141,6 +143,14 @@ def test_channels_last_and_non_contiguous():
         want,
     )
     torch.testing.assert_close(multi_dynconv(x.transpose(2, 3).contiguous().transpose(2, 3), packed, (3, 5)), want)
+
+
+@pytest.mark.parametrize("layout", KERNEL_LAYOUTS)
+def test_kernels_with_other_batch_strides(layout):
+    """The vector loads of image n > 0 stay aligned (68 columns: strips and channel tiles both)."""
+    for channels in (3, 12):
+        x, kernels, _ = inputs((3, channels, 10, 68, (3, 5), 1, 1), torch.float32)
+        assert_batch_strided_kernels_give_the_bits_of_contiguous_ones(x, kernels, layout)
 
 
 def test_runs_on_the_tensors_device_not_the_current_one():

@@ -3,7 +3,7 @@
 // strip fastest (in bands of 32), so a warp's weight loads cover 32 neighbouring strips of a plane.
 // forward and grad_x are one kernel template (a gather over the window or its inverse); the
 // kernel gradients are a second kernel, so either backward half runs alone. Indices are 64-bit.
-// The forward of one group of many channels runs the channel tiles of channel_tile.h instead.
+// forward and grad_x of one group of many channels run the channel tiles of channel_tile.h instead.
 // Each pass is compiled in its own file (v2_*.cu), so that the build runs them in parallel.
 #pragma once
 
@@ -52,11 +52,11 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
 }
 
 // One block per tile (grid-stride over tiles); each chunk of channels is copied into shared
-// memory, then summed, with a barrier after each phase.
-template <typename scalar_t, typename kernel_t>
+// memory, then summed, with a barrier after each phase. forward or grad_x, as gather_strips.
+template <bool kGather, typename scalar_t, typename kernel_t>
 __global__ void __launch_bounds__(kTileThreads, kMinBlocksPerSM)
     channel_tiles(const __grid_constant__ Geometry geo, const __grid_constant__ KernelBank<const kernel_t> kernels,
-                  const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t tiles) {
+                  const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t tiles) {
   using acc_t = opmath_t<scalar_t>;
   constexpr int kV = strip_width<scalar_t>();
   extern __shared__ __align__(16) unsigned char tile_bytes[];
@@ -66,38 +66,52 @@ __global__ void __launch_bounds__(kTileThreads, kMinBlocksPerSM)
     const TilePlace at = tile_place(geo, kV, index);
     for (int64_t c0 = 0; c0 < geo.C; c0 += tile_channels<acc_t>()) {
       __syncthreads();  // the previous chunk's sums have read the tile
-      load_channel_tile<kV>(geo, x, at, c0, threadIdx.x, tile);
+      load_channel_tile<kV>(geo, src, at, c0, threadIdx.x, tile);
       __syncthreads();
-      channel_tile_strip<kV>(geo, kernels, y, at, c0, threadIdx.x, tile, trace);
+      channel_tile_strip<kGather, kV>(geo, kernels, out, at, c0, threadIdx.x, tile, trace);
     }
   }
 }
 
-template <typename kernel_t, typename scalar_t>
-void launch_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* x, scalar_t* y) {
-  constexpr int kV = strip_width<scalar_t>();
+template <typename scalar_t>
+constexpr int channel_tile_bytes() {
   using acc_t = opmath_t<scalar_t>;
-  constexpr int kBytes = tile_channels<acc_t>() * tile_channel_length<kV>() * static_cast<int>(sizeof(acc_t));
-  const auto kernel = channel_tiles<scalar_t, kernel_t>;
+  return tile_channels<acc_t>() * tile_channel_length<strip_width<scalar_t>()>() * static_cast<int>(sizeof(acc_t));
+}
+
+// Whether a block on x's GPU may have the tile's shared memory (sm_80 and later: up to 99 KB or
+// more; older GPUs 48 KB, where the strips run instead).
+template <typename scalar_t>
+bool channel_tiles_fit(const Problem& p) {
+  int limit = 0;
+  DDET_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, p.x.get_device_index()) ==
+                 cudaSuccess,
+             "ddet_ops: cannot read the shared memory limit of device ", p.x.get_device_index());
+  return channel_tile_bytes<scalar_t>() <= limit;
+}
+
+template <bool kGather, typename kernel_t, typename scalar_t>
+void launch_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src,
+                          scalar_t* out) {
+  constexpr int kV = strip_width<scalar_t>(), kBytes = channel_tile_bytes<scalar_t>();
+  const auto kernel = channel_tiles<kGather, scalar_t, kernel_t>;
   // Above 48 KB a kernel's dynamic shared memory must be allowed explicitly.
   DDET_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) == cudaSuccess,
-             "ddet_ops: this GPU cannot give the forward's channel tiles ", kBytes, " bytes of shared memory");
+             "ddet_ops: the channel tiles could not be given ", kBytes, " bytes of shared memory");
   const int64_t tiles = channel_tile_count(p.geo, kV);
-  kernel<<<blocks_for(tiles, 1), kTileThreads, kBytes, current_stream(p.x)>>>(p.geo, bank, x, y, tiles);
+  kernel<<<blocks_for(tiles, 1), kTileThreads, kBytes, current_stream(p.x)>>>(p.geo, bank, src, out, tiles);
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// forward (kGather = false) or grad_x (kGather = true); the forward of one group of many channels
-// by channel tiles.
+// forward (kGather = false) or grad_x (kGather = true); one group of many channels by channel
+// tiles.
 template <bool kGather, typename kernel_t, typename scalar_t>
 void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
   const auto bank = make_bank<const kernel_t>(p, p.kernels);
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
-  if constexpr (!kGather) {
-    if (forward_takes_channel_tiles(p.geo, vector)) {
-      launch_channel_tiles(p, bank, src, out);
-      return;
-    }
+  if (takes_channel_tiles(p.geo, vector) && channel_tiles_fit<scalar_t>(p)) {
+    launch_channel_tiles<kGather>(p, bank, src, out);
+    return;
   }
   const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
   gather_strips<kGather, scalar_t, kernel_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(

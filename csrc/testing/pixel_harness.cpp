@@ -9,6 +9,8 @@
 #include "../pixel.h"
 #include "../strip.h"
 
+#include <algorithm>
+#include <limits>
 #include <set>
 #include <string>
 
@@ -60,9 +62,9 @@ std::tuple<Tensor, std::vector<Tensor>> pixelwise_backward(const Tensor& grad_y,
 struct PathTrace {
   std::set<std::string> seen;
   void operator()(Pass pass, int size, bool inside, bool vector) {
-    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k", "forward_tile"};
+    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k", "forward_tile", "grad_x_tile"};
     std::string name = std::string(kPassNames[static_cast<int>(pass)]) + " ";
-    if (pass == Pass::kForwardTile) {
+    if (pass == Pass::kForwardTile || pass == Pass::kGradXTile) {
       seen.insert(name + "s" + std::to_string(size));
       return;
     }
@@ -74,7 +76,10 @@ struct PathTrace {
 
 std::vector<std::string> strip_paths() {
   PathTrace all;
-  for (int size : kSpecialisedSizes) all(Pass::kForwardTile, size, true, true);
+  for (int size : kSpecialisedSizes) {
+    all(Pass::kForwardTile, size, true, true);
+    all(Pass::kGradXTile, size, true, true);
+  }
   for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK}) {
     all(pass, 0, false, false);
     for (int size : kSpecialisedSizes) {
@@ -91,8 +96,8 @@ std::vector<std::string> strip_paths() {
 
 // The device's order: per tile and chunk of channels, phase 1 for every thread of the block, then
 // phase 2 for every thread.
-template <typename kernel_t, typename scalar_t>
-void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* x, scalar_t* y,
+template <bool kGather, typename kernel_t, typename scalar_t>
+void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src, scalar_t* out,
                        PathTrace& trace) {
   using acc_t = opmath_t<scalar_t>;
   constexpr int kV = strip_width<scalar_t>();
@@ -100,9 +105,11 @@ void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank,
   for (int64_t index = 0; index < channel_tile_count(p.geo, kV); ++index) {
     const TilePlace at = tile_place(p.geo, kV, index);
     for (int64_t c0 = 0; c0 < p.geo.C; c0 += tile_channels<acc_t>()) {
-      for (int thread = 0; thread < kTileThreads; ++thread) load_channel_tile<kV>(p.geo, x, at, c0, thread, tile.data());
+      // What phase 1 leaves unwritten would be stale on the device: NaN here, so a sum reading it shows.
+      std::fill(tile.begin(), tile.end(), std::numeric_limits<acc_t>::quiet_NaN());
+      for (int thread = 0; thread < kTileThreads; ++thread) load_channel_tile<kV>(p.geo, src, at, c0, thread, tile.data());
       for (int thread = 0; thread < kTileThreads; ++thread) {
-        channel_tile_strip<kV>(p.geo, bank, y, at, c0, thread, tile.data(), trace);
+        channel_tile_strip<kGather, kV>(p.geo, bank, out, at, c0, thread, tile.data(), trace);
       }
     }
   }
@@ -112,8 +119,8 @@ template <bool kGather, typename kernel_t, typename scalar_t>
 void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
   const auto bank = make_bank<const kernel_t>(p, p.kernels);
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
-  if (!kGather && forward_takes_channel_tiles(p.geo, vector)) {
-    run_channel_tiles(p, bank, src, out, trace);
+  if (takes_channel_tiles(p.geo, vector)) {
+    run_channel_tiles<kGather>(p, bank, src, out, trace);
     return;
   }
   const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
