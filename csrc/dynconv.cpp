@@ -27,7 +27,8 @@ void check_x_and_scalars(const Tensor& x, int64_t groups, int64_t dilation) {
 bool planes_dense(const Tensor& t) {
   const int64_t H = t.size(2), W = t.size(3);
   return (W <= 1 || t.stride(3) == 1) && (H <= 1 || t.stride(2) == W) &&
-         (t.size(1) <= 1 || t.stride(1) == H * W) && (t.size(0) <= 1 || t.stride(0) % (H * W) == 0);
+         (t.size(1) <= 1 || t.stride(1) == H * W) &&
+         (t.size(0) <= 1 || (H * W > 0 && t.stride(0) % (H * W) == 0));
 }
 
 // Records each size in geo and where its kernels live; returns the channels of a packed tensor.

@@ -395,6 +395,14 @@ def test_empty_tensors(shape):
     assert not packed.grad.any()
 
 
+def test_empty_planes_with_broadcast_channels():
+    """Kernels of empty planes expanded over their channels (every stride but the pixels' zero):
+    the layout check must not divide by the empty plane's size."""
+    x = torch.randn(2, 3, 0, 5)
+    kernels = torch.randn(2, 1, 0, 5).expand(2, 9, 0, 5)
+    assert torch.ops.ddet_ops.multi_dynconv(x, [kernels], [3], 1, 1).shape == x.shape
+
+
 def test_dynconv_and_module():
     x, (k,) = make_inputs(2, 3, 7, 8, (5,), 3)
     torch.testing.assert_close(dynconv(x, k, groups=3), reference.dynconv(x, k, groups=3))
