@@ -62,8 +62,19 @@ constexpr int strip_channels() {
 }
 
 // The path names the trace reports: "<pass> s<size>|generic [interior|border] [vector]", and
-// "forward_tile s<size>" and "grad_x_tile s<size>" for the channel tiles (channel_tile.h).
-enum class Pass { kForward, kGradX, kGradK, kForwardTile, kGradXTile };
+// "forward_tile s<size>" and "grad_x_tile s<size>" for the channel tiles (channel_tile.h). The
+// softmax passes (softmax_strip.h) run the same paths with the probabilities as weights.
+enum class Pass {
+  kForward,
+  kGradX,
+  kGradK,
+  kForwardTile,
+  kGradXTile,
+  kSoftmaxForward,
+  kSoftmaxGradX,
+  kSoftmaxGradK,
+  kSoftmaxDot
+};
 
 // What the device passes as trace: nothing.
 struct NoTrace {
@@ -132,12 +143,13 @@ DDET_HOST_DEVICE int64_t grad_kernel_strip_threads(const Geometry& geo) {
 // Whether every strip can move its values as aligned 8- or 16-byte vectors: W a multiple of the
 // widest strip (so a strip and each strip-aligned chunk of a row is wholly inside or outside the
 // row), every size's block and both dense tensors 16-byte aligned.
+inline bool aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 template <typename scalar_t, typename T>
 bool strips_can_use_vectors(const Geometry& geo, const KernelBank<T>& bank, const void* a, const void* b) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (geo.W % strip_width<scalar_t>() != 0 || !aligned(a) || !aligned(b)) return false;
+  if (geo.W % strip_width<scalar_t>() != 0 || !aligned_16(a) || !aligned_16(b)) return false;
   for (int k = 0; k < geo.num_sizes; ++k) {
-    if (!aligned(bank.data[k])) return false;
+    if (!aligned_16(bank.data[k])) return false;
   }
   return true;
 }
@@ -242,18 +254,42 @@ DDET_HOST_DEVICE void load_columns(const scalar_t* row, int64_t w0, int first, i
   }
 }
 
-// The taps of one kernel row i of size kS at dilation 1, for a strip at (h, w0) and `count`
-// channels: the row's kS weight strips are loaded once into registers, then each channel's
-// source segment [w0 - kR, w0 + kV + kR) of the row, once for the row's kS taps. weights: the
-// size's block of this image and group (tap t's plane at t * hw); src: channel c_begin's plane
-// of x (forward) or grad_y (grad_x).
-template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
-                                     int i, int64_t row, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
+// A forward or grad_x thread's place: image n, group, row h, first column w0, the offset in its
+// group of the first of its `count` channels, and how many of its columns lie in the row.
+struct StripPlace {
+  int64_t n, group, h, w0, first;
+  int count, valid;
+};
+
+// How a gather thread weighs the kernel values it loads. RawWeights takes them as they are; the
+// softmax policies (softmax_strip.h) turn them into probabilities. A policy also hears where each
+// size starts and ends (its softmax sets), names the pass the trace records, and says whether
+// kernel rows whose source row lies outside the image must still be read (kEveryRow: their
+// weights count in a normaliser).
+struct RawWeights {
+  static constexpr bool kEveryRow = false;
+  DDET_HOST_DEVICE static constexpr Pass pass(bool gather) { return gather ? Pass::kGradX : Pass::kForward; }
+  DDET_HOST_DEVICE void start_size(const Geometry&, const StripPlace&, int) {}
+  // wt: the kS weight strips of a kernel row, as strip_row_taps loads them for source row `row`;
+  // acc: the thread's sums so far.
+  template <int kS, Access kAccess, bool kGather, int kC, int kV, typename acc_t>
+  DDET_HOST_DEVICE void weigh_row(const Geometry&, const StripPlace&, int64_t, acc_t (&)[kS][kV],
+                                  acc_t (&)[kC][kV]) {}
+  // wt: one tap's weights of the generic path, for source columns w0 + v + shift of row `row`.
+  template <bool kGather, int kC, int kV, typename acc_t>
+  DDET_HOST_DEVICE void weigh_tap(const Geometry&, const StripPlace&, int64_t, int64_t, acc_t (&)[1][kV],
+                                  acc_t (&)[kC][kV]) {}
+  template <int kC, int kV, typename acc_t>
+  DDET_HOST_DEVICE void end_size(const Geometry&, const StripPlace&, int, bool, acc_t (&)[kC][kV]) {}
+};
+
+// The kS weight strips of kernel row i of size kS at dilation 1 for a strip at (h, w0): forward,
+// at the strip; grad_x (kGather), at the neighbour each tap came from, in source row `row`.
+template <int kS, Access kAccess, bool kGather, int kV, typename kernel_t, typename acc_t>
+DDET_HOST_DEVICE void load_row_weights(const Geometry& geo, const kernel_t* weights, int i, int64_t row, int64_t h,
+                                       int64_t w0, acc_t (&wt)[kS][kV]) {
   constexpr int kR = kS / 2;
-  constexpr int kSpan = kV + kS - 1;
   const int64_t hw = plane(geo);
-  acc_t wt[kS][kV];
   DDET_UNROLL
   for (int j = 0; j < kS; ++j) {
     const kernel_t* plane_ij = weights + (i * kS + j) * hw;
@@ -263,11 +299,30 @@ DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const kernel_t* weight
       load_columns<kV, kR, kV, kAccess, true>(plane_ij + h * geo.W, w0, 0, geo.W, wt[j]);
     }
   }
+}
+
+// The taps of one kernel row i of size kS at dilation 1, for the strip at `at`: the row's kS
+// weight strips are loaded once into registers and weighed by the policy, then each channel's
+// source segment [w0 - kR, w0 + kV + kR) of source row `row`, once for the row's kS taps. A row
+// outside the image (read only for the policy) adds nothing. weights: the size's block of this
+// image and group (tap t's plane at t * hw); src: the thread's first channel's plane of x
+// (forward) or grad_y (grad_x).
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t,
+          typename Norm>
+DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const StripPlace& at, const kernel_t* weights,
+                                     const scalar_t* src, int i, int64_t row, Norm& norm, acc_t (&acc)[kC][kV]) {
+  constexpr int kR = kS / 2;
+  constexpr int kSpan = kV + kS - 1;
+  const int64_t hw = plane(geo);
+  acc_t wt[kS][kV];
+  load_row_weights<kS, kAccess, kGather>(geo, weights, i, row, at.h, at.w0, wt);
+  norm.template weigh_row<kS, kAccess, kGather>(geo, at, row, wt, acc);
+  if (kAccess != Access::kUnchecked && (row < 0 || row >= geo.H)) return;
   DDET_UNROLL
   for (int c = 0; c < kC; ++c) {
-    if (c >= count) break;
+    if (c >= at.count) break;
     acc_t span[kSpan];
-    load_columns<kSpan, kR, kV, kAccess, false>(src + c * hw + row * geo.W, w0, -kR, geo.W, span);
+    load_columns<kSpan, kR, kV, kAccess, false>(src + c * hw + row * geo.W, at.w0, -kR, geo.W, span);
     DDET_UNROLL
     for (int j = 0; j < kS; ++j) {
       DDET_UNROLL
@@ -279,40 +334,51 @@ DDET_HOST_DEVICE void strip_row_taps(const Geometry& geo, const kernel_t* weight
 }
 
 // The taps of one size kS at dilation 1, kernel row by kernel row (rows outside the image add
-// nothing); the rows stay a rolled loop, so a thread's registers hold one row at a time.
-template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
-                                       int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
+// nothing, and are skipped unless the policy reads every row); the rows stay a rolled loop, so a
+// thread's registers hold one row at a time.
+template <int kS, Access kAccess, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t,
+          typename Norm>
+DDET_HOST_DEVICE void strip_taps_fixed(const Geometry& geo, const StripPlace& at, const kernel_t* weights,
+                                       const scalar_t* src, Norm& norm, acc_t (&acc)[kC][kV]) {
   constexpr int kR = kS / 2;
   DDET_ROLLED
   for (int i = 0; i < kS; ++i) {
-    const int64_t row = kGather ? h - (i - kR) : h + (i - kR);
-    if (kAccess != Access::kUnchecked && (row < 0 || row >= geo.H)) continue;
-    strip_row_taps<kS, kAccess, kGather>(geo, weights, src, count, i, row, h, w0, acc);
+    const int64_t row = kGather ? at.h - (i - kR) : at.h + (i - kR);
+    if (!Norm::kEveryRow && kAccess != Access::kUnchecked && (row < 0 || row >= geo.H)) continue;
+    strip_row_taps<kS, kAccess, kGather>(geo, at, weights, src, i, row, norm, acc);
   }
 }
 
-// Any size and dilation, every load checked.
-template <bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t>
-DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, int s, const kernel_t* weights, const scalar_t* src,
-                                         int count, int64_t h, int64_t w0, acc_t (&acc)[kC][kV]) {
-  const int64_t hw = plane(geo);
+// Any size and dilation, one tap at a time, every load checked.
+template <bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t, typename Norm>
+DDET_HOST_DEVICE void strip_taps_generic(const Geometry& geo, const StripPlace& at, int s, const kernel_t* weights,
+                                         const scalar_t* src, Norm& norm, acc_t (&acc)[kC][kV]) {
+  const int64_t hw = plane(geo), h = at.h, w0 = at.w0;
   const int64_t half = s / 2;
   const int64_t step = kGather ? -geo.dilation : geo.dilation;
   for (int i = 0; i < s; ++i) {
     const int64_t row = h + (i - half) * step;
-    if (row < 0 || row >= geo.H) continue;
+    const bool row_inside = row >= 0 && row < geo.H;
+    if (!row_inside && !Norm::kEveryRow) continue;
     for (int j = 0; j < s; ++j) {
       const int64_t shift = (j - half) * step;
       const kernel_t* plane_ij = weights + (static_cast<int64_t>(i) * s + j) * hw;
+      acc_t wt[1][kV];
+      DDET_UNROLL
+      for (int v = 0; v < kV; ++v) {
+        const int64_t col = w0 + v + shift;
+        const bool reads = w0 + v < geo.W && (!kGather || (row_inside && col >= 0 && col < geo.W));
+        wt[0][v] = reads ? static_cast<acc_t>(plane_ij[kGather ? row * geo.W + col : h * geo.W + w0 + v]) : acc_t(0);
+      }
+      norm.template weigh_tap<kGather>(geo, at, row, shift, wt, acc);
+      if (!row_inside) continue;
       DDET_UNROLL
       for (int v = 0; v < kV; ++v) {
         const int64_t col = w0 + v + shift;
         if (w0 + v >= geo.W || col < 0 || col >= geo.W) continue;
-        const acc_t wt = static_cast<acc_t>(plane_ij[kGather ? row * geo.W + col : h * geo.W + w0 + v]);
         DDET_UNROLL
         for (int c = 0; c < kC; ++c) {
-          if (c < count) acc[c][v] += wt * static_cast<acc_t>(src[c * hw + row * geo.W + col]);
+          if (c < at.count) acc[c][v] += wt[0][v] * static_cast<acc_t>(src[c * hw + row * geo.W + col]);
         }
       }
     }
@@ -327,38 +393,80 @@ DDET_HOST_DEVICE bool strip_inside(const Geometry& geo, int64_t r, int64_t h, in
 // Vector strips read every row the same way, whole chunks inside or outside it, so the threads of
 // a warp at a border follow the same instructions as those inside; scalar strips inside the image
 // skip the bounds checks.
-template <int kS, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t, typename Trace>
-DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const kernel_t* weights, const scalar_t* src, int count,
-                                      int64_t h, int64_t w0, bool vector, acc_t (&acc)[kC][kV], Trace& trace) {
-  const bool inside = strip_inside(geo, kS / 2, h, w0, kV);
-  trace(kGather ? Pass::kGradX : Pass::kForward, kS, inside, vector);
+template <int kS, bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t, typename Norm,
+          typename Trace>
+DDET_HOST_DEVICE void strip_taps_size(const Geometry& geo, const StripPlace& at, const kernel_t* weights,
+                                      const scalar_t* src, bool vector, Norm& norm, acc_t (&acc)[kC][kV],
+                                      Trace& trace) {
+  const bool inside = strip_inside(geo, kS / 2, at.h, at.w0, kV);
+  trace(Norm::pass(kGather), kS, inside, vector);
   if (vector) {
-    strip_taps_fixed<kS, Access::kVector, kGather>(geo, weights, src, count, h, w0, acc);
+    strip_taps_fixed<kS, Access::kVector, kGather>(geo, at, weights, src, norm, acc);
   } else if (inside) {
-    strip_taps_fixed<kS, Access::kUnchecked, kGather>(geo, weights, src, count, h, w0, acc);
+    strip_taps_fixed<kS, Access::kUnchecked, kGather>(geo, at, weights, src, norm, acc);
   } else {
-    strip_taps_fixed<kS, Access::kChecked, kGather>(geo, weights, src, count, h, w0, acc);
+    strip_taps_fixed<kS, Access::kChecked, kGather>(geo, at, weights, src, norm, acc);
   }
 }
 
+// The taps of size s (the specialised path for it, or the generic one) added to acc.
+template <bool kGather, int kC, int kV, typename kernel_t, typename scalar_t, typename acc_t, typename Norm,
+          typename Trace>
+DDET_HOST_DEVICE void strip_taps(const Geometry& geo, const StripPlace& at, int s, const kernel_t* weights,
+                                 const scalar_t* src, bool vector, Norm& norm, acc_t (&acc)[kC][kV], Trace& trace) {
+  switch (geo.dilation == 1 ? s : 0) {
+    case 1: strip_taps_size<1, kGather>(geo, at, weights, src, vector, norm, acc, trace); break;
+    case 3: strip_taps_size<3, kGather>(geo, at, weights, src, vector, norm, acc, trace); break;
+    case 5: strip_taps_size<5, kGather>(geo, at, weights, src, vector, norm, acc, trace); break;
+    case 7: strip_taps_size<7, kGather>(geo, at, weights, src, vector, norm, acc, trace); break;
+    default:
+      trace(Norm::pass(kGather), 0, false, false);
+      strip_taps_generic<kGather>(geo, at, s, weights, src, norm, acc);
+  }
+}
+
+// Size k's block of kernels for the image and group of `at` (tap t's plane at t * hw).
+template <typename kernel_t>
+DDET_HOST_DEVICE const kernel_t* size_block(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
+                                            const StripPlace& at, int k) {
+  const int64_t s = geo.size[k];
+  return kernels.data[k] + at.n * kernels.batch_stride[k] + at.group * s * s * plane(geo);
+}
+
+// The first `valid` of kV values at p as acc_t, 0 past them; one aligned vector load when `vector`.
+template <int kV, typename scalar_t, typename acc_t>
+DDET_HOST_DEVICE void load_strip(const scalar_t* p, int valid, bool vector, acc_t (&out)[kV]) {
+  if (vector) {
+    scalar_t raw[kV];
+    load_vector<kV, false>(p, raw);
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) out[v] = static_cast<acc_t>(raw[v]);
+    return;
+  }
+  DDET_UNROLL
+  for (int v = 0; v < kV; ++v) out[v] = v < valid ? static_cast<acc_t>(p[v]) : acc_t(0);
+}
+
 // One forward (kGather = false) or grad_x (kGather = true) thread: the sums of every size for a
-// strip of up to strip_channels() channels, written to out. `vector`: every row can be read as
-// aligned vectors (strips_can_use_vectors).
-template <bool kGather, typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+// strip of up to strip_channels() channels, weighed by `norm`, written to out. `vector`: every row
+// can be read as aligned vectors (strips_can_use_vectors).
+template <bool kGather, typename scalar_t, typename kernel_t, typename acc_t, typename Trace,
+          typename Norm = RawWeights>
 DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
                                    const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t index,
-                                   bool vector, Trace& trace) {
+                                   bool vector, Trace& trace, Norm norm = {}) {
   constexpr int kV = strip_width<scalar_t>();
   static_assert(kV == strip_width<kernel_t>(), "x and the kernels move in strips of the same width");
   constexpr int kC = strip_channels<scalar_t, kernel_t>();
   const int64_t blocks = strip_channel_blocks<scalar_t, kernel_t>(geo), hw = plane(geo);
-  const BandedIndex at = split_banded(geo, kV, geo.H * blocks, index);
-  if (at.w0 < 0) return;
-  const int64_t w0 = at.w0, first = at.inner % blocks * kC, h = at.inner / blocks;
-  const int64_t group = at.image_group % geo.groups, n = at.image_group / geo.groups;
-  const int count = static_cast<int>(geo.channels_per_group - first < kC ? geo.channels_per_group - first : kC);
-  const int64_t c_begin = group * geo.channels_per_group + first;
-  const scalar_t* src_c = src + (n * geo.C + c_begin) * hw;
+  const BandedIndex place = split_banded(geo, kV, geo.H * blocks, index);
+  if (place.w0 < 0) return;
+  StripPlace at{place.image_group / geo.groups, place.image_group % geo.groups, place.inner / blocks, place.w0,
+                place.inner % blocks * kC, 0, 0};
+  at.count = static_cast<int>(geo.channels_per_group - at.first < kC ? geo.channels_per_group - at.first : kC);
+  at.valid = static_cast<int>(geo.W - at.w0 < kV ? geo.W - at.w0 : kV);
+  const int64_t c_begin = at.group * geo.channels_per_group + at.first;
+  const scalar_t* src_c = src + (at.n * geo.C + c_begin) * hw;
   acc_t acc[kC][kV];
   DDET_UNROLL
   for (int c = 0; c < kC; ++c) {
@@ -366,23 +474,14 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const k
     for (int v = 0; v < kV; ++v) acc[c][v] = acc_t(0);
   }
   for (int k = 0; k < geo.num_sizes; ++k) {
-    const int s = geo.size[k];
-    const kernel_t* weights = kernels.data[k] + n * kernels.batch_stride[k] + group * s * s * hw;
-    switch (geo.dilation == 1 ? s : 0) {
-      case 1: strip_taps_size<1, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
-      case 3: strip_taps_size<3, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
-      case 5: strip_taps_size<5, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
-      case 7: strip_taps_size<7, kGather>(geo, weights, src_c, count, h, w0, vector, acc, trace); break;
-      default:
-        trace(kGather ? Pass::kGradX : Pass::kForward, 0, false, false);
-        strip_taps_generic<kGather>(geo, s, weights, src_c, count, h, w0, acc);
-    }
+    norm.start_size(geo, at, k);
+    strip_taps<kGather>(geo, at, geo.size[k], size_block(geo, kernels, at, k), src_c, vector, norm, acc, trace);
+    norm.end_size(geo, at, k, vector, acc);
   }
-  const int valid = static_cast<int>(geo.W - w0 < kV ? geo.W - w0 : kV);
-  scalar_t* out_c = out + (n * geo.C + c_begin) * hw + h * geo.W + w0;
+  scalar_t* out_c = out + (at.n * geo.C + c_begin) * hw + at.h * geo.W + at.w0;
   DDET_UNROLL
   for (int c = 0; c < kC; ++c) {
-    if (c < count) store_strip<kV>(out_c + c * hw, valid, vector, acc[c]);
+    if (c < at.count) store_strip<kV>(out_c + c * hw, at.valid, vector, acc[c]);
   }
 }
 
@@ -401,24 +500,32 @@ DDET_HOST_DEVICE void grad_kernel_channel(const Geometry& geo, const scalar_t* g
     for (int u = 0; u < kV + kS - 1; ++u) span[u] = acc_t(0);
     return;
   }
-  if constexpr (kAccess == Access::kVector) {
-    scalar_t raw[kV];
-    load_vector<kV, false>(gy + c * hw, raw);
-    DDET_UNROLL
-    for (int v = 0; v < kV; ++v) g[v] = static_cast<acc_t>(raw[v]);
-  } else {
-    DDET_UNROLL
-    for (int v = 0; v < kV; ++v) g[v] = v < valid ? static_cast<acc_t>(gy[c * hw + v]) : acc_t(0);
-  }
+  load_strip<kV>(gy + c * hw, valid, kAccess == Access::kVector, g);
   load_columns<kV + kS - 1, kS / 2, kV, kAccess, false>(x + c * hw + row * geo.W, w0, -(kS / 2), geo.W, span);
 }
 
+// How a grad_K thread writes the sums it made for one kernel row: RawGradients, as they are; the
+// softmax's (softmax_strip.h) through the softmax's own gradient. at(...) gives the writer of
+// kernel row i of size k for the strip at (h, w0) of image n and group `group`.
+struct RawGradients {
+  static constexpr Pass kPass = Pass::kGradK;
+  DDET_HOST_DEVICE RawGradients at(const Geometry&, int, int64_t, int64_t, int64_t, int64_t, int64_t) const {
+    return *this;
+  }
+  // Tap j's sums g written at out.
+  template <int kV, typename kernel_t, typename acc_t>
+  DDET_HOST_DEVICE void store(int, const acc_t (&g)[kV], kernel_t* out, int valid, bool vector) const {
+    store_strip<kV>(out, valid, vector, g);
+  }
+};
+
 // The kernel-gradient strip of one kernel row of size kS at dilation 1: for each tap j of the
-// row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR]. gy: channel 0 of
-// the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane at (h, w0).
-template <int kS, Access kAccess, int kV, typename scalar_t, typename kernel_t, typename acc_t>
+// row, gk_j[h, w0 + v] = sum_c gy[c, h, w0 + v] * x[c, row, w0 + v + j - kR], written by `row_out`.
+// gy: channel 0 of the group at (h, w0); x: channel 0 of the group's plane; gk: tap (i, 0)'s plane
+// at (h, w0).
+template <int kS, Access kAccess, int kV, typename scalar_t, typename kernel_t, typename acc_t, typename RowOut>
 DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t* gy, const scalar_t* x, kernel_t* gk,
-                                            int64_t row, int64_t w0, int valid, bool vector) {
+                                            int64_t row, int64_t w0, int valid, bool vector, const RowOut& row_out) {
   const int64_t hw = plane(geo);
   acc_t acc[kS][kV];
   DDET_UNROLL
@@ -446,13 +553,14 @@ DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t*
     }
   }
   DDET_UNROLL
-  for (int j = 0; j < kS; ++j) store_strip<kV>(gk + j * hw, valid, vector, acc[j]);
+  for (int j = 0; j < kS; ++j) row_out.store(j, acc[j], gk + j * hw, valid, vector);
 }
 
 // Any size and dilation: one tap at a time, every load checked.
-template <int kV, typename scalar_t, typename kernel_t, typename acc_t>
+template <int kV, typename scalar_t, typename kernel_t, typename acc_t, typename RowOut>
 DDET_HOST_DEVICE void grad_kernel_row_generic(const Geometry& geo, int s, const scalar_t* gy, const scalar_t* x,
-                                              kernel_t* gk, int64_t row, int64_t w0, int valid) {
+                                              kernel_t* gk, int64_t row, int64_t w0, int valid,
+                                              const RowOut& row_out) {
   const int64_t hw = plane(geo);
   const int64_t half = s / 2;
   for (int j = 0; j < s; ++j) {
@@ -471,30 +579,34 @@ DDET_HOST_DEVICE void grad_kernel_row_generic(const Geometry& geo, int s, const 
         }
       }
     }
-    store_strip<kV>(gk + j * hw, valid, false, acc);
+    row_out.store(j, acc, gk + j * hw, valid, false);
   }
 }
 
-template <int kS, int kV, typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+template <int kS, int kV, typename scalar_t, typename kernel_t, typename acc_t, typename RowOut, typename Trace>
 DDET_HOST_DEVICE void grad_kernel_row_size(const Geometry& geo, const scalar_t* gy, const scalar_t* x, kernel_t* gk,
                                            int64_t h, int64_t row, int64_t w0, int valid, bool vector,
-                                           Trace& trace) {
+                                           const RowOut& row_out, Pass pass, Trace& trace) {
   const bool inside = strip_inside(geo, kS / 2, h, w0, kV) && row >= 0 && row < geo.H;
-  trace(Pass::kGradK, kS, inside, vector);
+  trace(pass, kS, inside, vector);
   if (vector) {
-    grad_kernel_row_fixed<kS, Access::kVector, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kVector, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector,
+                                                                               row_out);
   } else if (inside) {
-    grad_kernel_row_fixed<kS, Access::kUnchecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kUnchecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid,
+                                                                                  vector, row_out);
   } else {
-    grad_kernel_row_fixed<kS, Access::kChecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid, vector);
+    grad_kernel_row_fixed<kS, Access::kChecked, kV, scalar_t, kernel_t, acc_t>(geo, gy, x, gk, row, w0, valid,
+                                                                                vector, row_out);
   }
 }
 
-// One grad_K thread: the gradients of the s taps of one kernel row at a strip.
-template <typename scalar_t, typename kernel_t, typename acc_t, typename Trace>
+// One grad_K thread: the gradients of the s taps of one kernel row at a strip, written by
+// `gradients`.
+template <typename scalar_t, typename kernel_t, typename acc_t, typename Trace, typename Gradients = RawGradients>
 DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<kernel_t>& grad_kernels,
                                         const scalar_t* __restrict__ x, const scalar_t* __restrict__ grad_y,
-                                        int64_t index, bool vector, Trace& trace) {
+                                        int64_t index, bool vector, Trace& trace, const Gradients& gradients = {}) {
   constexpr int kV = strip_width<scalar_t>();
   static_assert(kV == strip_width<kernel_t>(), "x and the kernels move in strips of the same width");
   const int64_t rows = kernel_rows(geo), hw = plane(geo);
@@ -513,14 +625,16 @@ DDET_HOST_DEVICE void grad_kernel_strip(const Geometry& geo, const KernelBank<ke
   const scalar_t* xs = x + first;
   kernel_t* gk =
       grad_kernels.data[k] + n * grad_kernels.batch_stride[k] + (group * s * s + i * s) * hw + h * geo.W + w0;
+  const auto row_out = gradients.at(geo, k, i, n, group, h, w0);
+  constexpr Pass kPass = Gradients::kPass;
   switch (geo.dilation == 1 ? s : 0) {
-    case 1: grad_kernel_row_size<1, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 3: grad_kernel_row_size<3, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 5: grad_kernel_row_size<5, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
-    case 7: grad_kernel_row_size<7, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, trace); break;
+    case 1: grad_kernel_row_size<1, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, row_out, kPass, trace); break;
+    case 3: grad_kernel_row_size<3, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, row_out, kPass, trace); break;
+    case 5: grad_kernel_row_size<5, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, row_out, kPass, trace); break;
+    case 7: grad_kernel_row_size<7, kV, scalar_t, kernel_t, acc_t>(geo, gy, xs, gk, h, row, w0, valid, vector, row_out, kPass, trace); break;
     default:
-      trace(Pass::kGradK, 0, false, false);
-      grad_kernel_row_generic<kV, scalar_t, kernel_t, acc_t>(geo, s, gy, xs, gk, row, w0, valid);
+      trace(kPass, 0, false, false);
+      grad_kernel_row_generic<kV, scalar_t, kernel_t, acc_t>(geo, s, gy, xs, gk, row, w0, valid, row_out);
   }
 }
 

@@ -157,6 +157,11 @@ def _strip_case(case, dtype, kernel_dtype=None):
     return set(forward_paths) | set(backward_paths)
 
 
+def _strip_paths(softmax):
+    """The harness's path names of the raw passes, or of the softmax passes."""
+    return {path for path in torch.ops.ddet_ops_testing.strip_paths() if path.startswith("softmax") == softmax}
+
+
 @pytest.mark.parametrize("dtype", list(STRIP_TOLERANCE), ids=str)
 def test_v2_strip_code_matches_reference_on_every_path(dtype):
     """The v2 CUDA kernels' per-thread functions, run serially on the CPU over every strip; the
@@ -165,9 +170,56 @@ def test_v2_strip_code_matches_reference_on_every_path(dtype):
     seen = set()
     for case in STRIP_CASES:
         seen |= _strip_case(case, dtype)
-    everything = set(torch.ops.ddet_ops_testing.strip_paths())
+    everything = _strip_paths(softmax=False)
     assert everything - seen == set(), "paths the harness never ran"
     assert seen <= everything
+
+
+def _softmax_strip_case(case, mode, dtype, kernel_dtype=None):
+    """The v2 softmax passes on the harness against torch.softmax and the float64 reference; lse
+    against the CPU op's."""
+    n, c, h, w, sizes, groups, dilation = case
+    kernel_dtype = kernel_dtype or dtype
+    x, kernels = make_inputs(n, c, h, w, sizes, groups)
+    packed = (3 * torch.cat(kernels, dim=1)).to(kernel_dtype)
+    x, grad_y = x.to(dtype), torch.randn_like(x).to(dtype)
+    args = ([packed], list(sizes), groups, dilation, mode == "softmax_per_size")
+    y, lse, forward_paths = torch.ops.ddet_ops_testing.strip_softmax_forward(x, *args)
+    gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_softmax_backward(
+        grad_y, x, args[0], lse, *args[1:], True, True
+    )
+    want = grads(
+        reference.multi_dynconv,
+        x.double(),
+        packed.double(),
+        grad_y.double(),
+        sizes=sizes,
+        groups=groups,
+        dilation=dilation,
+        normalize=mode,
+    )
+    for name, got, ref, out_dtype in [
+        ("y", y, want[0], dtype),
+        ("grad_x", gx, want[1], dtype),
+        ("grad_k", gk, want[2][0], kernel_dtype),
+    ]:
+        assert got.dtype == out_dtype
+        assert _relative_error(got, ref) < STRIP_TOLERANCE[out_dtype], (name, case, mode)
+    _, cpu_lse = torch.ops.ddet_ops.multi_dynconv_softmax(x, *args)
+    assert _relative_error(lse, cpu_lse.double()) < STRIP_TOLERANCE[lse.dtype], ("lse", case, mode)
+    return set(forward_paths) | set(backward_paths)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "softmax_per_size"])
+@pytest.mark.parametrize("dtype", list(STRIP_TOLERANCE), ids=str)
+def test_v2_softmax_strips_match_reference_on_every_path(dtype, mode):
+    """The CUDA softmax passes (online-softmax forward, grad_x from lse, the dot products, the
+    kernel gradients) on the harness: every path of each, for every dtype and both modes."""
+    seen = set()
+    for case in STRIP_CASES:
+        seen |= _softmax_strip_case(case, mode, dtype)
+    assert _strip_paths(softmax=True) - seen == set(), "paths the harness never ran"
+    assert seen <= _strip_paths(softmax=True)
 
 
 @pytest.mark.parametrize(
@@ -845,7 +897,10 @@ def test_cuda_per_thread_code_reads_mixed_pairs(x_dtype, kernel_dtype):
     seen = set()
     for case in STRIP_CASES:
         seen |= _strip_case(case, x_dtype, kernel_dtype)
-    assert set(torch.ops.ddet_ops_testing.strip_paths()) - seen == set(), "paths the harness never ran"
+    assert _strip_paths(softmax=False) - seen == set(), "paths the harness never ran"
+    for index, case in enumerate(STRIP_CASES):
+        seen |= _softmax_strip_case(case, ["softmax", "softmax_per_size"][index % 2], x_dtype, kernel_dtype)
+    assert _strip_paths(softmax=True) - seen == set(), "softmax paths the harness never ran"
     x, kernels = make_inputs(2, 5, 6, 9, (3, 5), 1)
     x_in, k_in = x.to(x_dtype), [k.to(kernel_dtype) for k in kernels]
     want = reference.multi_dynconv(x_in.double(), [k.double() for k in k_in])

@@ -7,7 +7,7 @@
 #include "../dynconv.h"
 #include "../channel_tile.h"
 #include "../pixel.h"
-#include "../strip.h"
+#include "../softmax_strip.h"
 
 #include <algorithm>
 #include <limits>
@@ -62,7 +62,9 @@ std::tuple<Tensor, std::vector<Tensor>> pixelwise_backward(const Tensor& grad_y,
 struct PathTrace {
   std::set<std::string> seen;
   void operator()(Pass pass, int size, bool inside, bool vector) {
-    static const char* const kPassNames[] = {"forward", "grad_x", "grad_k", "forward_tile", "grad_x_tile"};
+    static const char* const kPassNames[] = {"forward",        "grad_x",         "grad_k",
+                                             "forward_tile",   "grad_x_tile",    "softmax forward",
+                                             "softmax grad_x", "softmax grad_k", "softmax dot"};
     std::string name = std::string(kPassNames[static_cast<int>(pass)]) + " ";
     if (pass == Pass::kForwardTile || pass == Pass::kGradXTile) {
       seen.insert(name + "s" + std::to_string(size));
@@ -80,7 +82,8 @@ std::vector<std::string> strip_paths() {
     all(Pass::kForwardTile, size, true, true);
     all(Pass::kGradXTile, size, true, true);
   }
-  for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK}) {
+  for (Pass pass : {Pass::kForward, Pass::kGradX, Pass::kGradK, Pass::kSoftmaxForward, Pass::kSoftmaxGradX,
+                    Pass::kSoftmaxGradK, Pass::kSoftmaxDot}) {
     all(pass, 0, false, false);
     for (int size : kSpecialisedSizes) {
       for (bool inside : {false, true}) {
@@ -115,17 +118,35 @@ void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank,
   }
 }
 
+template <bool kGather, typename kernel_t, typename scalar_t, typename Norm>
+void run_gather_strips(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src, scalar_t* out,
+                       bool vector, const Norm& norm, PathTrace& trace) {
+  const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
+  for (int64_t index = 0; index < threads; ++index) {
+    gather_strip<kGather, scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace, norm);
+  }
+}
+
+// As the device's launch_gather: the channel tiles where they apply, else the strips.
 template <bool kGather, typename kernel_t, typename scalar_t>
-void run_gather_strips(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
+void run_gather(const Problem& p, const scalar_t* src, scalar_t* out, PathTrace& trace) {
   const auto bank = make_bank<const kernel_t>(p, p.kernels);
   const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out);
   if (takes_channel_tiles(p.geo, vector)) {
     run_channel_tiles<kGather>(p, bank, src, out, trace);
     return;
   }
-  const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
+  run_gather_strips<kGather>(p, bank, src, out, vector, RawWeights{}, trace);
+}
+
+template <typename scalar_t, typename kernel_t, typename Gradients>
+void run_grad_kernel_strips(const Problem& p, const scalar_t* grad_y, std::vector<Tensor>& grad_kernels, bool vector,
+                            const Gradients& gradients, PathTrace& trace) {
+  const auto bank = make_bank<kernel_t>(p, grad_kernels);
+  const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
-    gather_strip<kGather, scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace);
+    grad_kernel_strip<scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(), grad_y,
+                                                             index, vector, trace, gradients);
   }
 }
 
@@ -137,7 +158,7 @@ std::tuple<Tensor, std::vector<std::string>> strip_forward(const Tensor& x, cons
   dispatch_pair(p, [&](auto x_type, auto kernel_type) {
     using scalar_t = typename decltype(x_type)::type;
     using kernel_t = typename decltype(kernel_type)::type;
-    run_gather_strips<false, kernel_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
+    run_gather<false, kernel_t>(p, p.x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), trace);
   });
   return {y, trace.names()};
 }
@@ -153,16 +174,74 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<std::string>> strip_backward
     using scalar_t = typename decltype(x_type)::type;
     using kernel_t = typename decltype(kernel_type)::type;
     if (need_x) {
-      run_gather_strips<true, kernel_t>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
+      run_gather<true, kernel_t>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_x.mutable_data_ptr<scalar_t>(), trace);
     }
     if (!need_kernels) return;
-    const auto bank = make_bank<kernel_t>(p, b.grad_kernels);
-    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), b.grad_y.const_data_ptr());
-    const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
-    for (int64_t index = 0; index < threads; ++index) {
-      grad_kernel_strip<scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, p.x.const_data_ptr<scalar_t>(),
-                                                             b.grad_y.const_data_ptr<scalar_t>(), index, vector, trace);
+    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, make_bank<kernel_t>(p, b.grad_kernels),
+                                                         p.x.const_data_ptr(), b.grad_y.const_data_ptr());
+    run_grad_kernel_strips<scalar_t, kernel_t>(p, b.grad_y.const_data_ptr<scalar_t>(), b.grad_kernels, vector,
+                                               RawGradients{}, trace);
+  });
+  return {b.grad_x, b.grad_kernels, trace.names()};
+}
+
+std::tuple<Tensor, Tensor, std::vector<std::string>> strip_softmax_forward(const Tensor& x,
+                                                                            const std::vector<Tensor>& kernels,
+                                                                            IntList sizes, int64_t groups,
+                                                                            int64_t dilation, bool per_size) {
+  const Problem p = prepare(x, kernels, sizes, groups, dilation);
+  Tensor y = torch::stable::empty(p.x.sizes(), p.x.scalar_type());
+  Tensor lse = empty_log_normalisers(p, per_size);
+  PathTrace trace;
+  if (is_empty(p.geo)) return {y, lse, trace.names()};
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const auto bank = make_bank<const kernel_t>(p, p.kernels);
+    const SoftmaxPlanes<acc_t> planes{lse.mutable_data_ptr<acc_t>(), per_size};
+    const scalar_t* src = p.x.const_data_ptr<scalar_t>();
+    scalar_t* out = y.mutable_data_ptr<scalar_t>();
+    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out) && aligned_16(planes.data);
+    const OnlineSoftmax<strip_channels<scalar_t, kernel_t>(), strip_width<scalar_t>(), acc_t> norm(planes);
+    run_gather_strips<false>(p, bank, src, out, vector, norm, trace);
+  });
+  return {y, lse, trace.names()};
+}
+
+// As the device: grad_x, then the dot products into a scratch tensor, then the kernel gradients.
+std::tuple<Tensor, std::vector<Tensor>, std::vector<std::string>> strip_softmax_backward(
+    const Tensor& grad_y, const Tensor& x, const std::vector<Tensor>& kernels, const Tensor& lse, IntList sizes,
+    int64_t groups, int64_t dilation, bool per_size, bool need_x, bool need_kernels) {
+  Backward b = prepare_backward(grad_y, x, kernels, sizes, groups, dilation, need_x, need_kernels);
+  const Tensor normalisers = checked_log_normalisers(b.p, lse, per_size);
+  PathTrace trace;
+  if (b.ready) return {b.grad_x, b.grad_kernels, trace.names()};
+  const Problem& p = b.p;
+  dispatch_pair(p, [&](auto x_type, auto kernel_type) {
+    using scalar_t = typename decltype(x_type)::type;
+    using kernel_t = typename decltype(kernel_type)::type;
+    using acc_t = opmath_t<scalar_t>;
+    const auto bank = make_bank<const kernel_t>(p, p.kernels);
+    const SoftmaxPlanes<const acc_t> planes{normalisers.const_data_ptr<acc_t>(), per_size};
+    const scalar_t* gy = b.grad_y.const_data_ptr<scalar_t>();
+    if (need_x) {
+      scalar_t* gx = b.grad_x.mutable_data_ptr<scalar_t>();
+      const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, gy, gx) && aligned_16(planes.data);
+      run_gather_strips<true>(p, bank, gy, gx, vector, StoredSoftmax<acc_t>{planes}, trace);
     }
+    if (!need_kernels) return;
+    Tensor dots = empty_log_normalisers(p, per_size);
+    const SoftmaxPlanes<acc_t> dot_planes{dots.mutable_data_ptr<acc_t>(), per_size};
+    const scalar_t* xs = p.x.const_data_ptr<scalar_t>();
+    const bool vector = softmax_backward_can_use_vectors(p.geo, bank, make_bank<kernel_t>(p, b.grad_kernels), xs, gy,
+                                                         planes.data, dot_planes.data);
+    const int64_t threads = softmax_dot_strip_threads<scalar_t>(p.geo);
+    for (int64_t index = 0; index < threads; ++index) {
+      softmax_dot_strip<scalar_t, kernel_t, acc_t>(p.geo, bank, planes, dot_planes, xs, gy, index, vector, trace);
+    }
+    const SoftmaxGradients<kernel_t, acc_t> gradients{bank, planes, {dot_planes.data, per_size}};
+    run_grad_kernel_strips<scalar_t, kernel_t>(p, gy, b.grad_kernels, vector, gradients, trace);
   });
   return {b.grad_x, b.grad_kernels, trace.names()};
 }
@@ -178,6 +257,12 @@ STABLE_TORCH_LIBRARY(ddet_ops_testing, m) {
   m.def(
       "strip_backward(Tensor grad_y, Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, "
       "bool need_x, bool need_kernels) -> (Tensor, Tensor[], str[])");
+  m.def(
+      "strip_softmax_forward(Tensor x, Tensor[] kernels, int[] sizes, int groups, int dilation, bool per_size) "
+      "-> (Tensor, Tensor, str[])");
+  m.def(
+      "strip_softmax_backward(Tensor grad_y, Tensor x, Tensor[] kernels, Tensor lse, int[] sizes, int groups, "
+      "int dilation, bool per_size, bool need_x, bool need_kernels) -> (Tensor, Tensor[], str[])");
   m.def("strip_paths() -> str[]");
 }
 
@@ -186,6 +271,8 @@ STABLE_TORCH_LIBRARY_IMPL(ddet_ops_testing, CPU, m) {
   m.impl("pixelwise_v1_backward", TORCH_BOX(&pixelwise_backward));
   m.impl("strip_forward", TORCH_BOX(&strip_forward));
   m.impl("strip_backward", TORCH_BOX(&strip_backward));
+  m.impl("strip_softmax_forward", TORCH_BOX(&strip_softmax_forward));
+  m.impl("strip_softmax_backward", TORCH_BOX(&strip_softmax_backward));
 }
 
 // No tensor arguments, so no device to dispatch on: registered for every one.
