@@ -15,6 +15,8 @@
 
 #include <math.h>
 
+#include <type_traits>
+
 #include "strip.h"
 
 namespace ddet_ops {
@@ -43,6 +45,10 @@ struct SoftmaxPlanes {
 template <int kC, int kV, typename acc_t>
 struct OnlineSoftmax {
   static constexpr bool kEveryRow = true;
+  template <typename, typename>
+  DDET_HOST_DEVICE static constexpr int channels() {
+    return kC;
+  }
   DDET_HOST_DEVICE static constexpr Pass pass(bool) { return Pass::kSoftmaxForward; }
   SoftmaxPlanes<acc_t> lse;
   acc_t largest[kV], total[kV], done[kC][kV];
@@ -127,12 +133,32 @@ struct OnlineSoftmax {
   }
 };
 
+// Channels of an online-softmax strip: one fewer than the raw strips (its finished sums take as
+// many registers as its running ones; more spilled on sm_80 and sm_90), two with half-type
+// kernels under float32 x, one in double.
+template <typename scalar_t, typename kernel_t>
+constexpr int online_softmax_channels() {
+  if constexpr (sizeof(scalar_t) == 8) return 1;
+  if constexpr (sizeof(scalar_t) == 4 && sizeof(kernel_t) == 2) return 2;
+  return 3;
+}
+
+// The online softmax of x of scalar_t and kernels of kernel_t, summing in float (double for
+// double x).
+template <typename scalar_t, typename kernel_t>
+using OnlineSoftmaxFor = OnlineSoftmax<online_softmax_channels<scalar_t, kernel_t>(), strip_width<scalar_t>(),
+                                       std::conditional_t<sizeof(scalar_t) == 8, double, float>>;
+
 // The weights of a pass after the forward: p = exp(k - lse), lse read where each weight was:
 // at the neighbour a tap came from (grad_x, kGather) or at the strip (the dot products). Where
 // the neighbour lies outside the image, k and lse read as 0 and p meets a source of 0.
 template <typename acc_t>
 struct StoredSoftmax {
   static constexpr bool kEveryRow = false;
+  template <typename scalar_t, typename kernel_t>
+  DDET_HOST_DEVICE static constexpr int channels() {
+    return strip_channels<scalar_t, kernel_t>();
+  }
   DDET_HOST_DEVICE static constexpr Pass pass(bool gather) {
     return gather ? Pass::kSoftmaxGradX : Pass::kSoftmaxDot;
   }

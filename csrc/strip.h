@@ -83,9 +83,8 @@ struct NoTrace {
 
 DDET_HOST_DEVICE int64_t strips_per_row(const Geometry& geo, int width) { return (geo.W + width - 1) / width; }
 
-template <typename scalar_t, typename kernel_t>
+template <int kC>
 DDET_HOST_DEVICE int64_t strip_channel_blocks(const Geometry& geo) {
-  constexpr int kC = strip_channels<scalar_t, kernel_t>();
   return (geo.channels_per_group + kC - 1) / kC;
 }
 
@@ -118,13 +117,6 @@ DDET_HOST_DEVICE BandedIndex split_banded(const Geometry& geo, int width, int64_
   index /= inner_count;
   const int64_t strip = index % bands * band + in_band;
   return {strip < strips ? strip * width : -1, inner, index / bands};
-}
-
-// Forward / grad_x threads: one per (n, group, band, h, block of channels, strip in band), the
-// channel block inside h, so the blocks of one row re-read its weights from cache.
-template <typename scalar_t, typename kernel_t>
-DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
-  return banded_threads(geo, strip_width<scalar_t>(), geo.H * strip_channel_blocks<scalar_t, kernel_t>(geo));
 }
 
 // grad_K threads: one per (n, group, band, h, kernel row of any size, strip in band), the kernel
@@ -268,6 +260,10 @@ struct StripPlace {
 // weights count in a normaliser).
 struct RawWeights {
   static constexpr bool kEveryRow = false;
+  template <typename scalar_t, typename kernel_t>
+  DDET_HOST_DEVICE static constexpr int channels() {
+    return strip_channels<scalar_t, kernel_t>();
+  }
   DDET_HOST_DEVICE static constexpr Pass pass(bool gather) { return gather ? Pass::kGradX : Pass::kForward; }
   DDET_HOST_DEVICE void start_size(const Geometry&, const StripPlace&, int) {}
   // wt: the kS weight strips of a kernel row, as strip_row_taps loads them for source row `row`;
@@ -282,6 +278,15 @@ struct RawWeights {
   template <int kC, int kV, typename acc_t>
   DDET_HOST_DEVICE void end_size(const Geometry&, const StripPlace&, int, bool, acc_t (&)[kC][kV]) {}
 };
+
+// Forward / grad_x threads: one per (n, group, band, h, block of channels, strip in band), the
+// channel block inside h, so the blocks of one row re-read its weights from cache; the policy
+// says how many channels a thread sums.
+template <typename scalar_t, typename kernel_t, typename Norm = RawWeights>
+DDET_HOST_DEVICE int64_t gather_strip_threads(const Geometry& geo) {
+  constexpr int kC = Norm::template channels<scalar_t, kernel_t>();
+  return banded_threads(geo, strip_width<scalar_t>(), geo.H * strip_channel_blocks<kC>(geo));
+}
 
 // The kS weight strips of kernel row i of size kS at dilation 1 for a strip at (h, w0): forward,
 // at the strip; grad_x (kGather), at the neighbour each tap came from, in source row `row`.
@@ -448,7 +453,7 @@ DDET_HOST_DEVICE void load_strip(const scalar_t* p, int valid, bool vector, acc_
 }
 
 // One forward (kGather = false) or grad_x (kGather = true) thread: the sums of every size for a
-// strip of up to strip_channels() channels, weighed by `norm`, written to out. `vector`: every row
+// strip of up to Norm::channels() channels, weighed by `norm`, written to out. `vector`: every row
 // can be read as aligned vectors (strips_can_use_vectors).
 template <bool kGather, typename scalar_t, typename kernel_t, typename acc_t, typename Trace,
           typename Norm = RawWeights>
@@ -457,8 +462,8 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const k
                                    bool vector, Trace& trace, Norm norm = {}) {
   constexpr int kV = strip_width<scalar_t>();
   static_assert(kV == strip_width<kernel_t>(), "x and the kernels move in strips of the same width");
-  constexpr int kC = strip_channels<scalar_t, kernel_t>();
-  const int64_t blocks = strip_channel_blocks<scalar_t, kernel_t>(geo), hw = plane(geo);
+  constexpr int kC = Norm::template channels<scalar_t, kernel_t>();
+  const int64_t blocks = strip_channel_blocks<kC>(geo), hw = plane(geo);
   const BandedIndex place = split_banded(geo, kV, geo.H * blocks, index);
   if (place.w0 < 0) return;
   StripPlace at{place.image_group / geo.groups, place.image_group % geo.groups, place.inner / blocks, place.w0,

@@ -9,7 +9,7 @@ The operators themselves are declared and implemented in C++ (``csrc/``):
   int dilation, bool per_size) -> (Tensor y, Tensor lse)``: the kernels normalised by a softmax
   over the taps inside the op; lse (N, groups * sets, H, W), float32 (float64 for float64 x),
   holds each pixel's log-normaliser per group and set of taps (all sizes: 1 set; per size: one
-  set per size), all the backward needs besides the inputs (CPU only)
+  set per size), all the backward needs besides the inputs
 * ``ddet_ops::multi_dynconv_softmax_backward(Tensor grad_y, Tensor x, Tensor[] kernels,
   Tensor lse, int[] sizes, int groups, int dilation, bool per_size, bool need_x,
   bool need_kernels) -> (Tensor, Tensor[])``
@@ -79,10 +79,9 @@ def multi_dynconv(
 
             with :math:`S(t)` every tap of every size of t's group (``"softmax"``: the summed
             filter sums to 1) or the taps of t's size only (``"softmax_per_size"``: each size's
-            filter sums to 1). On the CPU the softmax is fused into both passes (computed in
-            float32, or float64, from the stored kernels; the backward keeps one per-pixel
-            log-normaliser per group and set, never the probabilities); on CUDA the kernels go
-            through ``torch.softmax`` first (not fused there yet).
+            filter sums to 1). The softmax is fused into both passes on the CPU and CUDA
+            (computed in float32, or float64, from the stored kernels; the backward keeps one
+            per-pixel log-normaliser per group and set, never the probabilities).
 
     Returns:
         y, a new (N, C, H, W) tensor of x's dtype and device. Sums accumulate in float32
@@ -100,12 +99,10 @@ def multi_dynconv(
     x_read, kernel_list = _readable(x, kernel_list)
     if normalize is None:
         y = torch.ops.ddet_ops.multi_dynconv(x_read, kernel_list, sizes, groups, dilation)
-    elif x.device.type == "cpu":
+    else:
         y, _ = torch.ops.ddet_ops.multi_dynconv_softmax(
             x_read, kernel_list, sizes, groups, dilation, normalize == "softmax_per_size"
         )
-    else:
-        y = _softmax_then_raw_op(x_read, kernel_list, sizes, groups, dilation, normalize)
     return y.to(x.dtype)
 
 

@@ -236,9 +236,60 @@ def test_every_pair_of_dtypes_against_float64(x_dtype, kernel_dtype):
     mixed_dtype_case(x_dtype, kernel_dtype, "cuda")
 
 
+def softmax_forward_backward(x, kernels, grad_y, case, normalize):
+    x = x.detach().requires_grad_(True)
+    kernels = [k.detach().requires_grad_(True) for k in kernels]
+    y = multi_dynconv(x, kernels, groups=case[5], dilation=case[6], normalize=normalize)
+    y.backward(grad_y)
+    return [y.detach(), x.grad] + [k.grad for k in kernels]
+
+
 @pytest.mark.parametrize("normalize", ["softmax", "softmax_per_size"])
-def test_softmax_over_the_taps_agrees_with_the_cpu(normalize):
-    x, kernels, grad_y = inputs(CASES[0], torch.float32)
-    got = multi_dynconv(x, kernels, normalize=normalize)
-    want = multi_dynconv(x.cpu(), [k.cpu() for k in kernels], normalize=normalize)
-    assert relative_error(got.cpu(), want) < 1e-5
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+def test_fused_softmax_every_dtype_against_float64(dtype, normalize):
+    """The fused CUDA softmax, forward and both gradients, on every case against torch.softmax and
+    the float64 reference on the same rounded inputs."""
+    for case in CASES:
+        x, kernels, grad_y = inputs(case, dtype)
+        kernels = [3 * k for k in kernels]
+        got = softmax_forward_backward(x, kernels, grad_y, case, normalize)
+        cpu = [t.cpu().double() for t in (x, *kernels, grad_y)]
+        want = reference_grads(cpu[0], cpu[1:-1], cpu[-1], case, normalize)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == dtype and relative_error(a.cpu(), b) < TOLERANCE[dtype], case
+
+
+def reference_grads(x, kernels, grad_y, case, normalize):
+    x = x.requires_grad_(True)
+    kernels = [k.requires_grad_(True) for k in kernels]
+    y = reference.multi_dynconv(x, kernels, groups=case[5], dilation=case[6], normalize=normalize)
+    y.backward(grad_y)
+    return [y.detach(), x.grad] + [k.grad for k in kernels]
+
+
+@pytest.mark.parametrize("per_size", [False, True], ids=["softmax", "per_size"])
+def test_softmax_ops_agree_with_the_cpu_and_pass_opcheck(per_size):
+    """The raw softmax ops: y and lse as the CPU kernels give them, float32 x with bfloat16 kernels
+    too, and opcheck (schema, fake kernel, autograd registration) on CUDA tensors."""
+    for kernel_dtype in (torch.float32, torch.bfloat16):
+        x, kernels, grad_y = inputs(CASES[0], torch.float32)
+        kernels = [k.to(kernel_dtype) for k in kernels]
+        args = (x, kernels, [3, 5, 7], 1, 1, per_size)
+        y, lse = torch.ops.ddet_ops.multi_dynconv_softmax(*args)
+        y_cpu, lse_cpu = torch.ops.ddet_ops.multi_dynconv_softmax(x.cpu(), [k.cpu() for k in kernels], *args[2:])
+        assert relative_error(y.cpu(), y_cpu) < 1e-5 and relative_error(lse.cpu(), lse_cpu) < 1e-6
+        grads = torch.ops.ddet_ops.multi_dynconv_softmax_backward(
+            grad_y, x, kernels, lse, [3, 5, 7], 1, 1, per_size, True, True
+        )
+        grads_cpu = torch.ops.ddet_ops.multi_dynconv_softmax_backward(
+            grad_y.cpu(), x.cpu(), [k.cpu() for k in kernels], lse_cpu, [3, 5, 7], 1, 1, per_size, True, True
+        )
+        assert relative_error(grads[0].cpu(), grads_cpu[0]) < 1e-5
+        tolerance = 1e-5 if kernel_dtype == torch.float32 else 1e-2
+        for a, b in zip(grads[1], grads_cpu[1], strict=True):
+            assert a.dtype == kernel_dtype and relative_error(a.cpu(), b) < tolerance
+    torch.library.opcheck(torch.ops.ddet_ops.multi_dynconv_softmax.default, args)
+    torch.library.opcheck(
+        torch.ops.ddet_ops.multi_dynconv_softmax_backward.default,
+        (grad_y, x, kernels, lse, [3, 5, 7], 1, 1, per_size, True, True),
+    )

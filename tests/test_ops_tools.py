@@ -105,3 +105,24 @@ def test_report_tool_writes_the_summary_and_copes_with_missing_steps(load_tool, 
     assert "test GPU" in text and "2.00x" in text and "| target | measured | result |" in text
     assert gpu_timings.main(["report", "--v1", str(tmp_path / "none.json"), "--markdown", str(summary)]) == 0
     assert "no kernel timings" in summary.read_text()
+
+
+def test_softmax_and_mixed_cases_are_judged_against_their_raw_counterparts():
+    """Cases only v2 times (a fused softmax, half-type kernels under float32 x) get table rows with
+    empty v1 cells and are judged against the raw case of their shape and dtype."""
+    v1, v2 = _timings("v1", 1.0), _timings("v2", 1.0)
+    headline = v2["results"][0]
+    for name, extra, seconds in [
+        ("fused softmax", {"normalize": "softmax"}, 1.3),
+        ("bf16 kernels", {"kernel_dtype": "bfloat16"}, 0.7),
+    ]:
+        case = {**headline["case"], "name": name, **extra}
+        v2["results"].append({"case": case, "seconds": dict.fromkeys(ops.PASSES, seconds), "bytes": headline["bytes"]})
+    verdict = {row[0]: row[2] for row in ops.targets(v1, v2, None)}
+    assert verdict["fused softmax: forward <= 1.4x the raw op"] == "PASS"
+    assert verdict["fused softmax: grad_both <= 1.4x the raw op"] == "PASS"
+    assert verdict["bf16 kernels: forward <= 0.65x float32 kernels"] == "FAIL"
+    assert verdict["bf16 kernels: grad_both <= 0.7x float32 kernels"] == "PASS"
+    assert not any(target.startswith("fused softmax: v2 forward") for target in verdict)
+    rows = [line for line in ops.kernel_table(v1, v2).splitlines() if line.startswith("| fused softmax | forward")]
+    assert len(rows) == 1 and rows[0].startswith("| fused softmax | forward |  |  | 1300.00 |")

@@ -78,7 +78,7 @@ fi
 
 # Every dtype against float64, CPU agreement, determinism, > 2^31 elements, both kernel versions.
 CUDA_TESTS=("$REPO/tests/test_ops_cuda.py" -m cuda -q -p no:cacheprovider -x
-  -k "every_dtype or agrees_with_cpu or deterministic or 2_to_the_31 or kernel_versions")
+  -k "every_dtype or agrees_with_cpu or agree_with_the_cpu or deterministic or 2_to_the_31 or kernel_versions")
 if [ "$DRY" -eq 1 ]; then
   step cuda-tests-collect 60 env -C "$OUT" "$PY" -m pytest "${CUDA_TESTS[@]}" --collect-only
 else

@@ -66,14 +66,18 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     repeats = 2 if args.dry_run else args.repeats
     if args.step == "kernels":
-        cases = ops.DRY_RUN_CASES if args.dry_run else ops.KERNEL_CASES
         variant = ops.kernel_variant(device)
+        cases = [
+            case
+            for case in (ops.DRY_RUN_CASES if args.dry_run else ops.KERNEL_CASES)
+            if variant != "v1" or ops.v1_has(case)
+        ]
         ops.run_kernel_timings(device, cases, repeats, args.json, variant)
     else:
         cases = (
             ops.DRY_RUN_CASES
             if args.dry_run
-            else [c for c in ops.KERNEL_CASES if c.name.startswith(HEADLINE) and c.dtype != "float16"]
+            else [c for c in ops.KERNEL_CASES if c.name.startswith(HEADLINE) and c.dtype != "float16" and ops.v1_has(c)]
         )
         # The dry run traces torch.compile's graphs but leaves inductor's minutes of CPU compiling out.
         ops.run_peers(device, cases, repeats, args.json, backend="eager" if args.dry_run else "inductor")

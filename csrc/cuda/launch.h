@@ -22,6 +22,13 @@ void forward_v2(const Problem& p, Tensor& y);
 void grad_x_v2(const Problem& p, const Tensor& grad_y, Tensor& grad_x);
 void grad_kernels_v2(const Problem& p, const Tensor& grad_y, std::vector<Tensor>& grad_kernels);
 
+// The softmax over the taps (v2 only, softmax_strip.h): the forward writes lse (see
+// empty_log_normalisers); the kernel gradients use a scratch tensor of dot products like it.
+void softmax_forward_v2(const Problem& p, Tensor& y, Tensor& lse, bool per_size);
+void softmax_grad_x_v2(const Problem& p, const Tensor& grad_y, const Tensor& lse, bool per_size, Tensor& grad_x);
+void softmax_grad_kernels_v2(const Problem& p, const Tensor& grad_y, const Tensor& lse, bool per_size,
+                             std::vector<Tensor>& grad_kernels);
+
 // Grid-stride loops cover any remainder, so grids are capped.
 inline int64_t blocks_for(int64_t threads, int per_block) {
   constexpr int64_t kMaxBlocks = int64_t(1) << 30;

@@ -8,12 +8,8 @@ void grad_kernels_v2(const Problem& p, const Tensor& grad_y, std::vector<Tensor>
     using scalar_t = typename decltype(x_type)::type;
     using kernel_t = typename decltype(kernel_type)::type;
     const auto bank = make_bank<kernel_t>(p, grad_kernels);
-    const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
-    v2::grad_kernel_strips<scalar_t, kernel_t><<<blocks_for(threads, v2::kThreadsPerBlock), v2::kThreadsPerBlock, 0,
-                                       current_stream(p.x)>>>(
-        p.geo, bank, p.x.const_data_ptr<scalar_t>(), grad_y.const_data_ptr<scalar_t>(), threads,
-        strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), grad_y.const_data_ptr()));
-    STD_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, p.x.const_data_ptr(), grad_y.const_data_ptr());
+    v2::launch_grad_kernel_strips<scalar_t>(p, grad_y.const_data_ptr<scalar_t>(), bank, vector, RawGradients{});
   });
 }
 

@@ -3,12 +3,13 @@
 // strip fastest (in bands of 32), so a warp's weight loads cover 32 neighbouring strips of a plane.
 // forward and grad_x are one kernel template (a gather over the window or its inverse); the
 // kernel gradients are a second kernel, so either backward half runs alone. Indices are 64-bit.
-// forward and grad_x of one group of many channels run the channel tiles of channel_tile.h instead.
+// forward and grad_x of one group of many channels run the channel tiles of channel_tile.h instead;
+// the softmax passes (softmax_strip.h) are the same kernels with other weights, and the dot products.
 // Each pass is compiled in its own file (v2_*.cu), so that the build runs them in parallel.
 #pragma once
 
 #include "../channel_tile.h"
-#include "../strip.h"
+#include "../softmax_strip.h"
 #include "launch.h"
 
 namespace ddet_ops {
@@ -24,30 +25,59 @@ constexpr int kThreadsPerBlock = 256;
 #endif
 constexpr int kMinBlocksPerSM = DDET_V2_MIN_BLOCKS_PER_SM;
 
-template <bool kGather, typename scalar_t, typename kernel_t>
-__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
+// The softmax passes in double hold more than 128 registers a thread (double exponentials): their
+// kernels may take up to 255, one block per SM. Double is there for gradcheck, not for speed.
+template <typename scalar_t, bool kSoftmax>
+constexpr int min_blocks_per_sm() {
+  return kSoftmax && sizeof(scalar_t) == 8 ? 1 : kMinBlocksPerSM;
+}
+
+// norm: how the weights are weighed (RawWeights, or a softmax policy of softmax_strip.h), each
+// thread starting from this state.
+template <bool kGather, typename scalar_t, typename kernel_t, typename Norm>
+__global__ void __launch_bounds__(kThreadsPerBlock,
+                                  min_blocks_per_sm<scalar_t, !std::is_same_v<Norm, RawWeights>>())
     gather_strips(const __grid_constant__ Geometry geo, const __grid_constant__ KernelBank<const kernel_t> kernels,
-                  const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t threads, bool vector) {
+                  const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t threads, bool vector,
+                  const __grid_constant__ Norm norm) {
   using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
-    gather_strip<kGather, scalar_t, kernel_t, acc_t>(geo, kernels, src, out, index, vector, trace);
+    gather_strip<kGather, scalar_t, kernel_t, acc_t>(geo, kernels, src, out, index, vector, trace, norm);
+  }
+}
+
+// gradients: how the sums are written (RawGradients, or SoftmaxGradients).
+template <typename scalar_t, typename kernel_t, typename Gradients>
+__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
+    grad_kernel_strips(const __grid_constant__ Geometry geo,
+                       const __grid_constant__ KernelBank<kernel_t> grad_kernels, const scalar_t* __restrict__ x,
+                       const scalar_t* __restrict__ grad_y, int64_t threads, bool vector,
+                       const __grid_constant__ Gradients gradients) {
+  using acc_t = opmath_t<scalar_t>;
+  NoTrace trace;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    grad_kernel_strip<scalar_t, kernel_t, acc_t>(geo, grad_kernels, x, grad_y, index, vector, trace, gradients);
   }
 }
 
 template <typename scalar_t, typename kernel_t>
-__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
-    grad_kernel_strips(const __grid_constant__ Geometry geo,
-                       const __grid_constant__ KernelBank<kernel_t> grad_kernels, const scalar_t* __restrict__ x,
+__global__ void __launch_bounds__(kThreadsPerBlock, min_blocks_per_sm<scalar_t, true>())
+    softmax_dot_strips(const __grid_constant__ Geometry geo,
+                       const __grid_constant__ KernelBank<const kernel_t> kernels,
+                       const __grid_constant__ SoftmaxPlanes<const opmath_t<scalar_t>> lse,
+                       const __grid_constant__ SoftmaxPlanes<opmath_t<scalar_t>> dots, const scalar_t* __restrict__ x,
                        const scalar_t* __restrict__ grad_y, int64_t threads, bool vector) {
   using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
        index += stride) {
-    grad_kernel_strip<scalar_t, kernel_t, acc_t>(geo, grad_kernels, x, grad_y, index, vector, trace);
+    softmax_dot_strip<scalar_t, kernel_t, acc_t>(geo, kernels, lse, dots, x, grad_y, index, vector, trace);
   }
 }
 
@@ -103,8 +133,18 @@ void launch_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& ba
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// forward (kGather = false) or grad_x (kGather = true); one group of many channels by channel
-// tiles.
+template <bool kGather, typename kernel_t, typename scalar_t, typename Norm>
+void launch_gather_strips(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src,
+                          scalar_t* out, bool vector, const Norm& norm) {
+  const int64_t threads = gather_strip_threads<scalar_t, kernel_t, Norm>(p.geo);
+  gather_strips<kGather, scalar_t, kernel_t, Norm>
+      <<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(p.geo, bank, src, out,
+                                                                                            threads, vector, norm);
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// forward (kGather = false) or grad_x (kGather = true) of raw kernels; one group of many channels
+// by channel tiles.
 template <bool kGather, typename kernel_t, typename scalar_t>
 void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
   const auto bank = make_bank<const kernel_t>(p, p.kernels);
@@ -113,9 +153,16 @@ void launch_gather(const Problem& p, const scalar_t* src, scalar_t* out) {
     launch_channel_tiles<kGather>(p, bank, src, out);
     return;
   }
-  const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
-  gather_strips<kGather, scalar_t, kernel_t><<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
-      p.geo, bank, src, out, threads, vector);
+  launch_gather_strips<kGather>(p, bank, src, out, vector, RawWeights{});
+}
+
+template <typename scalar_t, typename kernel_t, typename Gradients>
+void launch_grad_kernel_strips(const Problem& p, const scalar_t* grad_y, const KernelBank<kernel_t>& grad_bank,
+                               bool vector, const Gradients& gradients) {
+  const int64_t threads = grad_kernel_strip_threads<scalar_t>(p.geo);
+  grad_kernel_strips<scalar_t, kernel_t, Gradients>
+      <<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(
+          p.geo, grad_bank, p.x.const_data_ptr<scalar_t>(), grad_y, threads, vector, gradients);
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -121,7 +121,7 @@ void run_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& bank,
 template <bool kGather, typename kernel_t, typename scalar_t, typename Norm>
 void run_gather_strips(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src, scalar_t* out,
                        bool vector, const Norm& norm, PathTrace& trace) {
-  const int64_t threads = gather_strip_threads<scalar_t, kernel_t>(p.geo);
+  const int64_t threads = gather_strip_threads<scalar_t, kernel_t, Norm>(p.geo);
   for (int64_t index = 0; index < threads; ++index) {
     gather_strip<kGather, scalar_t, kernel_t, opmath_t<scalar_t>>(p.geo, bank, src, out, index, vector, trace, norm);
   }
@@ -203,7 +203,7 @@ std::tuple<Tensor, Tensor, std::vector<std::string>> strip_softmax_forward(const
     const scalar_t* src = p.x.const_data_ptr<scalar_t>();
     scalar_t* out = y.mutable_data_ptr<scalar_t>();
     const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out) && aligned_16(planes.data);
-    const OnlineSoftmax<strip_channels<scalar_t, kernel_t>(), strip_width<scalar_t>(), acc_t> norm(planes);
+    const OnlineSoftmaxFor<scalar_t, kernel_t> norm(planes);
     run_gather_strips<false>(p, bank, src, out, vector, norm, trace);
   });
   return {y, lse, trace.names()};
