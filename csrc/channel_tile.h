@@ -159,11 +159,7 @@ DDET_HOST_DEVICE void channel_tile_strip(const Geometry& geo, const KernelBank<c
   const acc_t* tile_at = tile + (thread / kBandStrips + kTileHalo) * tile_row_length<kV>() + kTilePad +
                          thread % kBandStrips * kV;
   acc_t acc[kTC][kV];
-  DDET_UNROLL
-  for (int c = 0; c < kTC; ++c) {
-    DDET_UNROLL
-    for (int v = 0; v < kV; ++v) acc[c][v] = acc_t(0);
-  }
+  zero_sums(acc);
   for (int k = 0; k < geo.num_sizes; ++k) {
     const int s = geo.size[k];
     const kernel_t* weights = kernels.data[k] + at.n * kernels.batch_stride[k];

@@ -41,8 +41,9 @@ struct SoftmaxPlanes {
 };
 
 // The forward's weights: for each pixel of the strip, the largest weight m so far of the current
-// set and z = sum exp(k - m); `done` holds the finished sets' sums, each divided by its z.
-template <int kC, int kV, typename acc_t>
+// set and z = sum exp(k - m). With a softmax per size (kPerSize), `done` holds the finished sets'
+// sums, each divided by its z; with one over every size, the one set ends with the last size.
+template <int kC, int kV, typename acc_t, bool kPerSize>
 struct OnlineSoftmax {
   static constexpr bool kEveryRow = true;
   template <typename, typename>
@@ -51,15 +52,11 @@ struct OnlineSoftmax {
   }
   DDET_HOST_DEVICE static constexpr Pass pass(bool) { return Pass::kSoftmaxForward; }
   SoftmaxPlanes<acc_t> lse;
-  acc_t largest[kV], total[kV], done[kC][kV];
+  acc_t largest[kV], total[kV], done[kPerSize ? kC : 1][kV];
 
-  DDET_HOST_DEVICE explicit OnlineSoftmax(SoftmaxPlanes<acc_t> planes) : lse(planes) {
+  DDET_HOST_DEVICE explicit OnlineSoftmax(acc_t* log_normalisers) : lse{log_normalisers, kPerSize} {
     restart();
-    DDET_UNROLL
-    for (int c = 0; c < kC; ++c) {
-      DDET_UNROLL
-      for (int v = 0; v < kV; ++v) done[c][v] = acc_t(0);
-    }
+    zero_sums(done);
   }
 
   DDET_HOST_DEVICE void restart() {
@@ -109,20 +106,25 @@ struct OnlineSoftmax {
     take(wt, acc);
   }
 
-  // At the end of a set: its sums divided by z join `done`, its lse is written (by the thread of
-  // the group's first channels); after the last size, acc holds the result.
+  // At the end of a set: its sums are divided by z (per size: they join `done`), its lse is
+  // written (by the thread of the group's first channels); after the last size, acc holds the
+  // result.
   DDET_HOST_DEVICE void end_size(const Geometry& geo, const StripPlace& at, int k, bool vector,
                                  acc_t (&acc)[kC][kV]) {
     const bool last = k == geo.num_sizes - 1;
-    if (!lse.per_size && !last) return;
+    if (!kPerSize && !last) return;
     acc_t log_normaliser[kV];
     DDET_UNROLL
     for (int v = 0; v < kV; ++v) {
       const acc_t inverse = acc_t(1) / total[v];
       DDET_UNROLL
       for (int c = 0; c < kC; ++c) {
-        done[c][v] += acc[c][v] * inverse;
-        acc[c][v] = last ? done[c][v] : acc_t(0);
+        if constexpr (kPerSize) {
+          done[c][v] += acc[c][v] * inverse;
+          acc[c][v] = last ? done[c][v] : acc_t(0);
+        } else {
+          acc[c][v] *= inverse;
+        }
       }
       log_normaliser[v] = largest[v] + log_of(total[v]);
     }
@@ -133,21 +135,20 @@ struct OnlineSoftmax {
   }
 };
 
-// Channels of an online-softmax strip: one fewer than the raw strips (its finished sums take as
-// many registers as its running ones; more spilled on sm_80 and sm_90), two with half-type
-// kernels under float32 x, one in double.
-template <typename scalar_t, typename kernel_t>
+// Channels of an online-softmax strip, so that its running state fits in 128 registers (more
+// spilled on sm_80 or sm_90): 3 (one fewer than the raw float strips), 2 for float32 x per size
+// (the finished sums take as many registers as the running ones), 1 in double.
+template <typename scalar_t, bool kPerSize>
 constexpr int online_softmax_channels() {
   if constexpr (sizeof(scalar_t) == 8) return 1;
-  if constexpr (sizeof(scalar_t) == 4 && sizeof(kernel_t) == 2) return 2;
+  if constexpr (sizeof(scalar_t) == 4 && kPerSize) return 2;
   return 3;
 }
 
-// The online softmax of x of scalar_t and kernels of kernel_t, summing in float (double for
-// double x).
-template <typename scalar_t, typename kernel_t>
-using OnlineSoftmaxFor = OnlineSoftmax<online_softmax_channels<scalar_t, kernel_t>(), strip_width<scalar_t>(),
-                                       std::conditional_t<sizeof(scalar_t) == 8, double, float>>;
+// The online softmax of x of scalar_t, summing in float (double for double x).
+template <typename scalar_t, bool kPerSize>
+using OnlineSoftmaxFor = OnlineSoftmax<online_softmax_channels<scalar_t, kPerSize>(), strip_width<scalar_t>(),
+                                       std::conditional_t<sizeof(scalar_t) == 8, double, float>, kPerSize>;
 
 // The weights of a pass after the forward: p = exp(k - lse), lse read where each weight was:
 // at the neighbour a tap came from (grad_x, kGather) or at the strip (the dot products). Where
@@ -237,11 +238,7 @@ DDET_HOST_DEVICE void softmax_dot_strip(const Geometry& geo, const KernelBank<co
       at.count = static_cast<int>(geo.channels_per_group - at.first < kC ? geo.channels_per_group - at.first : kC);
       const int64_t channel = (at.n * geo.C + at.group * geo.channels_per_group + at.first) * hw;
       acc_t acc[kC][kV];
-      DDET_UNROLL
-      for (int c = 0; c < kC; ++c) {
-        DDET_UNROLL
-        for (int v = 0; v < kV; ++v) acc[c][v] = acc_t(0);
-      }
+      zero_sums(acc);
       for (int k = 0; k < geo.num_sizes; ++k) {
         if (lse.set_of(k) != set) continue;
         norm.start_size(geo, at, k);
@@ -297,15 +294,5 @@ struct SoftmaxGradients {
     return {weights, lse.row(geo, n, group, set, h) + w0, dots.row(geo, n, group, set, h) + w0, hw};
   }
 };
-
-// Whether the backward's softmax strips may move every tensor they read or write as aligned
-// vectors: the kernels and their gradients, x and grad_y, the log-normalisers and dot products.
-template <typename scalar_t, typename kernel_t, typename acc_t>
-bool softmax_backward_can_use_vectors(const Geometry& geo, const KernelBank<const kernel_t>& kernels,
-                                      const KernelBank<kernel_t>& grad_kernels, const scalar_t* x,
-                                      const scalar_t* grad_y, const acc_t* lse, const acc_t* dots) {
-  return strips_can_use_vectors<scalar_t>(geo, kernels, x, grad_y) &&
-         strips_can_use_vectors<scalar_t>(geo, grad_kernels, x, grad_y) && aligned_16(lse) && aligned_16(dots);
-}
 
 }  // namespace ddet_ops

@@ -196,6 +196,16 @@ DDET_HOST_DEVICE void store_strip(scalar_t* p, int valid, bool vector, const acc
   }
 }
 
+// Sets every sum of a thread to 0.
+template <int kRows, int kV, typename acc_t>
+DDET_HOST_DEVICE void zero_sums(acc_t (&sums)[kRows][kV]) {
+  DDET_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    DDET_UNROLL
+    for (int v = 0; v < kV; ++v) sums[r][v] = acc_t(0);
+  }
+}
+
 // row[col] as acc_t, or 0 where the column is outside [0, W) (kChecked only).
 template <bool kChecked, typename scalar_t, typename acc_t>
 DDET_HOST_DEVICE acc_t load_col(const scalar_t* row, int64_t col, int64_t W) {
@@ -473,11 +483,7 @@ DDET_HOST_DEVICE void gather_strip(const Geometry& geo, const KernelBank<const k
   const int64_t c_begin = at.group * geo.channels_per_group + at.first;
   const scalar_t* src_c = src + (at.n * geo.C + c_begin) * hw;
   acc_t acc[kC][kV];
-  DDET_UNROLL
-  for (int c = 0; c < kC; ++c) {
-    DDET_UNROLL
-    for (int v = 0; v < kV; ++v) acc[c][v] = acc_t(0);
-  }
+  zero_sums(acc);
   for (int k = 0; k < geo.num_sizes; ++k) {
     norm.start_size(geo, at, k);
     strip_taps<kGather>(geo, at, geo.size[k], size_block(geo, kernels, at, k), src_c, vector, norm, acc, trace);
@@ -533,11 +539,7 @@ DDET_HOST_DEVICE void grad_kernel_row_fixed(const Geometry& geo, const scalar_t*
                                             int64_t row, int64_t w0, int valid, bool vector, const RowOut& row_out) {
   const int64_t hw = plane(geo);
   acc_t acc[kS][kV];
-  DDET_UNROLL
-  for (int j = 0; j < kS; ++j) {
-    DDET_UNROLL
-    for (int v = 0; v < kV; ++v) acc[j][v] = acc_t(0);
-  }
+  zero_sums(acc);
   if (kAccess == Access::kUnchecked || (row >= 0 && row < geo.H)) {
     // Two channels at a time, so that their loads are in flight together.
     constexpr int kCB = 2;

@@ -129,15 +129,19 @@ def _relative_error(got, want):
     return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
-def _strip_case(case, dtype, kernel_dtype=None):
-    n, c, h, w, sizes, groups, dilation = case
-    kernel_dtype = kernel_dtype or dtype
+def _strip_inputs(case, dtype, kernel_dtype, scale=1.0):
+    """x, the packed kernels (times scale) and grad_y of a harness case, rounded to their dtypes."""
+    n, c, h, w, sizes, groups, _ = case
     x, kernels = make_inputs(n, c, h, w, sizes, groups)
-    packed, grad_y = torch.cat(kernels, dim=1), torch.randn_like(x)
-    x, packed, grad_y = x.to(dtype), packed.to(kernel_dtype), grad_y.to(dtype)
-    args = ([packed], list(sizes), groups, dilation)
-    y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
-    gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
+    packed, grad_y = scale * torch.cat(kernels, dim=1), torch.randn_like(x)
+    return x.to(dtype), packed.to(kernel_dtype), grad_y.to(dtype)
+
+
+def _assert_strip_results(got, inputs, case, normalize=None):
+    """The harness's y, grad_x and kernel gradient in their inputs' dtypes, each within the dtype's
+    tolerance of the float64 reference on the same rounded inputs."""
+    _, _, _, _, sizes, groups, dilation = case
+    x, packed, grad_y = inputs
     want = grads(
         reference.multi_dynconv,
         x.double(),
@@ -146,14 +150,22 @@ def _strip_case(case, dtype, kernel_dtype=None):
         sizes=sizes,
         groups=groups,
         dilation=dilation,
+        normalize=normalize,
     )
-    for name, got, ref, out_dtype in [
-        ("y", y, want[0], dtype),
-        ("grad_x", gx, want[1], dtype),
-        ("grad_k", gk, want[2][0], kernel_dtype),
-    ]:
-        assert got.dtype == out_dtype
-        assert _relative_error(got, ref) < STRIP_TOLERANCE[out_dtype], (name, case)
+    for name, value, ref, out_dtype in zip(
+        ("y", "grad_x", "grad_k"), got, (want[0], want[1], want[2][0]), (x.dtype, x.dtype, packed.dtype), strict=True
+    ):
+        assert value.dtype == out_dtype
+        assert _relative_error(value, ref) < STRIP_TOLERANCE[out_dtype], (name, case, normalize)
+
+
+def _strip_case(case, dtype, kernel_dtype=None):
+    inputs = _strip_inputs(case, dtype, kernel_dtype or dtype)
+    x, packed, grad_y = inputs
+    args = ([packed], list(case[4]), case[5], case[6])
+    y, forward_paths = torch.ops.ddet_ops_testing.strip_forward(x, *args)
+    gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_backward(grad_y, x, *args, True, True)
+    _assert_strip_results((y, gx, gk), inputs, case)
     return set(forward_paths) | set(backward_paths)
 
 
@@ -178,33 +190,14 @@ def test_v2_strip_code_matches_reference_on_every_path(dtype):
 def _softmax_strip_case(case, mode, dtype, kernel_dtype=None):
     """The v2 softmax passes on the harness against torch.softmax and the float64 reference; lse
     against the CPU op's."""
-    n, c, h, w, sizes, groups, dilation = case
-    kernel_dtype = kernel_dtype or dtype
-    x, kernels = make_inputs(n, c, h, w, sizes, groups)
-    packed = (3 * torch.cat(kernels, dim=1)).to(kernel_dtype)
-    x, grad_y = x.to(dtype), torch.randn_like(x).to(dtype)
-    args = ([packed], list(sizes), groups, dilation, mode == "softmax_per_size")
+    inputs = _strip_inputs(case, dtype, kernel_dtype or dtype, scale=3.0)
+    x, packed, grad_y = inputs
+    args = ([packed], list(case[4]), case[5], case[6], mode == "softmax_per_size")
     y, lse, forward_paths = torch.ops.ddet_ops_testing.strip_softmax_forward(x, *args)
     gx, (gk,), backward_paths = torch.ops.ddet_ops_testing.strip_softmax_backward(
         grad_y, x, args[0], lse, *args[1:], True, True
     )
-    want = grads(
-        reference.multi_dynconv,
-        x.double(),
-        packed.double(),
-        grad_y.double(),
-        sizes=sizes,
-        groups=groups,
-        dilation=dilation,
-        normalize=mode,
-    )
-    for name, got, ref, out_dtype in [
-        ("y", y, want[0], dtype),
-        ("grad_x", gx, want[1], dtype),
-        ("grad_k", gk, want[2][0], kernel_dtype),
-    ]:
-        assert got.dtype == out_dtype
-        assert _relative_error(got, ref) < STRIP_TOLERANCE[out_dtype], (name, case, mode)
+    _assert_strip_results((y, gx, gk), inputs, case, mode)
     _, cpu_lse = torch.ops.ddet_ops.multi_dynconv_softmax(x, *args)
     assert _relative_error(lse, cpu_lse.double()) < STRIP_TOLERANCE[lse.dtype], ("lse", case, mode)
     return set(forward_paths) | set(backward_paths)

@@ -25,6 +25,16 @@ constexpr int kThreadsPerBlock = 256;
 #endif
 constexpr int kMinBlocksPerSM = DDET_V2_MIN_BLOCKS_PER_SM;
 
+// Calls f(index) for every index below `threads` this thread owns (a grid-stride loop).
+template <typename F>
+__device__ __forceinline__ void for_each_thread(int64_t threads, const F& f) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
+       index += stride) {
+    f(index);
+  }
+}
+
 // The softmax passes in double hold more than 128 registers a thread (double exponentials): their
 // kernels may take up to 255, one block per SM. Double is there for gradcheck, not for speed.
 template <typename scalar_t, bool kSoftmax>
@@ -42,11 +52,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock,
                   const __grid_constant__ Norm norm) {
   using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
-       index += stride) {
+  for_each_thread(threads, [&](int64_t index) {
     gather_strip<kGather, scalar_t, kernel_t, acc_t>(geo, kernels, src, out, index, vector, trace, norm);
-  }
+  });
 }
 
 // gradients: how the sums are written (RawGradients, or SoftmaxGradients).
@@ -58,11 +66,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
                        const __grid_constant__ Gradients gradients) {
   using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
-       index += stride) {
+  for_each_thread(threads, [&](int64_t index) {
     grad_kernel_strip<scalar_t, kernel_t, acc_t>(geo, grad_kernels, x, grad_y, index, vector, trace, gradients);
-  }
+  });
 }
 
 template <typename scalar_t, typename kernel_t>
@@ -74,11 +80,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock, min_blocks_per_sm<scalar_t, 
                        const scalar_t* __restrict__ grad_y, int64_t threads, bool vector) {
   using acc_t = opmath_t<scalar_t>;
   NoTrace trace;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < threads;
-       index += stride) {
+  for_each_thread(threads, [&](int64_t index) {
     softmax_dot_strip<scalar_t, kernel_t, acc_t>(geo, kernels, lse, dots, x, grad_y, index, vector, trace);
-  }
+  });
 }
 
 // One block per tile (grid-stride over tiles); each chunk of channels is copied into shared

@@ -7,7 +7,7 @@
 #include "../dynconv.h"
 #include "../channel_tile.h"
 #include "../pixel.h"
-#include "../softmax_strip.h"
+#include "../softmax_passes.h"
 
 #include <algorithm>
 #include <limits>
@@ -197,14 +197,10 @@ std::tuple<Tensor, Tensor, std::vector<std::string>> strip_softmax_forward(const
   dispatch_pair(p, [&](auto x_type, auto kernel_type) {
     using scalar_t = typename decltype(x_type)::type;
     using kernel_t = typename decltype(kernel_type)::type;
-    using acc_t = opmath_t<scalar_t>;
-    const auto bank = make_bank<const kernel_t>(p, p.kernels);
-    const SoftmaxPlanes<acc_t> planes{lse.mutable_data_ptr<acc_t>(), per_size};
-    const scalar_t* src = p.x.const_data_ptr<scalar_t>();
-    scalar_t* out = y.mutable_data_ptr<scalar_t>();
-    const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, src, out) && aligned_16(planes.data);
-    const OnlineSoftmaxFor<scalar_t, kernel_t> norm(planes);
-    run_gather_strips<false>(p, bank, src, out, vector, norm, trace);
+    dispatch_per_size(per_size, [&](auto per_size_tag) {
+      const auto pass = softmax_forward_pass<scalar_t, kernel_t, decltype(per_size_tag)::value>(p, y, lse);
+      run_gather_strips<false>(p, pass.kernels, pass.src, pass.out, pass.vector, pass.norm, trace);
+    });
   });
   return {y, lse, trace.names()};
 }
@@ -218,30 +214,24 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<std::string>> strip_softmax_
   PathTrace trace;
   if (b.ready) return {b.grad_x, b.grad_kernels, trace.names()};
   const Problem& p = b.p;
+  Tensor dots = empty_log_normalisers(p, per_size);
   dispatch_pair(p, [&](auto x_type, auto kernel_type) {
     using scalar_t = typename decltype(x_type)::type;
     using kernel_t = typename decltype(kernel_type)::type;
     using acc_t = opmath_t<scalar_t>;
-    const auto bank = make_bank<const kernel_t>(p, p.kernels);
-    const SoftmaxPlanes<const acc_t> planes{normalisers.const_data_ptr<acc_t>(), per_size};
-    const scalar_t* gy = b.grad_y.const_data_ptr<scalar_t>();
     if (need_x) {
-      scalar_t* gx = b.grad_x.mutable_data_ptr<scalar_t>();
-      const bool vector = strips_can_use_vectors<scalar_t>(p.geo, bank, gy, gx) && aligned_16(planes.data);
-      run_gather_strips<true>(p, bank, gy, gx, vector, StoredSoftmax<acc_t>{planes}, trace);
+      const auto pass = softmax_grad_x_pass<scalar_t, kernel_t>(p, b.grad_y, normalisers, per_size, b.grad_x);
+      run_gather_strips<true>(p, pass.kernels, pass.src, pass.out, pass.vector, pass.norm, trace);
     }
     if (!need_kernels) return;
-    Tensor dots = empty_log_normalisers(p, per_size);
-    const SoftmaxPlanes<acc_t> dot_planes{dots.mutable_data_ptr<acc_t>(), per_size};
-    const scalar_t* xs = p.x.const_data_ptr<scalar_t>();
-    const bool vector = softmax_backward_can_use_vectors(p.geo, bank, make_bank<kernel_t>(p, b.grad_kernels), xs, gy,
-                                                         planes.data, dot_planes.data);
+    const auto pass = softmax_kernel_gradient_pass<scalar_t, kernel_t>(p, b.grad_y, normalisers, per_size,
+                                                                       b.grad_kernels, dots);
     const int64_t threads = softmax_dot_strip_threads<scalar_t>(p.geo);
     for (int64_t index = 0; index < threads; ++index) {
-      softmax_dot_strip<scalar_t, kernel_t, acc_t>(p.geo, bank, planes, dot_planes, xs, gy, index, vector, trace);
+      softmax_dot_strip<scalar_t, kernel_t, acc_t>(p.geo, pass.kernels, pass.lse, pass.dots, pass.x, pass.grad_y,
+                                                   index, pass.vector, trace);
     }
-    const SoftmaxGradients<kernel_t, acc_t> gradients{bank, planes, {dot_planes.data, per_size}};
-    run_grad_kernel_strips<scalar_t, kernel_t>(p, gy, b.grad_kernels, vector, gradients, trace);
+    run_grad_kernel_strips<scalar_t, kernel_t>(p, pass.grad_y, b.grad_kernels, pass.vector, pass.gradients(), trace);
   });
   return {b.grad_x, b.grad_kernels, trace.names()};
 }
