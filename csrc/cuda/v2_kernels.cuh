@@ -35,17 +35,26 @@ __device__ __forceinline__ void for_each_thread(int64_t threads, const F& f) {
   }
 }
 
-// The softmax passes in double hold more than 128 registers a thread (double exponentials): their
-// kernels may take up to 255, one block per SM. Double is there for gradcheck, not for speed.
+// The softmax passes' threads hold exponentials and a running state beside the sums, and in 128
+// registers some spilled (sm_80, sm_90). They run blocks of 128 threads, 3 resident per SM (up to
+// 168 registers a thread, 12 warps per SM), 2 in double (up to 255; double is there for gradcheck).
+constexpr int kSoftmaxThreadsPerBlock = 128;
+
+template <bool kSoftmax>
+constexpr int threads_per_block() {
+  return kSoftmax ? kSoftmaxThreadsPerBlock : kThreadsPerBlock;
+}
+
 template <typename scalar_t, bool kSoftmax>
 constexpr int min_blocks_per_sm() {
-  return kSoftmax && sizeof(scalar_t) == 8 ? 1 : kMinBlocksPerSM;
+  if constexpr (!kSoftmax) return kMinBlocksPerSM;
+  return sizeof(scalar_t) == 8 ? 2 : 3;
 }
 
 // norm: how the weights are weighed (RawWeights, or a softmax policy of softmax_strip.h), each
 // thread starting from this state.
 template <bool kGather, typename scalar_t, typename kernel_t, typename Norm>
-__global__ void __launch_bounds__(kThreadsPerBlock,
+__global__ void __launch_bounds__(threads_per_block<!std::is_same_v<Norm, RawWeights>>(),
                                   min_blocks_per_sm<scalar_t, !std::is_same_v<Norm, RawWeights>>())
     gather_strips(const __grid_constant__ Geometry geo, const __grid_constant__ KernelBank<const kernel_t> kernels,
                   const scalar_t* __restrict__ src, scalar_t* __restrict__ out, int64_t threads, bool vector,
@@ -72,7 +81,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
 }
 
 template <typename scalar_t, typename kernel_t>
-__global__ void __launch_bounds__(kThreadsPerBlock, min_blocks_per_sm<scalar_t, true>())
+__global__ void __launch_bounds__(threads_per_block<true>(), min_blocks_per_sm<scalar_t, true>())
     softmax_dot_strips(const __grid_constant__ Geometry geo,
                        const __grid_constant__ KernelBank<const kernel_t> kernels,
                        const __grid_constant__ SoftmaxPlanes<const opmath_t<scalar_t>> lse,
@@ -140,10 +149,10 @@ void launch_channel_tiles(const Problem& p, const KernelBank<const kernel_t>& ba
 template <bool kGather, typename kernel_t, typename scalar_t, typename Norm>
 void launch_gather_strips(const Problem& p, const KernelBank<const kernel_t>& bank, const scalar_t* src,
                           scalar_t* out, bool vector, const Norm& norm) {
+  constexpr int kBlock = threads_per_block<!std::is_same_v<Norm, RawWeights>>();
   const int64_t threads = gather_strip_threads<scalar_t, kernel_t, Norm>(p.geo);
   gather_strips<kGather, scalar_t, kernel_t, Norm>
-      <<<blocks_for(threads, kThreadsPerBlock), kThreadsPerBlock, 0, current_stream(p.x)>>>(p.geo, bank, src, out,
-                                                                                            threads, vector, norm);
+      <<<blocks_for(threads, kBlock), kBlock, 0, current_stream(p.x)>>>(p.geo, bank, src, out, threads, vector, norm);
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
