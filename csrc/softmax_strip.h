@@ -135,9 +135,9 @@ struct OnlineSoftmax {
   }
 };
 
-// Channels of an online-softmax strip, so that its running state fits in 128 registers (more
-// spilled on sm_80 or sm_90): 3 (one fewer than the raw float strips), 2 for float32 x per size
-// (the finished sums take as many registers as the running ones), 1 in double.
+// Channels of an online-softmax strip, fewer than the raw strips' because its running state and
+// exponentials need registers too (see v2_kernels.cuh for the register budget): 3, 2 for float32
+// x per size (the finished sums take as many registers as the running ones), 1 in double.
 template <typename scalar_t, bool kPerSize>
 constexpr int online_softmax_channels() {
   if constexpr (sizeof(scalar_t) == 8) return 1;
