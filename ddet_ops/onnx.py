@@ -1,4 +1,4 @@
-"""ONNX export of ``ddet_ops::multi_dynconv`` as standard ONNX operators.
+"""ONNX export of ``ddet_ops::multi_dynconv`` (and its fused softmax) as standard ONNX operators.
 
 ONNX has no per-pixel dynamic convolution, so the exporter needs to be told how to write the op
 with the operators every runtime has. :data:`TRANSLATION_TABLE` does that for the dynamo-based
@@ -20,6 +20,9 @@ count and dilation the op accepts:
 2. the kernels are laid out as (N, groups, 1, T, H, W) in the same tap order;
 3. ``Mul`` and ``ReduceSum`` over the taps give y.
 
+``normalize=`` (``ddet_ops::multi_dynconv_softmax``) puts a ``Softmax`` over the taps of each set
+between steps 2 and 3.
+
 Half-precision inputs are computed in float32 and rounded once, as the fast kernels do. Needs the
 ``onnxscript`` package (``pip install ddet[export]``).
 """
@@ -33,7 +36,7 @@ import onnx_ir as ir
 import torch
 from onnxscript import opset18 as op
 
-__all__ = ["TRANSLATION_TABLE", "multi_dynconv_onnx", "one_hot_taps"]
+__all__ = ["TRANSLATION_TABLE", "multi_dynconv_onnx", "multi_dynconv_softmax_onnx", "one_hot_taps"]
 
 _HALF_TYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -71,15 +74,12 @@ def _kernel_pieces(kernels: list, sizes: Sequence[int], groups: int) -> list:
     return pieces
 
 
-def multi_dynconv_onnx(x, kernels, sizes, groups, dilation):
-    """ONNX graph of ``ddet_ops::multi_dynconv(x, kernels, sizes, groups, dilation)`` (the
-    translation function the exporter calls with ONNX values for x and kernels)."""
-    dtype = x.dtype
-    half = dtype in _HALF_TYPES
-    if half:
+def _patches_and_weights(x, kernels, sizes, groups, dilation):
+    """x's gathered neighbours (N, groups, C/groups, T, H, W) and the kernels laid out as
+    (N, groups, 1, T, H, W), in float32 for half-type inputs."""
+    if x.dtype in _HALF_TYPES:
         x = op.Cast(x, to=ir.DataType.FLOAT)
         kernels = [op.Cast(k, to=ir.DataType.FLOAT) for k in kernels]
-    shape = op.Shape(x)
     batch = op.Shape(x, start=0, end=1)
     spatial = op.Shape(x, start=2, end=4)
     taps = sum(s * s for s in sizes)
@@ -94,9 +94,39 @@ def multi_dynconv_onnx(x, kernels, sizes, groups, dilation):
     tap_layout = op.Concat(batch, _ints(groups, 1, -1), spatial, axis=0)
     pieces = [op.Reshape(k, tap_layout) for k in _kernel_pieces(kernels, sizes, groups)]
     weights = pieces[0] if len(pieces) == 1 else op.Concat(*pieces, axis=3)
-
-    y = op.Reshape(op.ReduceSum(op.Mul(patches, weights), [3], keepdims=0), shape)
-    return op.Cast(y, to=dtype) if half else y
+    return patches, weights
 
 
-TRANSLATION_TABLE = {torch.ops.ddet_ops.multi_dynconv.default: multi_dynconv_onnx}
+def _filtered(x, patches, weights):
+    """y in x's shape and dtype: the weighted neighbours summed over the taps."""
+    y = op.Reshape(op.ReduceSum(op.Mul(patches, weights), [3], keepdims=0), op.Shape(x))
+    return op.Cast(y, to=x.dtype) if x.dtype in _HALF_TYPES else y
+
+
+def multi_dynconv_onnx(x, kernels, sizes, groups, dilation):
+    """ONNX graph of ``ddet_ops::multi_dynconv(x, kernels, sizes, groups, dilation)`` (the
+    translation function the exporter calls with ONNX values for x and kernels)."""
+    patches, weights = _patches_and_weights(x, kernels, sizes, groups, dilation)
+    return _filtered(x, patches, weights)
+
+
+def multi_dynconv_softmax_onnx(x, kernels, sizes, groups, dilation, per_size):
+    """ONNX graph of ``ddet_ops::multi_dynconv_softmax``: a ``Softmax`` over the taps of each set
+    (all sizes, or each size), then the same filtering; lse (N, groups * sets, H, W) by
+    ``ReduceLogSumExp``."""
+    patches, weights = _patches_and_weights(x, kernels, sizes, groups, dilation)
+    taps = [s * s for s in sizes] if per_size else [sum(s * s for s in sizes)]
+    bounds = [sum(taps[:i]) for i in range(len(taps) + 1)]
+    parts = [op.Slice(weights, [start], [stop], [3]) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+    probabilities = [op.Softmax(part, axis=3) for part in parts]
+    weights = probabilities[0] if len(parts) == 1 else op.Concat(*probabilities, axis=3)
+    lse = [op.ReduceLogSumExp(part, [3], keepdims=1) for part in parts]
+    lse = lse[0] if len(parts) == 1 else op.Concat(*lse, axis=3)
+    lse_shape = op.Concat(op.Shape(x, start=0, end=1), _ints(-1), op.Shape(x, start=2, end=4), axis=0)
+    return _filtered(x, patches, weights), op.Reshape(lse, lse_shape)
+
+
+TRANSLATION_TABLE = {
+    torch.ops.ddet_ops.multi_dynconv.default: multi_dynconv_onnx,
+    torch.ops.ddet_ops.multi_dynconv_softmax.default: multi_dynconv_softmax_onnx,
+}

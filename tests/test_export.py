@@ -100,6 +100,52 @@ def test_onnx_decomposition_matches_the_op(tmp_path, sizes, groups, dilation, pa
     np.testing.assert_allclose(run_onnx(tmp_path / "op.onnx", x, *flat), expected.numpy(), atol=1e-5, rtol=1e-5)
 
 
+@needs_onnx
+@pytest.mark.parametrize("per_size", [False, True], ids=["softmax", "softmax_per_size"])
+def test_onnx_decomposition_of_the_fused_softmax_matches_the_op(tmp_path, per_size):
+    """The softmax op's translation: y and lse, two groups, dilation 2, packed kernels."""
+    import onnx
+
+    import ddet_ops.onnx
+
+    groups = 2
+    softmax_op = _SoftmaxOp((3, 5), groups, per_size).eval()
+
+    def inputs(n, h, w):
+        return torch.randn(n, 4, h, w), 3 * torch.randn(n, groups * 34, h, w)
+
+    torch.manual_seed(0)
+    dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.onnx.export(
+        softmax_op,
+        inputs(2, 12, 16),
+        dynamo=True,
+        custom_translation_table=ddet_ops.onnx.TRANSLATION_TABLE,
+        dynamic_shapes=(dynamic, dynamic),
+        verbose=False,
+    )
+    onnx.checker.check_model(program.model_proto, full_check=True)
+    program.save(str(tmp_path / "softmax.onnx"))
+    x, kernels = inputs(3, 9, 21)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "softmax.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    y, lse = session.run(None, dict(zip(names, (x.numpy(), kernels.numpy()), strict=True)))
+    want_y, want_lse = softmax_op(x, kernels)
+    np.testing.assert_allclose(y, want_y.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(lse, want_lse.numpy(), atol=1e-5, rtol=1e-5)
+
+
+class _SoftmaxOp(torch.nn.Module):
+    def __init__(self, sizes, groups, per_size):
+        super().__init__()
+        self.sizes, self.groups, self.per_size = list(sizes), groups, per_size
+
+    def forward(self, x, kernels):
+        return torch.ops.ddet_ops.multi_dynconv_softmax(x, [kernels], self.sizes, self.groups, 2, self.per_size)
+
+
 def test_one_hot_taps_put_each_packed_tap_at_its_offset():
     onnx_module = pytest.importorskip("ddet_ops.onnx", reason="needs onnxscript")
     bank = onnx_module.one_hot_taps((3, 5))
