@@ -57,7 +57,7 @@ class Case:
     def kernel_channels(self) -> int:
         return self.groups * sum(s * s for s in self.sizes)
 
-    def element_bytes(self) -> tuple[int, int, int]:
+    def _elements(self) -> tuple[int, int, int]:
         """Bytes per value of x and of the kernels, and bytes per pixel of the log-normalisers."""
         elem_x = torch.empty((), dtype=self.torch_dtype).element_size()
         elem_k = torch.empty((), dtype=self.torch_kernel_dtype).element_size()
@@ -66,7 +66,7 @@ class Case:
 
     def floor_bytes(self) -> tuple[int, int]:
         n, c, h, w = self.shape
-        elem_x, elem_k, lse = self.element_bytes()
+        elem_x, elem_k, lse = self._elements()
         taps = self.kernel_channels()
         return n * h * w * (elem_k * taps + 2 * elem_x * c + lse), n * h * w * (
             2 * elem_k * taps + 3 * elem_x * c + lse
@@ -75,7 +75,7 @@ class Case:
     def output_bytes(self) -> int:
         """What one forward + backward returns: y, grad_x and the kernel gradients."""
         n, c, h, w = self.shape
-        elem_x, elem_k, _ = self.element_bytes()
+        elem_x, elem_k, _ = self._elements()
         return n * h * w * (2 * elem_x * c + elem_k * self.kernel_channels())
 
 
@@ -420,17 +420,10 @@ def time_kernels(case: Case, device: torch.device, repeats: int) -> dict[str, fl
 
 
 def kernel_bytes(case: Case) -> dict[str, int]:
-    """The fewest bytes each pass must move: each input read once, each output written once (a
-    softmax's log-normalisers written by the forward, read by each backward pass)."""
-    n, c, h, w = case.shape
-    elem_x, elem_k, lse = case.element_bytes()
-    one_pass = n * h * w * (elem_k * case.kernel_channels() + 2 * elem_x * c + lse)
-    return {
-        "forward": one_pass,
-        "grad_x": one_pass,
-        "grad_k": one_pass,
-        "grad_both": n * h * w * (2 * elem_k * case.kernel_channels() + 3 * elem_x * c + lse),
-    }
+    """The fewest bytes each pass must move (Case.floor_bytes): grad_x and the kernel gradients
+    alone each move what the forward does."""
+    forward, backward = case.floor_bytes()
+    return {"forward": forward, "grad_x": forward, "grad_k": forward, "grad_both": backward}
 
 
 def run_kernel_timings(device: torch.device, cases: list[Case], repeats: int, json_path: str, variant: str) -> None:
